@@ -1,0 +1,96 @@
+"""Fit + evaluate a FlowerClassifier on a Udacity-layout folder; report accuracy, time, memory.
+
+Usage (from the repository root)::
+
+    python benchmarks/fit_flowers.py                       # efficientnet_lite0, seed recipe
+    python benchmarks/fit_flowers.py --data DIR --backbone vgg16 --epochs 5
+
+The default data is ``../shared/data/flowers102`` (Flowers-102 train 6552 / valid 818).
+It has no ``test/`` split, so ``evaluate`` runs on ``valid/``, the split that also picks the
+best epoch: the figure is the seed's "valid accuracy", not an untouched test score.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+import petalnet
+
+DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "flowers102"
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA.resolve())
+    ap.add_argument("--backbone", default="efficientnet_lite0")
+    ap.add_argument("--weights", default="DEFAULT")
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--hidden-units", type=int, nargs="*", default=[512])
+    ap.add_argument("--dropout", type=float, default=0.2)
+    ap.add_argument("--learning-rate", type=float, default=1e-3)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--amp", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args(argv)
+    if not args.data.is_dir():
+        sys.exit(f"No data at {args.data}; pass --data DIR (train/ valid/ <class>/*.jpg).")
+
+    clf = petalnet.FlowerClassifier(
+        args.backbone,
+        weights=None if args.weights == "none" else args.weights,
+        hidden_units=args.hidden_units,
+        dropout=args.dropout,
+        learning_rate=args.learning_rate,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        amp=args.amp,
+        random_state=args.seed,
+    )
+    t0 = time.perf_counter()
+    clf.fit(args.data)
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    report = clf.evaluate(args.data)
+    eval_s = time.perf_counter() - t0
+    best = max(r["valid_accuracy"] for r in clf.history_)
+    result = {
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()} {platform.processor() or ''} "
+        f"{torch.get_num_threads()} threads, device {clf.device_}".strip(),
+        "torch": torch.__version__,
+        "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
+        "backbone": args.backbone,
+        "n_train": clf.n_train_,
+        "n_valid": clf.n_valid_,
+        "best_epoch": clf.best_epoch_,
+        "best_valid_accuracy": best,
+        "evaluate_accuracy": report["accuracy"],
+        "evaluate_top5_accuracy": report["top5_accuracy"],
+        "evaluate_folder": report["folder"],
+        "fit_seconds": round(fit_s, 1),
+        "evaluate_seconds": round(eval_s, 1),
+        "peak_rss_mib": round(peak_rss_mib()),
+    }
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

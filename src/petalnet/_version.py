@@ -1,0 +1,3 @@
+"""The petalnet version."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,211 @@
+"""The backbone registry: names to builder functions, from code and from installed plugins.
+
+Backbones come from two places:
+
+* code, with the :func:`register_backbone` decorator;
+* other installed packages, through the ``petalnet.backbones`` entry-point group. Entry
+  points are discovered lazily (the first time a name is not found or the list is asked
+  for), once per process; a plugin that fails to import is a warning, never a crash.
+
+A builder is a callable ``builder(weights="DEFAULT") -> FeatureExtractor``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import warnings
+from collections.abc import Callable, Iterable
+from importlib.metadata import EntryPoint, entry_points
+from typing import TypeVar
+
+from petalnet.backbones.base import FeatureExtractor, WeightsArg
+from petalnet.errors import BackboneNotFoundError, PetalnetError, PetalnetWarning
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "BackboneBuilder",
+    "build_backbone",
+    "get_backbone",
+    "list_backbones",
+    "register_backbone",
+]
+
+ENTRY_POINT_GROUP = "petalnet.backbones"
+
+BackboneBuilder = Callable[..., FeatureExtractor]
+B = TypeVar("B", bound=BackboneBuilder)
+
+_REGISTRY: dict[str, BackboneBuilder] = {}
+_PLUGINS: dict[str, EntryPoint] | None = None  # discovered, not yet loaded
+
+
+def register_backbone(name: str | None = None, *, overwrite: bool = False) -> Callable[[B], B]:
+    """Register a backbone builder under ``name`` (a decorator).
+
+    Example::
+
+        @register_backbone("tiny_cnn")
+        def tiny_cnn(weights="DEFAULT") -> FeatureExtractor:
+            ...
+
+    Args:
+        name: Registry name; defaults to the function's ``__name__``.
+        overwrite: Replace an existing registration of the same name instead of failing.
+
+    Returns:
+        A decorator that registers its argument and returns it unchanged.
+
+    Raises:
+        PetalnetError: ``name`` is taken and ``overwrite`` is false.
+    """
+
+    def decorator(builder: B) -> B:
+        key = name or builder.__name__
+        if key in _REGISTRY and _REGISTRY[key] is not builder and not overwrite:
+            raise PetalnetError(
+                f"A backbone named {key!r} is already registered; choose another name "
+                "or pass register_backbone(..., overwrite=True)."
+            )
+        _REGISTRY[key] = builder
+        return builder
+
+    return decorator
+
+
+def _discover_plugins() -> dict[str, EntryPoint]:
+    """Return the entry points of the plugin group, read once and cached."""
+    global _PLUGINS
+    if _PLUGINS is None:
+        found: dict[str, EntryPoint] = {}
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name in found:
+                warnings.warn(
+                    f"Two installed packages register the backbone {ep.name!r}; "
+                    f"keeping {found[ep.name].value!r}, ignoring {ep.value!r}.",
+                    PetalnetWarning,
+                    stacklevel=3,
+                )
+                continue
+            found[ep.name] = ep
+        _PLUGINS = found
+    return _PLUGINS
+
+
+def _load_plugin(name: str) -> BackboneBuilder | None:
+    """Import one plugin entry point; warn and return ``None`` when it is broken."""
+    ep = _discover_plugins().pop(name, None)
+    if ep is None:
+        return _REGISTRY.get(name)
+    if name in _REGISTRY:
+        warnings.warn(
+            f"Backbone plugin {ep.value!r} uses the name {name!r}, which petalnet already "
+            "has; the plugin is ignored. Rename its entry point.",
+            PetalnetWarning,
+            stacklevel=3,
+        )
+        return _REGISTRY[name]
+    try:
+        obj = ep.load()
+    except Exception as exc:  # a broken plugin must not break petalnet
+        warnings.warn(
+            f"Backbone plugin {name!r} ({ep.value}) failed to load and is skipped: "
+            f"{type(exc).__name__}: {exc}",
+            PetalnetWarning,
+            stacklevel=3,
+        )
+        return None
+    # An entry point may name the builder itself, or a module whose import registers it.
+    if name not in _REGISTRY:
+        if not callable(obj):
+            warnings.warn(
+                f"Backbone plugin {name!r} ({ep.value}) is neither a builder function nor a "
+                "module that registers one; it is skipped.",
+                PetalnetWarning,
+                stacklevel=3,
+            )
+            return None
+        _REGISTRY[name] = obj
+    return _REGISTRY[name]
+
+
+def _load_all_plugins() -> None:
+    for name in list(_discover_plugins()):
+        _load_plugin(name)
+
+
+def get_backbone(name: str) -> BackboneBuilder:
+    """Return the builder registered under ``name``.
+
+    Args:
+        name: A registered name, e.g. ``"vgg16"`` or ``"efficientnet_lite0"``.
+
+    Returns:
+        The builder: ``builder(weights="DEFAULT") -> FeatureExtractor``.
+
+    Raises:
+        BackboneNotFoundError: No such backbone; the message lists close and available names
+            and how to add one.
+    """
+    builder = _REGISTRY.get(name)
+    if builder is None and name in _discover_plugins():
+        builder = _load_plugin(name)
+    if builder is None:
+        available = list_backbones()
+        close = [n for n in available if name.lower() in n or n in name.lower()][:8]
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise BackboneNotFoundError(
+            f"Unknown backbone {name!r}.{hint} Available: {', '.join(available)}. "
+            "To add one, decorate a builder with @petalnet.register_backbone('name') or "
+            f"expose it from an installed package under the {ENTRY_POINT_GROUP!r} entry-point "
+            "group (see docs/plugins.md)."
+        )
+    return builder
+
+
+def build_backbone(name: str, weights: WeightsArg = "DEFAULT") -> FeatureExtractor:
+    """Build the backbone registered under ``name``.
+
+    Args:
+        name: A registered name.
+        weights: ``"DEFAULT"``, another named weights set, a local file path, or ``None``
+            for a random initialisation.
+
+    Returns:
+        The feature extractor.
+
+    Raises:
+        BackboneNotFoundError: ``name`` is not registered.
+        PetalnetError: The builder did not return a :class:`FeatureExtractor`.
+    """
+    extractor = get_backbone(name)(weights=weights)
+    if not isinstance(extractor, FeatureExtractor):
+        raise PetalnetError(
+            f"Backbone builder {name!r} returned {type(extractor).__name__}; "
+            "it must return a petalnet.FeatureExtractor."
+        )
+    return extractor
+
+
+def list_backbones(
+    include: str | Iterable[str] | None = None, exclude: str | Iterable[str] | None = None
+) -> list[str]:
+    """List registered backbone names, built-in and from plugins, sorted.
+
+    Args:
+        include: Wildcard pattern(s) a name must match (``"vgg*"``); all names if omitted.
+        exclude: Wildcard pattern(s) that drop a name.
+
+    Returns:
+        The sorted names.
+    """
+    _load_all_plugins()
+    names = sorted(_REGISTRY)
+
+    def patterns(p: str | Iterable[str] | None) -> list[str]:
+        return [p] if isinstance(p, str) else list(p or [])
+
+    if include is not None:
+        inc = patterns(include)
+        names = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in inc)]
+    exc = patterns(exclude)
+    return [n for n in names if not any(fnmatch.fnmatchcase(n, p) for p in exc)]

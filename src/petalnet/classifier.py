@@ -1,0 +1,479 @@
+"""``FlowerClassifier``: the estimator that orchestrates data, backbone, head and checkpoint.
+
+It follows scikit-learn's conventions: ``__init__`` only stores parameters, ``fit`` learns
+and sets attributes ending in ``_``, and methods that need a trained model raise
+:class:`~petalnet.NotFittedError` before ``fit`` or ``load``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from petalnet._device import resolve_device
+from petalnet._version import __version__
+from petalnet.backbones.base import FeatureExtractor, WeightsArg
+from petalnet.backbones.registry import build_backbone
+from petalnet.checkpoint import read_checkpoint, write_checkpoint
+from petalnet.data import (
+    _to_rgb,
+    list_samples,
+    load_category_names,
+    load_training_data,
+    read_image,
+    resolve_eval_folder,
+)
+from petalnet.errors import CheckpointError, NotFittedError, PetalnetError, PetalnetWarning
+from petalnet.features import extract_features, prepare_backbone, run_backbone
+from petalnet.head import build_head, normalize_hidden_units
+from petalnet.preprocessing import Preprocessing
+from petalnet.results import Prediction, evaluation_report, top_predictions
+from petalnet.training import TrainResult, train_head
+
+__all__ = ["FlowerClassifier", "ImageInput"]
+
+ImageInput = str | os.PathLike[str] | Image.Image | np.ndarray | torch.Tensor
+"""One image: a file path, a ``PIL.Image``, an HxWxC uint8 array or a CxHxW tensor."""
+
+
+class FlowerClassifier:
+    """A flower-photo classifier trained by transfer learning on an ImageNet backbone.
+
+    The default is the classic recipe: a frozen, ImageNet-pretrained VGG16, a new classifier
+    (hidden layers with ReLU and dropout, ending in LogSoftmax) trained with NLLLoss and Adam
+    on the classifier's parameters only, validated after every epoch, keeping the best
+    epoch's weights. Because the backbone is frozen, each image's features are computed
+    once and reused by every epoch.
+
+    Args:
+        backbone: Registered backbone name (see :func:`petalnet.list_backbones`).
+        weights: ``"DEFAULT"`` (ImageNet), another named weights set of the backbone, a path
+            to a local weights file, or ``None`` for a random initialisation.
+        hidden_units: Width of the classifier's hidden layer, a list of widths for several,
+            or ``None``/``[]`` for a linear classifier.
+        dropout: Dropout probability in the classifier.
+        learning_rate: Adam's learning rate.
+        epochs: Passes over the training images.
+        batch_size: Images per step (feature extraction and training).
+        device: ``"auto"`` (cuda, then mps, then cpu), or a device such as ``"cpu"``.
+        category_names: Class folder name to flower name: a JSON file path or a dict. When
+            ``None``, ``fit`` uses ``cat_to_name.json`` in the data root if there is one.
+        random_state: Seed for the validation split, the classifier's initialisation and the
+            batch order; ``None`` for fresh randomness.
+        valid_fraction: Share of each class held out for validation when the data has no
+            ``valid/`` folder.
+        num_workers: Image-decoding worker processes; ``None`` picks a default for this
+            machine.
+        amp: Compute backbone features in mixed precision (bfloat16 on CPU, float16 on GPU).
+        verbose: ``0`` silent, ``1`` progress bars and one line per epoch.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "vgg16",
+        *,
+        weights: WeightsArg = "DEFAULT",
+        hidden_units: int | Sequence[int] | None = 512,
+        dropout: float = 0.2,
+        learning_rate: float = 1e-3,
+        epochs: int = 10,
+        batch_size: int = 64,
+        device: str | torch.device = "auto",
+        category_names: str | os.PathLike[str] | Mapping[str, str] | None = None,
+        random_state: int | None = None,
+        valid_fraction: float = 0.2,
+        num_workers: int | None = None,
+        amp: bool = False,
+        verbose: int = 1,
+    ) -> None:
+        self.backbone = backbone
+        self.weights = weights
+        self.hidden_units = hidden_units
+        self.dropout = dropout
+        self.learning_rate = learning_rate
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.device = device
+        self.category_names = category_names
+        self.random_state = random_state
+        self.valid_fraction = valid_fraction
+        self.num_workers = num_workers
+        self.amp = amp
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ parameters
+    def get_params(self) -> dict[str, Any]:
+        """Return the constructor parameters as a dict (scikit-learn style)."""
+        names = list(inspect.signature(type(self).__init__).parameters)[1:]
+        return {name: getattr(self, name) for name in names}
+
+    def __repr__(self) -> str:
+        defaults = {
+            n: p.default for n, p in inspect.signature(type(self).__init__).parameters.items()
+        }
+        changed = [f"{k}={v!r}" for k, v in self.get_params().items() if v != defaults.get(k)]
+        return f"{type(self).__name__}({', '.join(changed)})"
+
+    def _validate_params(self) -> list[int]:
+        hidden = normalize_hidden_units(self.hidden_units)
+        checks = [
+            (0.0 <= float(self.dropout) < 1.0, "dropout must be in [0, 1)"),
+            (float(self.learning_rate) > 0, "learning_rate must be positive"),
+            (int(self.epochs) >= 1, "epochs must be at least 1"),
+            (int(self.batch_size) >= 1, "batch_size must be at least 1"),
+            (0.0 <= float(self.valid_fraction) < 1.0, "valid_fraction must be in [0, 1)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"{message}; got {self.get_params()}.")
+        return hidden
+
+    # ------------------------------------------------------------------ training
+    def fit(self, data_dir: str | os.PathLike[str]) -> FlowerClassifier:
+        """Train the classifier on a folder of flower photos.
+
+        Args:
+            data_dir: A root holding ``train/`` and ``valid/`` (and maybe ``test/``) class
+                folders, or one folder of class folders from which ``valid_fraction`` of
+                each class is held out.
+
+        Returns:
+            ``self``, fitted: ``classes_``, ``class_to_idx_``, ``category_names_``,
+            ``history_``, ``best_epoch_``, ``backbone_``, ``head_`` and ``device_`` are set.
+
+        Raises:
+            DataError: The folder is missing or holds no usable images.
+            ImageReadError: An image cannot be read.
+            BackboneNotFoundError: ``backbone`` is not registered.
+            WeightsUnavailableError: The pretrained weights cannot be found or downloaded.
+            ValueError: A parameter is out of range.
+        """
+        hidden = self._validate_params()
+        data = load_training_data(
+            data_dir, valid_fraction=float(self.valid_fraction), seed=self.random_state
+        )
+        if self.category_names is not None:
+            names: dict[str, str] | None = load_category_names(self.category_names)
+        elif data.category_names_file is not None:
+            names = load_category_names(data.category_names_file)
+        else:
+            names = None
+        device = resolve_device(self.device)
+        backbone = prepare_backbone(build_backbone(self.backbone, self.weights), device)
+        extract = {
+            "device": device,
+            "batch_size": int(self.batch_size),
+            "amp": bool(self.amp),
+            "num_workers": self.num_workers,
+            "verbose": int(self.verbose),
+        }
+        train_xy = extract_features(backbone, data.train, desc="train features", **extract)
+        valid_xy = extract_features(backbone, data.valid, desc="valid features", **extract)
+        with torch.random.fork_rng(devices=[]):
+            if self.random_state is not None:
+                torch.manual_seed(int(self.random_state))
+            head = build_head(backbone.feature_dim, len(data.classes), hidden, float(self.dropout))
+        head.to(device)
+
+        self.classes_ = list(data.classes)
+        self.class_to_idx_ = dict(data.class_to_idx)
+        self.category_names_ = names
+        self.backbone_ = backbone
+        self.head_ = head
+        self.device_ = device
+        self.n_train_, self.n_valid_ = len(data.train), len(data.valid)
+        result = TrainResult()
+        self.history_ = result.history
+        try:
+            train_head(
+                head,
+                train_xy,
+                valid_xy,
+                epochs=int(self.epochs),
+                learning_rate=float(self.learning_rate),
+                batch_size=int(self.batch_size),
+                device=device,
+                seed=self.random_state,
+                verbose=int(self.verbose),
+                result=result,
+            )
+        except KeyboardInterrupt:
+            if not result.history:
+                raise
+            warnings.warn(
+                f"Training interrupted after {len(result.history)} epoch(s); keeping the best "
+                f"epoch ({result.best_epoch}). Call save(path) to keep it.",
+                PetalnetWarning,
+                stacklevel=2,
+            )
+        self.best_epoch_ = result.best_epoch
+        self.optimizer_state_ = result.optimizer_state
+        return self
+
+    # ------------------------------------------------------------------ fitted use
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "head_"):
+            raise NotFittedError(
+                f"This {type(self).__name__} is not fitted yet: call fit(data_dir) first, "
+                f"or load a saved one with {type(self).__name__}.load(path)."
+            )
+
+    def _log_probs(self, batch: torch.Tensor) -> torch.Tensor:
+        feats = run_backbone(self.backbone_, batch, self.device_, bool(self.amp))
+        self.head_.eval()
+        with torch.inference_mode():
+            return self.head_(feats).float().cpu()
+
+    def _to_tensor(self, image: ImageInput, transform: Any) -> torch.Tensor:
+        if isinstance(image, (str, os.PathLike)):
+            return transform(read_image(image, self.backbone_.preprocessing.resize_size))
+        if isinstance(image, Image.Image):
+            return transform(_to_rgb(image))
+        if isinstance(image, np.ndarray):
+            if image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4)):
+                return transform(_to_rgb(Image.fromarray(np.ascontiguousarray(image).squeeze())))
+            raise ValueError(f"Expected an HxW or HxWxC image array, got shape {image.shape}.")
+        if isinstance(image, torch.Tensor):
+            if image.ndim == 3 and image.shape[0] in (1, 3):
+                return transform(image.expand(3, -1, -1) if image.shape[0] == 1 else image)
+            raise ValueError(f"Expected a CxHxW image tensor, got shape {tuple(image.shape)}.")
+        raise TypeError(
+            f"Cannot predict on {type(image).__name__}; pass a file path, a PIL.Image, "
+            "an HxWxC uint8 array, a CxHxW tensor, or a list of those."
+        )
+
+    def predict_proba(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
+        """Return class probabilities for one image or a list of images.
+
+        Args:
+            images: One image (path, ``PIL.Image``, HxWxC uint8 array, CxHxW tensor) or a list.
+
+        Returns:
+            ``(N, n_classes)`` float32 probabilities; column ``i`` is ``classes_[i]``.
+
+        Raises:
+            NotFittedError: Called before ``fit``/``load``.
+            ImageReadError: An image file cannot be read.
+        """
+        self._check_fitted()
+        batch = self._as_list(images)
+        return self._predict_log_probs(batch).exp().numpy()
+
+    @staticmethod
+    def _as_list(images: ImageInput | Sequence[ImageInput]) -> list[ImageInput]:
+        if isinstance(images, (list, tuple)):
+            return list(images)
+        if isinstance(images, torch.Tensor) and images.ndim == 4:
+            return list(images)
+        return [images]  # type: ignore[list-item]
+
+    def _predict_log_probs(self, images: Sequence[ImageInput]) -> torch.Tensor:
+        transform = self.backbone_.preprocessing.transform()
+        out = [torch.empty(0, len(self.classes_))]
+        step = int(self.batch_size)
+        for i in range(0, len(images), step):
+            batch = torch.stack([self._to_tensor(im, transform) for im in images[i : i + step]])
+            out.append(self._log_probs(batch))
+        return torch.cat(out)
+
+    def predict(
+        self, images: ImageInput | Sequence[ImageInput], topk: int = 5
+    ) -> list[Prediction] | list[list[Prediction]]:
+        """Predict the ``topk`` most likely flowers for one image or a list of images.
+
+        Args:
+            images: One image (path, ``PIL.Image``, HxWxC uint8 array, CxHxW tensor) or a list
+                (a 4-D tensor counts as a list).
+            topk: Number of classes to return per image.
+
+        Returns:
+            For one image, a list of :class:`~petalnet.Prediction` sorted by probability; for
+            a list, one such list per image.
+
+        Raises:
+            NotFittedError: Called before ``fit``/``load``.
+            ImageReadError: An image file cannot be read.
+            ValueError: ``topk`` is below 1.
+        """
+        self._check_fitted()
+        if int(topk) < 1:
+            raise ValueError(f"topk must be at least 1, got {topk}.")
+        batch = self._as_list(images)
+        preds = top_predictions(
+            self._predict_log_probs(batch), int(topk), self.classes_, self.category_names_
+        )
+        single = not isinstance(images, (list, tuple)) and not (
+            isinstance(images, torch.Tensor) and images.ndim == 4
+        )
+        return preds[0] if single else preds
+
+    def evaluate(self, path: str | os.PathLike[str]) -> dict[str, Any]:
+        """Measure the classifier on a labelled folder.
+
+        Args:
+            path: A folder of class folders, or a root holding ``test/`` (used first) or
+                ``valid/``.
+
+        Returns:
+            ``accuracy``, ``top5_accuracy``, ``loss`` (mean NLL), ``n_images``,
+            ``per_class_accuracy`` and ``per_class_count`` (keyed by class folder name), and
+            ``folder`` (the folder evaluated).
+
+        Raises:
+            NotFittedError: Called before ``fit``/``load``.
+            DataError: The folder is missing, empty, or has classes the model does not know.
+        """
+        self._check_fitted()
+        folder = resolve_eval_folder(path)
+        samples = list_samples(folder, self.class_to_idx_)
+        feats, labels = extract_features(
+            self.backbone_,
+            samples,
+            device=self.device_,
+            batch_size=int(self.batch_size),
+            amp=bool(self.amp),
+            num_workers=self.num_workers,
+            desc="evaluate",
+            verbose=int(self.verbose),
+        )
+        self.head_.eval()
+        with torch.inference_mode():
+            log_probs = self.head_(feats.to(self.device_)).float().cpu()
+        report = evaluation_report(log_probs, labels, self.classes_)
+        report["folder"] = str(folder)
+        return report
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike[str], *, include_backbone: bool | None = None) -> Path:
+        """Save everything needed to predict elsewhere into one file.
+
+        The file holds the backbone's name and weights id, the classifier's weights, the
+        class list, category names, preprocessing, parameters, training history and
+        optimizer state, as tensors and plain values only.
+
+        Args:
+            path: Target file (``.pt`` by convention); written atomically.
+            include_backbone: Also store the backbone's parameters. ``None`` does so only
+                when they cannot be rebuilt from their name (random init, a local file);
+                ``True`` makes the file usable offline without the pretrained weights.
+
+        Returns:
+            The path written.
+
+        Raises:
+            NotFittedError: Called before ``fit``/``load``.
+            CheckpointError: The file cannot be written.
+        """
+        self._check_fitted()
+        backbone: dict[str, Any] = {
+            "name": self.backbone,
+            "weights": self.backbone_.weights,
+            "feature_dim": self.backbone_.feature_dim,
+        }
+        if include_backbone or (include_backbone is None and not self.backbone_.restorable):
+            backbone["state_dict"] = self.backbone_.state_dict()
+        params = self.get_params()
+        for key in ("weights", "category_names", "device"):
+            value = params[key]
+            if value is not None and not isinstance(value, Mapping):
+                params[key] = str(value)
+        params["hidden_units"] = normalize_hidden_units(self.hidden_units)
+        payload = {
+            "petalnet_version": __version__,
+            "params": params,
+            "backbone": backbone,
+            "preprocessing": self.backbone_.preprocessing.to_dict(),
+            "head": {
+                "hidden_units": normalize_hidden_units(self.hidden_units),
+                "dropout": float(self.dropout),
+                "state_dict": self.head_.state_dict(),
+            },
+            "classes": list(self.classes_),
+            "category_names": self.category_names_,
+            "history": [dict(r) for r in self.history_],
+            "best_epoch": int(getattr(self, "best_epoch_", 0)),
+            "optimizer": getattr(self, "optimizer_state_", {}),
+        }
+        return write_checkpoint(payload, path)
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike[str], device: str | torch.device | None = None
+    ) -> FlowerClassifier:
+        """Load a classifier saved with :meth:`save`; no code from the file is executed.
+
+        Args:
+            path: The checkpoint file.
+            device: Where to run it; ``None`` picks the best device of this machine, so a
+                GPU-trained file loads on a CPU-only one.
+
+        Returns:
+            A fitted classifier.
+
+        Raises:
+            CheckpointError: The file is missing, damaged, unsafe or not a petalnet checkpoint.
+            BackboneNotFoundError: Its backbone is not registered in this process.
+            WeightsUnavailableError: Its pretrained backbone weights are not available here
+                (save with ``include_backbone=True`` to avoid needing them).
+        """
+        data = read_checkpoint(path)
+        try:
+            return cls._from_checkpoint(data, device)
+        except PetalnetError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"Checkpoint {str(path)!r} is damaged or inconsistent "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})."
+            ) from None
+
+    @classmethod
+    def _from_checkpoint(
+        cls, data: dict[str, Any], device: str | torch.device | None
+    ) -> FlowerClassifier:
+        known = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        params = {k: v for k, v in dict(data.get("params", {})).items() if k in known}
+        params["device"] = "auto" if device is None else device
+        clf = cls(**params)
+        spec = data["backbone"]
+        stored = spec.get("state_dict")
+        if stored is not None:
+            extractor: FeatureExtractor = build_backbone(spec["name"], weights=None)
+            extractor.load_state_dict(stored)
+            extractor.weights, extractor.restorable = spec.get("weights"), False
+        else:
+            extractor = build_backbone(spec["name"], weights=spec["weights"])
+        if extractor.feature_dim != int(spec["feature_dim"]):
+            raise CheckpointError(
+                f"Backbone {spec['name']!r} now gives {extractor.feature_dim} features but the "
+                f"checkpoint was trained on {spec['feature_dim']}; the backbone changed."
+            )
+        extractor.preprocessing = Preprocessing.from_dict(data["preprocessing"])
+        classes = [str(c) for c in data["classes"]]
+        head_spec = data["head"]
+        head = build_head(
+            extractor.feature_dim,
+            len(classes),
+            list(head_spec["hidden_units"]),
+            float(head_spec["dropout"]),
+        )
+        head.load_state_dict(head_spec["state_dict"])
+        clf.device_ = resolve_device(clf.device)
+        clf.backbone_ = prepare_backbone(extractor, clf.device_)
+        clf.head_ = head.to(clf.device_).eval()
+        clf.classes_ = classes
+        clf.class_to_idx_ = {c: i for i, c in enumerate(classes)}
+        names = data.get("category_names")
+        clf.category_names_ = dict(names) if names is not None else None
+        clf.history_ = [dict(r) for r in data.get("history", [])]
+        clf.best_epoch_ = int(data.get("best_epoch", 0))
+        clf.optimizer_state_ = data.get("optimizer", {})
+        return clf

@@ -1,0 +1,107 @@
+"""How an image becomes the tensor a backbone expects: resize, centre-crop, normalise.
+
+A :class:`Preprocessing` is plain data (numbers and strings), so it travels inside a
+checkpoint and rebuilds the exact same transform on another machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torchvision.transforms import InterpolationMode, v2
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Preprocessing"]
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+def _first(value: Any) -> int:
+    """Return an int from torchvision's ``[224]``-style size lists."""
+    return int(value[0]) if isinstance(value, (list, tuple)) else int(value)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Evaluation-time preprocessing of a backbone.
+
+    Attributes:
+        resize_size: The shorter image side is resized to this many pixels.
+        crop_size: Side of the square centre crop fed to the network.
+        mean: Per-channel mean subtracted after scaling pixels to ``[0, 1]``.
+        std: Per-channel standard deviation divided by after subtracting the mean.
+        interpolation: ``"bilinear"`` or ``"bicubic"`` (any torchvision InterpolationMode value).
+    """
+
+    resize_size: int = 256
+    crop_size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bilinear"
+
+    @classmethod
+    def from_torchvision(cls, weights: Any) -> Preprocessing:
+        """Read the preprocessing a torchvision ``Weights`` entry was trained with.
+
+        Args:
+            weights: A member of a torchvision ``WeightsEnum`` (e.g. ``VGG16_Weights.DEFAULT``).
+
+        Returns:
+            The matching :class:`Preprocessing`.
+        """
+        t = weights.transforms()
+        return cls(
+            resize_size=_first(t.resize_size),
+            crop_size=_first(t.crop_size),
+            mean=tuple(float(m) for m in t.mean),  # type: ignore[arg-type]
+            std=tuple(float(s) for s in t.std),  # type: ignore[arg-type]
+            interpolation=InterpolationMode(t.interpolation).value,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the fields as JSON-compatible values (lists, ints, strings)."""
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Preprocessing:
+        """Rebuild from :meth:`to_dict` output.
+
+        Args:
+            data: A mapping with this class's field names.
+
+        Returns:
+            The preprocessing.
+        """
+        return cls(
+            resize_size=int(data["resize_size"]),
+            crop_size=int(data["crop_size"]),
+            mean=tuple(float(m) for m in data["mean"]),  # type: ignore[arg-type]
+            std=tuple(float(s) for s in data["std"]),  # type: ignore[arg-type]
+            interpolation=str(data.get("interpolation", "bilinear")),
+        )
+
+    def transform(self) -> Callable[[Any], torch.Tensor]:
+        """Build the evaluation transform.
+
+        Returns:
+            A callable mapping a ``PIL.Image``, an HxWxC uint8 array or a CxHxW tensor
+            (uint8, or float in ``[0, 1]``) to a normalised float32 CxHxW tensor.
+        """
+        return v2.Compose(
+            [
+                v2.ToImage(),
+                v2.Resize(
+                    self.resize_size,
+                    interpolation=InterpolationMode(self.interpolation),
+                    antialias=True,
+                ),
+                v2.CenterCrop(self.crop_size),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(mean=list(self.mean), std=list(self.std)),
+            ]
+        )

@@ -1,0 +1,112 @@
+"""Typed results: one top-k prediction, and evaluation metrics computed from log-probabilities."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["Prediction", "evaluation_report", "top_predictions"]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One of the top-k guesses for an image.
+
+    Attributes:
+        label: Display name (from the category names, else the class folder name).
+        class_id: The class folder name, e.g. ``"73"``.
+        probability: Probability in ``[0, 1]``.
+        index: Output index of the class in the model.
+    """
+
+    label: str
+    class_id: str
+    probability: float
+    index: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the fields as a plain dict."""
+        return asdict(self)
+
+
+def top_predictions(
+    log_probs: torch.Tensor,
+    topk: int,
+    classes: Sequence[str],
+    names: Mapping[str, str] | None,
+) -> list[list[Prediction]]:
+    """Turn a ``(N, C)`` batch of log-probabilities into ``N`` lists of top-k predictions.
+
+    Args:
+        log_probs: Model outputs.
+        topk: How many classes per image (capped at ``C``).
+        classes: Class folder names by output index.
+        names: Class folder name to display name; missing entries show the folder name.
+
+    Returns:
+        One list per image, sorted by decreasing probability.
+    """
+    k = min(int(topk), log_probs.shape[1])
+    probs, idx = log_probs.float().exp().topk(k, dim=1)
+    names = names or {}
+    return [
+        [
+            Prediction(
+                label=names.get(classes[i], classes[i]),
+                class_id=classes[i],
+                probability=float(p),
+                index=int(i),
+            )
+            for p, i in zip(row_p.tolist(), row_i.tolist(), strict=True)
+        ]
+        for row_p, row_i in zip(probs, idx, strict=True)
+    ]
+
+
+def evaluation_report(
+    log_probs: torch.Tensor, labels: torch.Tensor, classes: Sequence[str]
+) -> dict[str, Any]:
+    """Compute the metrics :meth:`FlowerClassifier.evaluate` returns.
+
+    Args:
+        log_probs: ``(N, C)`` model outputs.
+        labels: ``(N,)`` true class indices.
+        classes: Class folder names by output index.
+
+    Returns:
+        ``accuracy``, ``top5_accuracy``, ``loss`` (mean NLL), ``n_images``, and
+        ``per_class_accuracy`` / ``per_class_count`` keyed by class folder name (classes
+        without images are left out).
+    """
+    n = len(labels)
+    if n == 0:
+        nan = float("nan")
+        return {
+            "accuracy": nan,
+            "top5_accuracy": nan,
+            "loss": nan,
+            "n_images": 0,
+            "per_class_accuracy": {},
+            "per_class_count": {},
+        }
+    pred = log_probs.argmax(1)
+    top5 = log_probs.topk(min(5, log_probs.shape[1]), dim=1).indices
+    correct = pred == labels
+    per_acc: dict[str, float] = {}
+    per_count: dict[str, int] = {}
+    for i in labels.unique().tolist():
+        mask = labels == i
+        per_acc[classes[i]] = float(correct[mask].float().mean())
+        per_count[classes[i]] = int(mask.sum())
+    return {
+        "accuracy": float(correct.float().mean()),
+        "top5_accuracy": float((top5 == labels[:, None]).any(1).float().mean()),
+        "loss": float(nn.functional.nll_loss(log_probs.float(), labels)),
+        "n_images": n,
+        "per_class_accuracy": per_acc,
+        "per_class_count": per_count,
+    }

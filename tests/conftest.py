@@ -1,0 +1,94 @@
+"""Shared fixtures: small synthetic flower folders and a tiny, fast backbone.
+
+Nothing here touches the network or ../shared: every image is drawn on the fly.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import petalnet
+from petalnet import FeatureExtractor, Preprocessing, register_backbone
+
+N_CLASSES = 12
+CLASS_NAMES = {str(i): f"flower number {i}" for i in range(1, N_CLASSES + 1)}
+TINY_PRE = Preprocessing(resize_size=36, crop_size=32)
+
+
+def _tiny_body() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, kernel_size=3, stride=2, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+    )
+
+
+@register_backbone("tiny_test", overwrite=True)
+def tiny_test(weights="DEFAULT") -> FeatureExtractor:
+    """A 32-feature CNN; "DEFAULT" is a fixed seeded init (restorable), None a random one."""
+    if weights is None:
+        body = _tiny_body()
+        return FeatureExtractor(body, feature_dim=32, preprocessing=TINY_PRE, weights=None)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1234)
+        body = _tiny_body()
+    return FeatureExtractor(body, feature_dim=32, preprocessing=TINY_PRE, weights="SEEDED")
+
+
+def class_color(label: str) -> tuple[int, int, int]:
+    """A distinct colour per class folder name."""
+    hue = (int(label) - 1) / N_CLASSES
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.9, 0.9)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def draw_flower(label: str, seed: int, size: tuple[int, int] = (48, 40)) -> Image.Image:
+    """A noisy image whose colour identifies its class."""
+    rng = np.random.default_rng(seed)
+    base = np.array(class_color(label), dtype=np.float32)
+    pixels = base + rng.normal(0, 12, size=(size[1], size[0], 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def make_class_folders(root: Path, per_class: int, seed: int, n_classes: int = N_CLASSES) -> Path:
+    for i in range(1, n_classes + 1):
+        folder = root / str(i)
+        folder.mkdir(parents=True, exist_ok=True)
+        for j in range(per_class):
+            draw_flower(str(i), seed * 10_000 + i * 100 + j).save(folder / f"img_{j:03d}.jpg")
+    return root
+
+
+@pytest.fixture(scope="session")
+def flowers_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Udacity layout: train/ valid/ test/ with classes 1..12 and cat_to_name.json."""
+    root = tmp_path_factory.mktemp("flowers")
+    make_class_folders(root / "train", per_class=6, seed=1)
+    make_class_folders(root / "valid", per_class=2, seed=2)
+    make_class_folders(root / "test", per_class=2, seed=3)
+    (root / "cat_to_name.json").write_text(json.dumps(CLASS_NAMES))
+    return root
+
+
+@pytest.fixture(scope="session")
+def single_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder of 5 class folders, no split."""
+    return make_class_folders(tmp_path_factory.mktemp("single"), per_class=6, seed=4, n_classes=5)
+
+
+@pytest.fixture(scope="session")
+def fitted(flowers_root: Path) -> petalnet.FlowerClassifier:
+    """A classifier trained once on the synthetic data (shared; do not mutate)."""
+    clf = petalnet.FlowerClassifier(
+        "tiny_test", hidden_units=32, epochs=15, learning_rate=0.01, batch_size=16,
+        random_state=0, device="cpu", verbose=0,
+    )
+    return clf.fit(flowers_root)
