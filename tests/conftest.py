@@ -88,7 +88,13 @@ def single_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def fitted(flowers_root: Path) -> petalnet.FlowerClassifier:
     """A classifier trained once on the synthetic data (shared; do not mutate)."""
     clf = petalnet.FlowerClassifier(
-        "tiny_test", hidden_units=32, epochs=15, learning_rate=0.01, batch_size=16,
-        random_state=0, device="cpu", verbose=0,
+        "tiny_test",
+        hidden_units=32,
+        epochs=15,
+        learning_rate=0.01,
+        batch_size=16,
+        random_state=0,
+        device="cpu",
+        verbose=0,
     )
     return clf.fit(flowers_root)

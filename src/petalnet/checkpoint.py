@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -88,12 +90,19 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not p.is_file():
         raise CheckpointError(f"Checkpoint {str(p)!r} does not exist; check the path.")
     try:
-        data = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's note on foreign pickle protocols is noise here
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            data = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        if found:
+            raise CheckpointError(
+                f"Refusing to load {str(p)!r}: it holds a pickled {found.group(1)} object, "
+                "which could run code; petalnet checkpoints hold only tensors and plain values."
+            ) from None
         raise CheckpointError(
-            f"Refusing to load {str(p)!r}: it holds objects that could run code "
-            f"({str(exc).splitlines()[0][:200]}). Only open checkpoints you trust, "
-            "and re-save them with petalnet."
+            f"Cannot read checkpoint {str(p)!r}: the file is truncated or is not a petalnet "
+            "checkpoint (UnpicklingError)."
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
         raise CheckpointError(

@@ -36,7 +36,7 @@ from petalnet.features import extract_features, prepare_backbone, run_backbone
 from petalnet.head import build_head, normalize_hidden_units
 from petalnet.preprocessing import Preprocessing
 from petalnet.results import Prediction, evaluation_report, top_predictions
-from petalnet.training import TrainResult, train_head
+from petalnet.training import TrainResult, seeded, train_head
 
 __all__ = ["FlowerClassifier", "ImageInput"]
 
@@ -177,9 +177,7 @@ class FlowerClassifier:
         }
         train_xy = extract_features(backbone, data.train, desc="train features", **extract)
         valid_xy = extract_features(backbone, data.valid, desc="valid features", **extract)
-        with torch.random.fork_rng(devices=[]):
-            if self.random_state is not None:
-                torch.manual_seed(int(self.random_state))
+        with seeded(self.random_state):
             head = build_head(backbone.feature_dim, len(data.classes), hidden, float(self.dropout))
         head.to(device)
 
@@ -385,7 +383,8 @@ class FlowerClassifier:
             value = params[key]
             if value is not None and not isinstance(value, Mapping):
                 params[key] = str(value)
-        params["hidden_units"] = normalize_hidden_units(self.hidden_units)
+        if isinstance(self.hidden_units, (list, tuple)):
+            params["hidden_units"] = [int(h) for h in self.hidden_units]
         payload = {
             "petalnet_version": __version__,
             "params": params,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +18,7 @@ from torch import nn
 
 from petalnet.errors import PetalnetError
 
-__all__ = ["EpochRecord", "TrainResult", "evaluate_head", "train_head"]
+__all__ = ["EpochRecord", "TrainResult", "evaluate_head", "seeded", "train_head"]
 
 EpochRecord = dict[str, float]
 """One history row: ``epoch``, ``train_loss``, ``valid_loss``, ``valid_accuracy``, ``seconds``."""
@@ -35,6 +37,26 @@ class TrainResult:
     history: list[EpochRecord] = field(default_factory=list)
     best_epoch: int = 0
     optimizer_state: dict[str, Any] = field(default_factory=dict)
+
+
+@contextmanager
+def seeded(seed: int | None, device: torch.device | None = None) -> Iterator[None]:
+    """Run a block with torch's random generators seeded, restoring them afterwards.
+
+    Args:
+        seed: The seed; ``None`` leaves the generators alone (fresh randomness).
+        device: The device whose generator is also forked (CUDA only; others share the CPU's).
+
+    Yields:
+        Nothing.
+    """
+    if seed is None:
+        yield
+        return
+    cuda = [device.index or 0] if device is not None and device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(int(seed))
+        yield
 
 
 @torch.inference_mode()
@@ -107,51 +129,47 @@ def train_head(
     x_va, y_va = (t.to(device) for t in valid)
     optimizer = torch.optim.Adam(head.parameters(), lr=learning_rate)
     criterion = nn.NLLLoss()
-    gen = torch.Generator()
-    if seed is not None:
-        gen.manual_seed(int(seed))
-    else:
-        gen.seed()
     result = TrainResult() if result is None else result
     best_key: tuple[float, float] | None = None
     best_state = copy.deepcopy(head.state_dict())
     try:
-        for epoch in range(1, epochs + 1):
-            start = time.perf_counter()
-            head.train()
-            order = torch.randperm(len(y_tr), generator=gen).to(device)
-            total = 0.0
-            for i in range(0, len(order), batch_size):
-                idx = order[i : i + batch_size]
-                optimizer.zero_grad(set_to_none=True)
-                loss = criterion(head(x_tr[idx]), y_tr[idx])
-                if not torch.isfinite(loss):
-                    raise PetalnetError(
-                        f"The training loss became {loss.item()} in epoch {epoch}; lower "
-                        "learning_rate or check the data. The best weights so far are kept."
+        with seeded(seed, device):  # seeds dropout masks and the batch order
+            for epoch in range(1, epochs + 1):
+                start = time.perf_counter()
+                head.train()
+                order = torch.randperm(len(y_tr)).to(device)
+                total = 0.0
+                for i in range(0, len(order), batch_size):
+                    idx = order[i : i + batch_size]
+                    optimizer.zero_grad(set_to_none=True)
+                    loss = criterion(head(x_tr[idx]), y_tr[idx])
+                    if not torch.isfinite(loss):
+                        raise PetalnetError(
+                            f"The training loss became {loss.item()} in epoch {epoch}; lower "
+                            "learning_rate or check the data. The best weights so far are kept."
+                        )
+                    loss.backward()
+                    optimizer.step()
+                    total += loss.item() * len(idx)
+                valid_loss, valid_acc = evaluate_head(head, x_va, y_va)
+                record: EpochRecord = {
+                    "epoch": float(epoch),
+                    "train_loss": total / max(len(y_tr), 1),
+                    "valid_loss": valid_loss,
+                    "valid_accuracy": valid_acc,
+                    "seconds": time.perf_counter() - start,
+                }
+                result.history.append(record)
+                key = (valid_acc, -valid_loss) if len(y_va) else (float(epoch), 0.0)
+                if best_key is None or key > best_key:
+                    best_key, result.best_epoch = key, epoch
+                    best_state = copy.deepcopy(head.state_dict())
+                if verbose > 0:
+                    print(
+                        f"epoch {epoch}/{epochs}  train loss {record['train_loss']:.4f}  "
+                        f"valid loss {valid_loss:.4f}  valid accuracy {valid_acc:.2%}  "
+                        f"({record['seconds']:.1f}s)"
                     )
-                loss.backward()
-                optimizer.step()
-                total += loss.item() * len(idx)
-            valid_loss, valid_acc = evaluate_head(head, x_va, y_va)
-            record: EpochRecord = {
-                "epoch": float(epoch),
-                "train_loss": total / max(len(y_tr), 1),
-                "valid_loss": valid_loss,
-                "valid_accuracy": valid_acc,
-                "seconds": time.perf_counter() - start,
-            }
-            result.history.append(record)
-            key = (valid_acc, -valid_loss) if len(y_va) else (float(epoch), 0.0)
-            if best_key is None or key > best_key:
-                best_key, result.best_epoch = key, epoch
-                best_state = copy.deepcopy(head.state_dict())
-            if verbose > 0:
-                print(
-                    f"epoch {epoch}/{epochs}  train loss {record['train_loss']:.4f}  "
-                    f"valid loss {valid_loss:.4f}  valid accuracy {valid_acc:.2%}  "
-                    f"({record['seconds']:.1f}s)"
-                )
     finally:  # also on an error or Ctrl-C: never lose the best weights
         head.load_state_dict(best_state)
         result.optimizer_state = optimizer.state_dict()

@@ -1,0 +1,134 @@
+"""Built-in torchvision backbones: feature sizes, preprocessing, weights loading offline."""
+
+from __future__ import annotations
+
+import urllib.error
+
+import pytest
+import torch
+import torchvision
+from torchvision.models import get_model_weights
+
+import petalnet
+from petalnet.backbones.torchvision import TORCHVISION_BACKBONES
+
+# Small members of each family, run for real (random init) to check the declared feature size.
+FORWARD_CHECKED = [
+    "alexnet",
+    "vgg11",
+    "resnet18",
+    "densenet121",
+    "mobilenet_v2",
+    "mobilenet_v3_small",
+    "mnasnet0_5",
+    "shufflenet_v2_x0_5",
+    "efficientnet_b0",
+    "regnet_x_400mf",
+    "convnext_tiny",
+    "vit_b_32",
+    "swin_t",
+]
+
+
+@pytest.mark.parametrize("name", FORWARD_CHECKED)
+def test_feature_dim_matches_real_output(name):
+    fx = petalnet.build_backbone(name, weights=None).eval()
+    size = fx.preprocessing.crop_size
+    with torch.inference_mode():
+        out = fx(torch.rand(2, 3, size, size))
+    assert out.shape == (2, fx.feature_dim)
+    assert fx.weights is None and not fx.restorable
+
+
+def test_vgg16_is_the_seed_backbone():
+    with torch.device("meta"):
+        fx = petalnet.build_backbone("vgg16", weights=None)
+    assert fx.feature_dim == 25088  # 512 x 7 x 7, what the seed's classifier took
+    assert isinstance(fx.body, torchvision.models.VGG)
+
+
+@pytest.mark.parametrize("name", sorted(TORCHVISION_BACKBONES))
+def test_preprocessing_comes_from_the_weights(name):
+    tv = get_model_weights(name).DEFAULT.transforms()
+    pre = petalnet.Preprocessing.from_torchvision(get_model_weights(name).DEFAULT)
+    assert pre.crop_size == tv.crop_size[0] and pre.resize_size == tv.resize_size[0]
+    assert list(pre.mean) == list(tv.mean) and list(pre.std) == list(tv.std)
+    assert pre.interpolation == tv.interpolation.value
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """An empty torch cache and no network."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+
+    def no_network(url, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    return tmp_path / "torch_home" / "hub" / "checkpoints"
+
+
+def test_offline_error_is_one_sentence_with_the_fixes(offline):
+    with pytest.raises(petalnet.WeightsUnavailableError) as err:
+        petalnet.build_backbone("mobilenet_v3_small")
+    message = str(err.value)
+    assert "\n" not in message
+    assert "mobilenet_v3_small-047dcff4.pth" in message
+    assert str(offline) in message and "TORCH_HOME" in message
+    assert "weights=None" in message and "efficientnet_lite0" in message
+    assert "weights='path/to/" in message
+
+
+def test_cached_weights_load_without_network(offline):
+    offline.mkdir(parents=True)
+    reference = torchvision.models.mobilenet_v3_small()
+    torch.save(reference.state_dict(), offline / "mobilenet_v3_small-047dcff4.pth")
+    fx = petalnet.build_backbone("mobilenet_v3_small")
+    assert fx.weights == "IMAGENET1K_V1" and fx.restorable
+    assert torch.equal(fx.body.features[0][0].weight, reference.features[0][0].weight)
+
+
+def test_weights_from_a_local_file(tmp_path):
+    reference = torchvision.models.resnet18()
+    path = tmp_path / "my_resnet.pth"
+    torch.save({"state_dict": reference.state_dict()}, path)
+    fx = petalnet.build_backbone("resnet18", weights=path)
+    assert torch.equal(fx.body.conv1.weight, reference.conv1.weight)
+    assert fx.weights == "file:my_resnet.pth" and not fx.restorable
+    assert fx.preprocessing.crop_size == 224
+
+
+def test_weights_file_that_does_not_fit(tmp_path):
+    path = tmp_path / "wrong.pth"
+    torch.save(torchvision.models.alexnet().state_dict(), path)
+    with pytest.raises(petalnet.WeightsUnavailableError, match="does not fit 'resnet18'"):
+        petalnet.build_backbone("resnet18", weights=str(path))
+    with pytest.raises(petalnet.WeightsUnavailableError, match="does not exist"):
+        petalnet.build_backbone("resnet18", weights=str(tmp_path / "missing.pth"))
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(petalnet.WeightsUnavailableError, match="Cannot read weights file"):
+        petalnet.build_backbone("resnet18", weights=garbage)
+
+
+def test_unknown_weights_name_lists_the_choices():
+    with pytest.raises(petalnet.PetalnetError, match="IMAGENET1K_V1.*IMAGENET1K_V2"):
+        petalnet.build_backbone("resnet50", weights="IMAGENET_SUPER")
+
+
+def test_preprocessing_round_trips_and_transforms_all_inputs():
+    import numpy as np
+    from PIL import Image
+
+    pre = petalnet.Preprocessing(resize_size=40, crop_size=32, interpolation="bicubic")
+    assert petalnet.Preprocessing.from_dict(pre.to_dict()) == pre
+    t = pre.transform()
+    img = Image.new("RGB", (80, 60), (255, 0, 0))
+    a = t(img)
+    b = t(np.array(img))
+    c = t(torch.from_numpy(np.asarray(img)).permute(2, 0, 1))
+    d = t(torch.from_numpy(np.asarray(img)).permute(2, 0, 1).float() / 255)
+    assert a.shape == (3, 32, 32) and a.dtype == torch.float32
+    for other in (b, c, d):
+        assert torch.allclose(a, other, atol=1e-5)
+    assert torch.allclose(a[0], torch.full((32, 32), (1 - 0.485) / 0.229), atol=1e-4)
