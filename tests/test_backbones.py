@@ -132,3 +132,29 @@ def test_preprocessing_round_trips_and_transforms_all_inputs():
     for other in (b, c, d):
         assert torch.allclose(a, other, atol=1e-5)
     assert torch.allclose(a[0], torch.full((32, 32), (1 - 0.485) / 0.229), atol=1e-4)
+
+
+def test_prepared_backbone_folds_batch_norm_without_changing_outputs():
+    from petalnet.features import prepare_backbone, run_backbone
+
+    fx = petalnet.build_backbone("mobilenet_v3_small", weights=None)
+    torch.manual_seed(0)
+    for m in fx.modules():  # make batch norm do real work
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    keys_before = set(fx.state_dict())
+    x = torch.rand(2, 3, 224, 224)
+    with torch.inference_mode():
+        expected = fx.eval()(x)
+    runner = prepare_backbone(fx, torch.device("cpu"))
+    assert runner is not fx
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in runner.modules())
+    assert set(fx.state_dict()) == keys_before  # the original keeps its architecture
+    assert not any(p.requires_grad for p in fx.parameters())
+    torch.testing.assert_close(
+        run_backbone(runner, x, torch.device("cpu")), expected, rtol=1e-4, atol=1e-4
+    )
+    plain = petalnet.build_backbone("vgg11", weights=None)
+    assert prepare_backbone(plain, torch.device("cpu")) is plain  # nothing to fold: no copy

@@ -331,3 +331,16 @@ def test_fit_with_torchvision_backbone_end_to_end(single_folder, tmp_path):
     np.testing.assert_allclose(
         loaded.predict_proba(image), clf.predict_proba(image), rtol=1e-4, atol=1e-6
     )
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mixed_precision_features_agree_with_fp32(single_folder, device):
+    params = {**FAST, "device": device, "epochs": 5}
+    full = FlowerClassifier("tiny_test", random_state=0, **params).fit(single_folder)
+    mixed = FlowerClassifier("tiny_test", random_state=0, amp=True, **params).fit(single_folder)
+    images = [single_folder / c / "img_000.jpg" for c in ("1", "3", "5")]
+    np.testing.assert_allclose(mixed.predict_proba(images), full.predict_proba(images), atol=0.05)
+    assert mixed.backbone_.weights == full.backbone_.weights

@@ -167,7 +167,8 @@ class FlowerClassifier:
         else:
             names = None
         device = resolve_device(self.device)
-        backbone = prepare_backbone(build_backbone(self.backbone, self.weights), device)
+        backbone = build_backbone(self.backbone, self.weights)
+        runner = prepare_backbone(backbone, device)
         extract = {
             "device": device,
             "batch_size": int(self.batch_size),
@@ -175,8 +176,8 @@ class FlowerClassifier:
             "num_workers": self.num_workers,
             "verbose": int(self.verbose),
         }
-        train_xy = extract_features(backbone, data.train, desc="train features", **extract)
-        valid_xy = extract_features(backbone, data.valid, desc="valid features", **extract)
+        train_xy = extract_features(runner, data.train, desc="train features", **extract)
+        valid_xy = extract_features(runner, data.valid, desc="valid features", **extract)
         with seeded(self.random_state):
             head = build_head(backbone.feature_dim, len(data.classes), hidden, float(self.dropout))
         head.to(device)
@@ -185,6 +186,7 @@ class FlowerClassifier:
         self.class_to_idx_ = dict(data.class_to_idx)
         self.category_names_ = names
         self.backbone_ = backbone
+        self._runner = runner
         self.head_ = head
         self.device_ = device
         self.n_train_, self.n_valid_ = len(data.train), len(data.valid)
@@ -225,7 +227,7 @@ class FlowerClassifier:
             )
 
     def _log_probs(self, batch: torch.Tensor) -> torch.Tensor:
-        feats = run_backbone(self.backbone_, batch, self.device_, bool(self.amp))
+        feats = run_backbone(self._runner, batch, self.device_, bool(self.amp))
         self.head_.eval()
         with torch.inference_mode():
             return self.head_(feats).float().cpu()
@@ -333,7 +335,7 @@ class FlowerClassifier:
         folder = resolve_eval_folder(path)
         samples = list_samples(folder, self.class_to_idx_)
         feats, labels = extract_features(
-            self.backbone_,
+            self._runner,
             samples,
             device=self.device_,
             batch_size=int(self.batch_size),
@@ -466,7 +468,8 @@ class FlowerClassifier:
         )
         head.load_state_dict(head_spec["state_dict"])
         clf.device_ = resolve_device(clf.device)
-        clf.backbone_ = prepare_backbone(extractor, clf.device_)
+        clf._runner = prepare_backbone(extractor, clf.device_)
+        clf.backbone_ = extractor
         clf.head_ = head.to(clf.device_).eval()
         clf.classes_ = classes
         clf.class_to_idx_ = {c: i for i, c in enumerate(classes)}
