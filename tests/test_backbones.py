@@ -126,8 +126,8 @@ def test_preprocessing_round_trips_and_transforms_all_inputs():
     img = Image.new("RGB", (80, 60), (255, 0, 0))
     a = t(img)
     b = t(np.array(img))
-    c = t(torch.from_numpy(np.asarray(img)).permute(2, 0, 1))
-    d = t(torch.from_numpy(np.asarray(img)).permute(2, 0, 1).float() / 255)
+    c = t(torch.from_numpy(np.array(img)).permute(2, 0, 1))
+    d = t(torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255)
     assert a.shape == (3, 32, 32) and a.dtype == torch.float32
     for other in (b, c, d):
         assert torch.allclose(a, other, atol=1e-5)
