@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> None:
         name: prepare_backbone(petalnet.build_backbone(name, weights=None), CPU)
         for name in args.backbones
     }
-    print("| batch | precision | " + " | ".join(f"{n} img/s" for n in runners) + " | first ÷ others |")
+    columns = " | ".join(f"{n} img/s" for n in runners)
+    print(f"| batch | precision | {columns} | first ÷ others |")
     print("|---" * (len(runners) + 3) + "|")
     for bs in args.batch_sizes:
         for precision in args.precisions:
