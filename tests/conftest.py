@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import colorsys
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,17 @@ from torch import nn
 
 import petalnet
 from petalnet import FeatureExtractor, Preprocessing, register_backbone
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep the feature cache of the whole run in a private temporary folder."""
+    config._petalnet_cache = tempfile.mkdtemp(prefix="petalnet-test-cache-")
+    os.environ["PETALNET_CACHE_DIR"] = config._petalnet_cache
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(getattr(config, "_petalnet_cache", ""), ignore_errors=True)
+
 
 N_CLASSES = 12
 CLASS_NAMES = {str(i): f"flower number {i}" for i in range(1, N_CLASSES + 1)}
@@ -37,10 +51,20 @@ def tiny_test(weights="DEFAULT") -> FeatureExtractor:
     if weights is None:
         body = _tiny_body()
         return FeatureExtractor(body, feature_dim=32, preprocessing=TINY_PRE, weights=None)
+    seeds = {"DEFAULT": 1234, "SEEDED": 1234, "OTHER": 99}
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1234)
+        torch.manual_seed(seeds[str(weights)])
         body = _tiny_body()
-    return FeatureExtractor(body, feature_dim=32, preprocessing=TINY_PRE, weights="SEEDED")
+    name = "SEEDED" if seeds[str(weights)] == 1234 else str(weights)
+    return FeatureExtractor(body, feature_dim=32, preprocessing=TINY_PRE, weights=name)
+
+
+@register_backbone("tiny_test_wide_crop", overwrite=True)
+def tiny_test_wide_crop(weights="DEFAULT") -> FeatureExtractor:
+    """tiny_test with other preprocessing (same parameters)."""
+    fx = tiny_test(weights)
+    fx.preprocessing = Preprocessing(resize_size=40, crop_size=32)
+    return fx
 
 
 def class_color(label: str) -> tuple[int, int, int]:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 from petalnet._device import resolve_device
 from petalnet._version import __version__
@@ -24,6 +25,7 @@ from petalnet.backbones.base import FeatureExtractor, WeightsArg
 from petalnet.backbones.registry import build_backbone
 from petalnet.checkpoint import read_checkpoint, write_checkpoint
 from petalnet.data import (
+    Sample,
     _to_rgb,
     list_samples,
     load_category_names,
@@ -32,7 +34,13 @@ from petalnet.data import (
     resolve_eval_folder,
 )
 from petalnet.errors import CheckpointError, NotFittedError, PetalnetError, PetalnetWarning
-from petalnet.features import extract_features, prepare_backbone, run_backbone
+from petalnet.features import (
+    extract_features,
+    feature_cache,
+    prepare_backbone,
+    resolve_precision,
+    run_backbone,
+)
 from petalnet.head import build_head, normalize_hidden_units
 from petalnet.preprocessing import Preprocessing
 from petalnet.results import Prediction, evaluation_report, top_predictions
@@ -72,7 +80,16 @@ class FlowerClassifier:
             ``valid/`` folder.
         num_workers: Image-decoding worker processes; ``None`` picks a default for this
             machine.
-        amp: Compute backbone features in mixed precision (bfloat16 on CPU, float16 on GPU).
+        amp: Compute backbone features in mixed precision: ``True``, ``False``, or
+            ``"auto"`` (float16 on CUDA, bfloat16 on CPUs with native bfloat16 support,
+            float32 elsewhere).
+        augment_views: Train on this many randomly augmented views of each training image
+            (random resized crop, flip, rotation), one per epoch in turn, instead of the
+            centre crop. Each view costs one backbone pass, once: views are cached.
+        cache: Keep backbone features on disk, so a later ``fit``/``evaluate`` on the same
+            files with the same backbone, weights and preprocessing skips the backbone.
+        cache_dir: Folder of that cache; ``None`` means ``$PETALNET_CACHE_DIR``, else
+            ``$XDG_CACHE_HOME/petalnet``, else ``~/.cache/petalnet``.
         verbose: ``0`` silent, ``1`` progress bars and one line per epoch.
     """
 
@@ -91,7 +108,10 @@ class FlowerClassifier:
         random_state: int | None = None,
         valid_fraction: float = 0.2,
         num_workers: int | None = None,
-        amp: bool = False,
+        amp: bool | str = "auto",
+        augment_views: int = 0,
+        cache: bool = True,
+        cache_dir: str | os.PathLike[str] | None = None,
         verbose: int = 1,
     ) -> None:
         self.backbone = backbone
@@ -107,6 +127,9 @@ class FlowerClassifier:
         self.valid_fraction = valid_fraction
         self.num_workers = num_workers
         self.amp = amp
+        self.augment_views = augment_views
+        self.cache = cache
+        self.cache_dir = cache_dir
         self.verbose = verbose
 
     # ------------------------------------------------------------------ parameters
@@ -130,6 +153,7 @@ class FlowerClassifier:
             (int(self.epochs) >= 1, "epochs must be at least 1"),
             (int(self.batch_size) >= 1, "batch_size must be at least 1"),
             (0.0 <= float(self.valid_fraction) < 1.0, "valid_fraction must be in [0, 1)"),
+            (int(self.augment_views) >= 0, "augment_views must be 0 or more"),
         ]
         for ok, message in checks:
             if not ok:
@@ -167,17 +191,13 @@ class FlowerClassifier:
         else:
             names = None
         device = resolve_device(self.device)
+        precision = resolve_precision(self.amp, device)
         backbone = build_backbone(self.backbone, self.weights)
         runner = prepare_backbone(backbone, device)
-        extract = {
-            "device": device,
-            "batch_size": int(self.batch_size),
-            "amp": bool(self.amp),
-            "num_workers": self.num_workers,
-            "verbose": int(self.verbose),
-        }
-        train_xy = extract_features(runner, data.train, desc="train features", **extract)
-        valid_xy = extract_features(runner, data.valid, desc="valid features", **extract)
+        self._setup(backbone, runner, device, precision)
+        views = int(self.augment_views)
+        train_xy = self._extract(data.train, "train features", views=range(1, views + 1) or [0])
+        valid_xy = self._extract(data.valid, "valid features")
         with seeded(self.random_state):
             head = build_head(backbone.feature_dim, len(data.classes), hidden, float(self.dropout))
         head.to(device)
@@ -185,10 +205,7 @@ class FlowerClassifier:
         self.classes_ = list(data.classes)
         self.class_to_idx_ = dict(data.class_to_idx)
         self.category_names_ = names
-        self.backbone_ = backbone
-        self._runner = runner
         self.head_ = head
-        self.device_ = device
         self.n_train_, self.n_valid_ = len(data.train), len(data.valid)
         result = TrainResult()
         self.history_ = result.history
@@ -219,6 +236,44 @@ class FlowerClassifier:
         return self
 
     # ------------------------------------------------------------------ fitted use
+    def _setup(
+        self,
+        backbone: FeatureExtractor,
+        runner: nn.Module,
+        device: torch.device,
+        precision: torch.dtype,
+    ) -> None:
+        """Attach the backbone, the module that runs it, and where and how it runs."""
+        self.backbone_ = backbone
+        self.device_ = device
+        self._runner = runner
+        self._precision = precision
+        self._cache = feature_cache(backbone, precision, self.cache_dir) if self.cache else None
+
+    def _extract(
+        self, samples: Sequence[Sample], desc: str, views: Sequence[int] = (0,)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features of ``samples`` (stacked ``(V, N, D)`` for several views) and labels."""
+        results = [
+            extract_features(
+                self._runner,
+                samples,
+                device=self.device_,
+                batch_size=int(self.batch_size),
+                num_workers=self.num_workers,
+                precision=self._precision,
+                cache=self._cache,
+                view=v,
+                seed=self.random_state,
+                verbose=int(self.verbose),
+                desc=desc if len(views) == 1 else f"{desc} (view {v})",
+            )
+            for v in views
+        ]
+        if len(results) == 1:
+            return results[0]
+        return torch.stack([f for f, _ in results]), results[0][1]
+
     def _check_fitted(self) -> None:
         if not hasattr(self, "head_"):
             raise NotFittedError(
@@ -227,7 +282,7 @@ class FlowerClassifier:
             )
 
     def _log_probs(self, batch: torch.Tensor) -> torch.Tensor:
-        feats = run_backbone(self._runner, batch, self.device_, bool(self.amp))
+        feats = run_backbone(self._runner, batch, self.device_, self._precision)
         self.head_.eval()
         with torch.inference_mode():
             return self.head_(feats).float().cpu()
@@ -334,16 +389,7 @@ class FlowerClassifier:
         self._check_fitted()
         folder = resolve_eval_folder(path)
         samples = list_samples(folder, self.class_to_idx_)
-        feats, labels = extract_features(
-            self._runner,
-            samples,
-            device=self.device_,
-            batch_size=int(self.batch_size),
-            amp=bool(self.amp),
-            num_workers=self.num_workers,
-            desc="evaluate",
-            verbose=int(self.verbose),
-        )
+        feats, labels = self._extract(samples, "evaluate")
         self.head_.eval()
         with torch.inference_mode():
             log_probs = self.head_(feats.to(self.device_)).float().cpu()
@@ -381,7 +427,7 @@ class FlowerClassifier:
         if include_backbone or (include_backbone is None and not self.backbone_.restorable):
             backbone["state_dict"] = self.backbone_.state_dict()
         params = self.get_params()
-        for key in ("weights", "category_names", "device"):
+        for key in ("weights", "category_names", "device", "cache_dir"):
             value = params[key]
             if value is not None and not isinstance(value, Mapping):
                 params[key] = str(value)
@@ -467,9 +513,13 @@ class FlowerClassifier:
             float(head_spec["dropout"]),
         )
         head.load_state_dict(head_spec["state_dict"])
-        clf.device_ = resolve_device(clf.device)
-        clf._runner = prepare_backbone(extractor, clf.device_)
-        clf.backbone_ = extractor
+        device = resolve_device(clf.device)
+        clf._setup(
+            extractor,
+            prepare_backbone(extractor, device),
+            device,
+            resolve_precision(clf.amp, device),
+        )
         clf.head_ = head.to(clf.device_).eval()
         clf.classes_ = classes
         clf.class_to_idx_ = {c: i for i, c in enumerate(classes)}

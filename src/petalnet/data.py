@@ -309,16 +309,30 @@ class ImageDataset(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
         samples: ``(path, class index)`` pairs.
         transform: Maps an RGB ``PIL.Image`` to a tensor.
         draft_size: Passed to :func:`read_image`.
+        seeds: One seed per sample for a random ``transform``, making each sample's random
+            draw reproducible whatever the worker or order.
     """
 
-    def __init__(self, samples: Sequence[Sample], transform: Any, draft_size: int | None = None):
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        transform: Any,
+        draft_size: int | None = None,
+        seeds: Sequence[int] | None = None,
+    ):
         self.samples = list(samples)
         self.transform = transform
         self.draft_size = draft_size
+        self.seeds = list(seeds) if seeds is not None else None
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, target = self.samples[index]
-        return self.transform(read_image(path, self.draft_size)), target
+        image = read_image(path, self.draft_size)
+        if self.seeds is None:
+            return self.transform(image), target
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seeds[index])
+            return self.transform(image), target

@@ -7,6 +7,7 @@ once here and trains the head on them for every epoch.
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import time
 from collections.abc import Sequence
@@ -20,9 +21,18 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from petalnet.backbones.base import FeatureExtractor
+from petalnet.cache import FeatureCache, default_cache_dir, parameter_fingerprint
 from petalnet.data import ImageDataset, Sample
 
-__all__ = ["default_num_workers", "extract_features", "prepare_backbone", "run_backbone"]
+__all__ = [
+    "cpu_has_native_bf16",
+    "default_num_workers",
+    "extract_features",
+    "feature_cache",
+    "prepare_backbone",
+    "resolve_precision",
+    "run_backbone",
+]
 
 
 def default_num_workers() -> int:
@@ -74,15 +84,54 @@ def prepare_backbone(backbone: FeatureExtractor, device: torch.device) -> Featur
     return fast.to(device=device, memory_format=torch.channels_last)
 
 
-def _autocast(device: torch.device, enabled: bool) -> AbstractContextManager[Any]:
-    if not enabled:
+def cpu_has_native_bf16() -> bool:
+    """Tell whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX on x86 Linux).
+
+    Without it, bfloat16 convolutions fall back to slow paths (10x slower than float32 on an
+    AVX2-only CPU), so mixed precision must stay off.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_precision(amp: bool | str, device: torch.device) -> torch.dtype:
+    """Pick the dtype features are computed in.
+
+    Args:
+        amp: ``True``, ``False`` or ``"auto"``: float16 autocast on CUDA, bfloat16 on CPUs
+            with native bfloat16 support, float32 elsewhere.
+        device: Where features are computed.
+
+    Returns:
+        ``torch.float32`` (no autocast), ``torch.float16`` or ``torch.bfloat16``.
+
+    Raises:
+        ValueError: ``amp`` is not a bool nor ``"auto"``.
+    """
+    if amp not in (True, False, "auto"):
+        raise ValueError(f"amp must be True, False or 'auto', got {amp!r}.")
+    if amp == "auto":
+        amp = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+    if not amp or device.type not in ("cuda", "cpu"):
+        return torch.float32
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+def _autocast(device: torch.device, dtype: torch.dtype) -> AbstractContextManager[Any]:
+    if dtype == torch.float32:
         return nullcontext()
-    dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def run_backbone(
-    backbone: FeatureExtractor, batch: torch.Tensor, device: torch.device, amp: bool = False
+    backbone: nn.Module,
+    batch: torch.Tensor,
+    device: torch.device,
+    precision: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Compute features of one preprocessed batch, returned as float32 on ``device``.
 
@@ -90,28 +139,72 @@ def run_backbone(
         backbone: A prepared (frozen, eval-mode) backbone on ``device``.
         batch: ``(N, 3, H, W)`` normalised images.
         device: Where to compute.
-        amp: Use mixed precision (bfloat16 on CPU, float16 on GPUs).
+        precision: Autocast dtype (see :func:`resolve_precision`); float32 for none.
 
     Returns:
         ``(N, D)`` features.
     """
     x = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), _autocast(device, amp):
+    with torch.inference_mode(), _autocast(device, precision):
         return backbone(x).float()
 
 
+def feature_cache(
+    backbone: FeatureExtractor, precision: torch.dtype, root: str | os.PathLike[str] | None
+) -> FeatureCache | None:
+    """Open the on-disk feature cache for ``backbone``, or ``None`` where caching is pointless.
+
+    A randomly initialised backbone (``weights=None``) is never cached: its features would
+    never be asked for again.
+
+    Args:
+        backbone: The unprepared backbone (its parameters are fingerprinted).
+        precision: The dtype features are computed in.
+        root: Cache folder; ``None`` for :func:`~petalnet.cache.default_cache_dir`.
+
+    Returns:
+        The cache, or ``None``.
+    """
+    if backbone.weights is None:
+        return None
+    namespace = {
+        "backbone": type(backbone.body).__name__,
+        "weights": backbone.weights,
+        "parameters": parameter_fingerprint(backbone),
+        "preprocessing": backbone.preprocessing.to_dict(),
+        "precision": str(precision),
+    }
+    return FeatureCache(default_cache_dir() if root is None else root, namespace)
+
+
+VIEW_CENTER = "center"
+
+
+def view_name(view: int, augmentation: str) -> str:
+    """Name of training view ``view`` (0 is the centre crop, k > 0 the k-th augmented view)."""
+    return VIEW_CENTER if view == 0 else f"aug{view}:{augmentation}"
+
+
+def _sample_seed(path: Any, view: str, seed: int | None) -> int:
+    digest = hashlib.blake2b(f"{path}\0{view}\0{seed}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
 def extract_features(
-    backbone: FeatureExtractor,
+    backbone: nn.Module,
     samples: Sequence[Sample],
     *,
     device: torch.device,
     batch_size: int = 32,
     num_workers: int | None = None,
-    amp: bool = False,
+    precision: torch.dtype = torch.float32,
+    cache: FeatureCache | None = None,
+    view: int = 0,
+    seed: int | None = None,
     desc: str = "features",
     verbose: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ``backbone`` over image files.
+    """Run ``backbone`` over image files, reusing cached features where they exist.
 
     Args:
         backbone: A prepared (frozen, eval-mode) backbone on ``device``.
@@ -119,9 +212,13 @@ def extract_features(
         device: Where to compute.
         batch_size: Images per forward pass.
         num_workers: DataLoader workers; ``None`` picks :func:`default_num_workers`.
-        amp: Use mixed precision.
+        precision: Autocast dtype (see :func:`resolve_precision`).
+        cache: Feature cache to read and fill, or ``None``.
+        view: ``0`` for the centre crop; ``k > 0`` for the k-th randomly augmented view
+            (random resized crop, flip, rotation), drawn reproducibly from ``seed``.
+        seed: Seed of the augmented views.
         desc: Label of the progress bar.
-        verbose: ``0`` silences the progress bar.
+        verbose: ``0`` silences progress output.
 
     Returns:
         ``(features, labels)``: float32 ``(N, D)`` on the CPU and int64 ``(N,)``.
@@ -129,27 +226,54 @@ def extract_features(
     Raises:
         ImageReadError: An image cannot be read (the message names it).
     """
-    workers = default_num_workers() if num_workers is None else num_workers
     pre = backbone.preprocessing
+    transform = pre.transform() if view == 0 else pre.augment_transform()
+    name = view_name(view, f"{pre.augmentation_id()}:{seed}")
+    labels = torch.tensor([int(t) for _, t in samples], dtype=torch.long)
+    rows: list[torch.Tensor | None] = [None] * len(samples)
+    keys: list[str | None] = [None] * len(samples)
+    if cache is not None:
+        for i, (path, _) in enumerate(samples):
+            try:
+                keys[i] = cache.key(path, name)
+            except OSError:
+                continue  # unreadable file: the loader below reports it
+            hit = cache.get(keys[i])
+            if hit is not None:
+                rows[i] = torch.from_numpy(hit)
+    todo = [i for i, r in enumerate(rows) if r is None]
+    seeds = [_sample_seed(samples[i][0], name, seed) for i in todo] if view else None
     loader = DataLoader(
-        ImageDataset(samples, pre.transform(), draft_size=pre.resize_size),
+        ImageDataset(
+            [samples[i] for i in todo], transform, draft_size=pre.resize_size, seeds=seeds
+        ),
         batch_size=batch_size,
         shuffle=False,
-        num_workers=workers,
+        num_workers=default_num_workers() if num_workers is None else num_workers,
         pin_memory=device.type == "cuda",
     )
-    feats: list[torch.Tensor] = []
-    labels: list[torch.Tensor] = []
     start = time.perf_counter()
-    with tqdm(total=len(samples), desc=desc, unit="img", disable=verbose <= 0, leave=False) as bar:
-        for images, targets in loader:
-            feats.append(run_backbone(backbone, images, device, amp).cpu())
-            labels.append(targets)
-            bar.update(len(targets))
+    done = 0
+    with tqdm(
+        total=len(todo), desc=desc, unit="img", disable=verbose <= 0 or not todo, leave=False
+    ) as bar:
+        for images, _ in loader:
+            feats = run_backbone(backbone, images, device, precision).cpu()
+            for j, row in enumerate(feats):
+                i = todo[done + j]
+                rows[i] = row
+                if cache is not None and keys[i] is not None:
+                    cache.put(keys[i], row.numpy())
+            done += len(feats)
+            bar.update(len(feats))
     elapsed = time.perf_counter() - start
+    if cache is not None and todo:
+        cache.prune()
     if verbose > 0 and samples:
-        rate = len(samples) / elapsed
-        print(f"{desc}: {len(samples)} images in {elapsed:.1f}s ({rate:.1f} img/s)")
-    if not feats:
-        return torch.empty(0, backbone.feature_dim), torch.empty(0, dtype=torch.long)
-    return torch.cat(feats), torch.cat(labels)
+        cached = len(samples) - len(todo)
+        rate = f", {len(todo) / elapsed:.1f} img/s" if todo and elapsed > 0 else ""
+        print(f"{desc}: {len(samples)} images ({cached} from cache) in {elapsed:.1f}s{rate}")
+    dim = getattr(backbone, "feature_dim", 0)
+    if not samples:
+        return torch.empty(0, dim), labels
+    return torch.stack([r for r in rows if r is not None]), labels

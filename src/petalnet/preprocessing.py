@@ -85,6 +85,31 @@ class Preprocessing:
             interpolation=str(data.get("interpolation", "bilinear")),
         )
 
+    def augment_transform(self) -> Callable[[Any], torch.Tensor]:
+        """Build the seed's training augmentation, ending like :meth:`transform`.
+
+        Random rotation (up to 30 degrees), random resized crop to ``crop_size``, random
+        horizontal flip, then scaling and normalisation.
+
+        Returns:
+            A random transform with the same inputs and output as :meth:`transform`.
+        """
+        interpolation = InterpolationMode(self.interpolation)
+        return v2.Compose(
+            [
+                v2.ToImage(),
+                v2.RandomRotation(30, interpolation=interpolation),
+                v2.RandomResizedCrop(self.crop_size, interpolation=interpolation, antialias=True),
+                v2.RandomHorizontalFlip(),
+                v2.ToDtype(torch.float32, scale=True),
+                v2.Normalize(mean=list(self.mean), std=list(self.std)),
+            ]
+        )
+
+    def augmentation_id(self) -> str:
+        """Short id of :meth:`augment_transform`'s recipe, part of feature-cache keys."""
+        return "rot30-rrc-flip-v1"
+
     def transform(self) -> Callable[[Any], torch.Tensor]:
         """Build the evaluation transform.
 

@@ -108,7 +108,9 @@ def train_head(
 
     Args:
         head: Module returning log-probabilities, on ``device``.
-        train: ``(features, labels)`` to learn from.
+        train: ``(features, labels)`` to learn from. ``features`` is ``(N, D)``, or
+            ``(V, N, D)`` for ``V`` views of each image: epoch ``e`` then uses view
+            ``(e - 1) % V`` (cached augmentation).
         valid: ``(features, labels)`` to validate on after every epoch (may be empty).
         epochs: Number of passes over ``train``.
         learning_rate: Adam's learning rate.
@@ -137,12 +139,13 @@ def train_head(
             for epoch in range(1, epochs + 1):
                 start = time.perf_counter()
                 head.train()
+                x_epoch = x_tr[(epoch - 1) % len(x_tr)] if x_tr.ndim == 3 else x_tr
                 order = torch.randperm(len(y_tr)).to(device)
                 total = 0.0
                 for i in range(0, len(order), batch_size):
                     idx = order[i : i + batch_size]
                     optimizer.zero_grad(set_to_none=True)
-                    loss = criterion(head(x_tr[idx]), y_tr[idx])
+                    loss = criterion(head(x_epoch[idx]), y_tr[idx])
                     if not torch.isfinite(loss):
                         raise PetalnetError(
                             f"The training loss became {loss.item()} in epoch {epoch}; lower "
