@@ -186,3 +186,15 @@ def test_precision_resolution(monkeypatch):
     assert resolve_precision("auto", mps) == torch.float32
     with pytest.raises(ValueError, match="amp"):
         resolve_precision("yes", cpu)
+
+
+def test_parameter_fingerprint_covers_buffers_and_scalars():
+    from torch import nn
+
+    from petalnet.cache import parameter_fingerprint
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))  # has a 0-dim buffer
+    before = parameter_fingerprint(net)
+    assert parameter_fingerprint(net) == before
+    net[1].running_mean += 1
+    assert parameter_fingerprint(net) != before

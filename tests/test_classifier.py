@@ -62,6 +62,7 @@ def test_fit_sets_fitted_attributes(fitted, flowers_root):
     assert fitted.history_[-1]["train_loss"] < fitted.history_[0]["train_loss"]
     # the frozen backbone did not change, only the head learned
     assert not any(p.requires_grad for p in fitted.backbone_.parameters())
+    assert not fitted.head_.training  # ready to predict: dropout off
 
 
 def test_fit_keeps_the_best_epoch_weights(fitted, flowers_root):
@@ -194,7 +195,7 @@ def test_random_init_backbone_is_stored_and_restored(single_folder, tmp_path):
     path = clf.save(tmp_path / "random.pt")
     raw = torch.load(path, weights_only=True)
     assert "state_dict" in raw["backbone"]
-    loaded = FlowerClassifier.load(path)
+    loaded = FlowerClassifier.load(path, device="cpu")
     image = single_folder / "4" / "img_002.jpg"
     np.testing.assert_allclose(loaded.predict_proba(image), clf.predict_proba(image), rtol=1e-5)
     # a restorable backbone is stored only on request
@@ -263,7 +264,8 @@ def test_checkpoint_written_on_another_device_loads_on_cpu(fitted, tmp_path):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_trained_checkpoint_loads_on_a_cpu_only_process(flowers_root, tmp_path):
-    clf = FlowerClassifier("tiny_test", random_state=0, **{**FAST, "device": "cuda"})
+    # float32 on the GPU too, so CPU and GPU results can be compared closely
+    clf = FlowerClassifier("tiny_test", random_state=0, amp=False, **{**FAST, "device": "cuda"})
     clf.fit(flowers_root)
     assert next(clf.head_.parameters()).device.type == "cuda"
     path = clf.save(tmp_path / "gpu.pt", include_backbone=True)
@@ -273,6 +275,8 @@ def test_cuda_trained_checkpoint_loads_on_a_cpu_only_process(flowers_root, tmp_p
         "import sys, json, torch; sys.path.insert(0, sys.argv[3]);"
         "import conftest; from petalnet import FlowerClassifier;"
         "assert not torch.cuda.is_available();"
+        # no map_location: this fails in a CPU-only process if any tensor was saved on CUDA
+        "torch.load(sys.argv[1], weights_only=True);"
         "c = FlowerClassifier.load(sys.argv[1]);"
         "print(json.dumps([str(c.device_), c.predict_proba(sys.argv[2]).tolist()]))"
     )
@@ -326,7 +330,7 @@ def test_fit_with_torchvision_backbone_end_to_end(single_folder, tmp_path):
         verbose=0,
     ).fit(single_folder)
     assert clf.backbone_.feature_dim == 576
-    loaded = FlowerClassifier.load(clf.save(tmp_path / "mnv3.pt"))
+    loaded = FlowerClassifier.load(clf.save(tmp_path / "mnv3.pt"), device="cpu")
     image = draw_flower("3", seed=99)
     np.testing.assert_allclose(
         loaded.predict_proba(image), clf.predict_proba(image), rtol=1e-4, atol=1e-6

@@ -103,6 +103,8 @@ def train_head(
 ) -> TrainResult:
     """Train ``head`` in place with NLLLoss and Adam; leave it holding the best epoch's weights.
 
+    The head is left in eval mode.
+
     The best epoch is the one with the highest validation accuracy (ties: lower validation
     loss). Without validation data the last epoch is kept.
 
@@ -175,5 +177,6 @@ def train_head(
                     )
     finally:  # also on an error or Ctrl-C: never lose the best weights
         head.load_state_dict(best_state)
+        head.eval()
         result.optimizer_state = optimizer.state_dict()
     return result
