@@ -18,6 +18,7 @@ from petalnet.data import load_training_data
 from petalnet.features import resolve_precision
 
 FAST = dict(
+    amp=False,  # explicit: 'auto' means bfloat16 on CPUs that have it
     hidden_units=16,
     epochs=4,
     learning_rate=0.01,
