@@ -229,6 +229,7 @@ def extract_features(
     pre = backbone.preprocessing
     transform = pre.transform() if view == 0 else pre.augment_transform()
     name = view_name(view, f"{pre.augmentation_id()}:{seed}")
+    start = time.perf_counter()
     labels = torch.tensor([int(t) for _, t in samples], dtype=torch.long)
     rows: list[torch.Tensor | None] = [None] * len(samples)
     keys: list[str | None] = [None] * len(samples)
@@ -252,7 +253,6 @@ def extract_features(
         num_workers=default_num_workers() if num_workers is None else num_workers,
         pin_memory=device.type == "cuda",
     )
-    start = time.perf_counter()
     done = 0
     with tqdm(
         total=len(todo), desc=desc, unit="img", disable=verbose <= 0 or not todo, leave=False

@@ -1,0 +1,191 @@
+"""Pictures: a prediction chart, training curves and a confusion matrix.
+
+Install matplotlib with ``pip install 'petalnet[plot]'``. Every function draws on
+matplotlib's non-interactive Agg canvas, returns the ``matplotlib.figure.Figure`` and,
+given ``path``, writes a PNG there.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from petalnet.data import _to_rgb, read_image
+from petalnet.errors import PetalnetError
+from petalnet.results import Prediction
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["confusion_matrix", "most_confused", "prediction", "training_curves"]
+
+
+def _figure(figsize: tuple[float, float], ncols: int = 1) -> tuple[Figure, Any]:
+    try:
+        from matplotlib.figure import Figure
+    except ModuleNotFoundError:
+        raise PetalnetError("Plotting needs matplotlib: pip install 'petalnet[plot]'.") from None
+    fig = Figure(figsize=figsize, layout="constrained")
+    return fig, fig.subplots(1, ncols)
+
+
+def _save(fig: Figure, path: str | os.PathLike[str] | None) -> None:
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+
+
+def prediction(
+    image: Any,
+    predictions: Sequence[Prediction],
+    *,
+    title: str | None = None,
+    path: str | os.PathLike[str] | None = None,
+) -> Figure:
+    """Draw the image beside a horizontal bar chart of its top-k flower names.
+
+    Args:
+        image: A file path or ``PIL.Image``.
+        predictions: One image's predictions, as returned by ``FlowerClassifier.predict``.
+        title: Title over the image; defaults to the file name or the top label.
+        path: Write a PNG here.
+
+    Returns:
+        The figure.
+
+    Raises:
+        PetalnetError: matplotlib is not installed.
+        ImageReadError: The image file cannot be read.
+    """
+    pil = read_image(image) if isinstance(image, (str, os.PathLike)) else _to_rgb(image)
+    fig, (ax_img, ax_bar) = _figure((9.5, 4.2), ncols=2)
+    ax_img.imshow(np.asarray(pil))
+    ax_img.set_axis_off()
+    default = Path(image).name if isinstance(image, (str, os.PathLike)) else None
+    ax_img.set_title(title or default or (predictions[0].label if predictions else ""))
+    labels = [p.label for p in predictions][::-1]
+    probs = [p.probability for p in predictions][::-1]
+    bars = ax_bar.barh(range(len(probs)), probs, color="#4c9a6a")
+    ax_bar.set_yticks(range(len(labels)), labels)
+    ax_bar.set_xlim(0, 1.1)
+    ax_bar.set_xlabel("probability")
+    ax_bar.set_title(f"top {len(probs)} predictions")
+    ax_bar.bar_label(bars, labels=[f"{p:.1%}" for p in probs], padding=3)
+    ax_bar.spines[["top", "right"]].set_visible(False)
+    _save(fig, path)
+    return fig
+
+
+def training_curves(
+    history: Sequence[Mapping[str, float]], *, path: str | os.PathLike[str] | None = None
+) -> Figure:
+    """Plot train/valid loss and valid accuracy per epoch.
+
+    Args:
+        history: ``FlowerClassifier.history_``.
+        path: Write a PNG here.
+
+    Returns:
+        The figure.
+
+    Raises:
+        PetalnetError: matplotlib is not installed, or the history is empty.
+    """
+    if not history:
+        raise PetalnetError("The training history is empty: fit the classifier first.")
+    fig, (ax_loss, ax_acc) = _figure((10, 4), ncols=2)
+    epochs = [int(r["epoch"]) for r in history]
+    ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
+    ax_loss.plot(epochs, [r["valid_loss"] for r in history], "o-", label="valid")
+    ax_loss.set(title="loss (NLL)", xlabel="epoch", ylabel="loss")
+    ax_loss.legend()
+    acc = [100 * r["valid_accuracy"] for r in history]
+    ax_acc.plot(epochs, acc, "o-", color="#4c9a6a")
+    best = int(np.nanargmax(acc))
+    ax_acc.annotate(
+        f"best {acc[best]:.1f}%",
+        (epochs[best], acc[best]),
+        textcoords="offset points",
+        xytext=(0, -16),
+        ha="center",
+    )
+    ax_acc.set(title="validation accuracy", xlabel="epoch", ylabel="accuracy (%)")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.set_xticks(epochs if len(epochs) <= 20 else epochs[:: max(1, len(epochs) // 10)])
+    _save(fig, path)
+    return fig
+
+
+def most_confused(
+    matrix: np.ndarray, labels: Sequence[str], top: int = 10
+) -> list[tuple[str, str, int]]:
+    """List the most frequent mistakes of a confusion matrix.
+
+    Args:
+        matrix: ``(C, C)`` counts, rows true classes, columns predictions.
+        labels: Names of the ``C`` classes.
+        top: How many pairs to return.
+
+    Returns:
+        ``(true label, predicted label, count)`` sorted by count, mistakes only.
+    """
+    off = np.array(matrix, dtype=np.int64, copy=True)
+    np.fill_diagonal(off, 0)
+    order = np.argsort(off, axis=None)[::-1][:top]
+    pairs = [(int(i) // off.shape[1], int(i) % off.shape[1]) for i in order]
+    return [(labels[t], labels[p], int(off[t, p])) for t, p in pairs if off[t, p] > 0]
+
+
+def confusion_matrix(
+    matrix: np.ndarray,
+    labels: Sequence[str],
+    *,
+    top_confused: int = 10,
+    path: str | os.PathLike[str] | None = None,
+) -> Figure:
+    """Draw a confusion matrix (row-normalised) beside the list of most-confused pairs.
+
+    Args:
+        matrix: ``(C, C)`` counts, rows true classes, columns predictions (see
+            ``FlowerClassifier.evaluate``'s ``confusion_matrix``).
+        labels: Names of the classes; tick labels are shown for up to 40 classes.
+        top_confused: Length of the most-confused list.
+        path: Write a PNG here.
+
+    Returns:
+        The figure.
+
+    Raises:
+        PetalnetError: matplotlib is not installed.
+    """
+    m = np.asarray(matrix, dtype=np.float64)
+    rows = m.sum(axis=1, keepdims=True)
+    norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
+    fig, (ax_m, ax_t) = _figure((13, 7.5), ncols=2)
+    im = ax_m.imshow(norm, cmap="Greens", vmin=0, vmax=1)
+    ax_m.set(title="confusion matrix (row-normalised)", xlabel="predicted", ylabel="true")
+    if len(labels) <= 40:
+        ax_m.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
+        ax_m.set_yticks(range(len(labels)), labels, fontsize=7)
+    fig.colorbar(im, ax=ax_m, shrink=0.7, label="share of the true class")
+    pairs = most_confused(matrix, labels, top_confused)
+    ax_t.set_axis_off()
+    ax_t.set_title(f"most confused (true → predicted), top {len(pairs)}")
+    text = "\n".join(f"{n:>3}x  {t} → {p}" for t, p, n in pairs) or "no mistakes"
+    ax_t.text(
+        0.0,
+        0.98,
+        text,
+        va="top",
+        ha="left",
+        family="monospace",
+        fontsize=9,
+        transform=ax_t.transAxes,
+    )
+    _save(fig, path)
+    return fig
