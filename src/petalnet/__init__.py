@@ -5,6 +5,7 @@
 >>> clf.predict("rose.jpg", topk=5)  # doctest: +SKIP
 """
 
+from petalnet import plot as plot  # the module; matplotlib loads only when drawing
 from petalnet._version import __version__
 from petalnet.backbones import (
     FeatureExtractor,

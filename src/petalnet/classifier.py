@@ -394,8 +394,9 @@ class FlowerClassifier:
 
         Returns:
             ``accuracy``, ``top5_accuracy``, ``loss`` (mean NLL), ``n_images``,
-            ``per_class_accuracy`` and ``per_class_count`` (keyed by class folder name), and
-            ``folder`` (the folder evaluated).
+            ``per_class_accuracy`` and ``per_class_count`` (keyed by class folder name),
+            ``confusion_matrix`` (nested lists, rows true classes, columns predictions, in
+            ``classes_`` order), and ``folder`` (the folder evaluated).
 
         Raises:
             NotFittedError: Called before ``fit``/``load``.

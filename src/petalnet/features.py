@@ -254,9 +254,9 @@ def extract_features(
         pin_memory=device.type == "cuda",
     )
     done = 0
-    with tqdm(
-        total=len(todo), desc=desc, unit="img", disable=verbose <= 0 or not todo, leave=False
-    ) as bar:
+    # disable=None: tqdm draws bars on a terminal only; redirected output gets the summary line
+    bar_off = None if verbose > 0 and todo else True
+    with tqdm(total=len(todo), desc=desc, unit="img", disable=bar_off, leave=False) as bar:
         for images, _ in loader:
             feats = run_backbone(backbone, images, device, precision).cpu()
             for j, row in enumerate(feats):

@@ -78,9 +78,10 @@ def evaluation_report(
         classes: Class folder names by output index.
 
     Returns:
-        ``accuracy``, ``top5_accuracy``, ``loss`` (mean NLL), ``n_images``, and
+        ``accuracy``, ``top5_accuracy``, ``loss`` (mean NLL), ``n_images``,
         ``per_class_accuracy`` / ``per_class_count`` keyed by class folder name (classes
-        without images are left out).
+        without images are left out), and ``confusion_matrix``: ``C x C`` counts as nested
+        lists, rows true classes and columns predictions, in ``classes`` order.
     """
     n = len(labels)
     if n == 0:
@@ -92,6 +93,7 @@ def evaluation_report(
             "n_images": 0,
             "per_class_accuracy": {},
             "per_class_count": {},
+            "confusion_matrix": [[0] * len(classes) for _ in classes],
         }
     pred = log_probs.argmax(1)
     top5 = log_probs.topk(min(5, log_probs.shape[1]), dim=1).indices
@@ -109,4 +111,9 @@ def evaluation_report(
         "n_images": n,
         "per_class_accuracy": per_acc,
         "per_class_count": per_count,
+        "confusion_matrix": torch.bincount(
+            labels * len(classes) + pred, minlength=len(classes) ** 2
+        )
+        .reshape(len(classes), len(classes))
+        .tolist(),
     }

@@ -1,0 +1,267 @@
+"""The command line: train, predict (text, CSV, JSONL, plot), evaluate, backbones, download."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import http.server
+import io
+import json
+import subprocess
+import sys
+import tarfile
+import threading
+from functools import partial
+
+import numpy as np
+import pytest
+from torchvision.datasets import Flowers102
+
+from conftest import draw_flower
+from petalnet import FlowerClassifier, __version__
+from petalnet.cli import main
+
+
+@pytest.fixture(scope="module")
+def checkpoint(flowers_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ckpt")
+    code = main(
+        [
+            "train",
+            str(flowers_root),
+            "--arch",
+            "tiny_test",
+            "--epochs",
+            "8",
+            "--learning_rate",
+            "0.01",
+            "--hidden_units",
+            "32",
+            "--save_dir",
+            str(out),
+            "--seed",
+            "0",
+            "--quiet",
+            "--batch_size",
+            "16",
+        ]
+    )
+    assert code == 0
+    return out / "checkpoint.pt"
+
+
+def test_train_writes_checkpoint_and_curves(checkpoint, capsys):
+    assert checkpoint.is_file()
+    assert (checkpoint.parent / "checkpoint_curves.png").stat().st_size > 10_000
+    clf = FlowerClassifier.load(checkpoint, device="cpu")
+    assert clf.get_params()["learning_rate"] == 0.01 and len(clf.history_) == 8
+
+
+def test_train_prints_one_line_per_epoch(flowers_root, tmp_path, capsys):
+    code = main(
+        [
+            "train",
+            str(flowers_root),
+            "--arch",
+            "tiny_test",
+            "--epochs",
+            "3",
+            "--save_dir",
+            str(tmp_path),
+            "--no_cache",
+        ]
+    )
+    captured = capsys.readouterr()
+    out = captured.out
+    assert code == 0
+    epoch_lines = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert len(epoch_lines) == 3
+    assert "train loss" in epoch_lines[0] and "valid accuracy" in epoch_lines[0]
+    # no progress-bar noise when output is not a terminal
+    assert "\r" not in out and "\r" not in captured.err
+
+
+def test_predict_text_with_category_names(checkpoint, flowers_root, tmp_path, capsys):
+    names = tmp_path / "names.json"
+    names.write_text(json.dumps({"10": "ten flower"}))
+    image = flowers_root / "test" / "10" / "img_000.jpg"
+    assert (
+        main(
+            ["predict", str(image), str(checkpoint), "--top_k", "3", "--category_names", str(names)]
+        )
+        == 0
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == str(image)
+    assert len(lines) == 4 and "ten flower" in lines[1] and "(class 10)" in lines[1]
+
+
+def test_predict_folder_to_csv_and_jsonl(checkpoint, flowers_root, tmp_path, monkeypatch):
+    from petalnet import cli
+
+    monkeypatch.setattr(cli, "_PREDICT_CHUNK", 5)  # several chunks for 24 images
+    out_csv = tmp_path / "preds.csv"
+    assert (
+        main(
+            [
+                "predict",
+                str(flowers_root / "test"),
+                str(checkpoint),
+                "--output",
+                str(out_csv),
+                "--top_k",
+                "2",
+            ]
+        )
+        == 0
+    )
+    rows = list(csv.DictReader(out_csv.open()))
+    assert len(rows) == 24
+    assert set(rows[0]) == {
+        "image",
+        "label_1",
+        "class_id_1",
+        "probability_1",
+        "label_2",
+        "class_id_2",
+        "probability_2",
+    }
+    right = sum(r["class_id_1"] == r["image"].split("/")[-2] for r in rows)
+    assert right >= 20
+    out_jsonl = tmp_path / "preds.jsonl"
+    assert (
+        main(["predict", str(flowers_root / "test"), str(checkpoint), "--output", str(out_jsonl)])
+        == 0
+    )
+    records = [json.loads(line) for line in out_jsonl.read_text().splitlines()]
+    assert len(records) == 24 and len(records[0]["top"]) == 5
+
+
+def test_predict_plot(checkpoint, flowers_root, tmp_path):
+    target = tmp_path / "chart.png"
+    image = flowers_root / "test" / "3" / "img_001.jpg"
+    assert main(["predict", str(image), str(checkpoint), "--plot", str(target)]) == 0
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_report_and_confusion_plot(checkpoint, flowers_root, tmp_path, capsys):
+    assert (
+        main(["evaluate", str(flowers_root), str(checkpoint), "--quiet", "--plots", str(tmp_path)])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "accuracy" in out and "on 24 images" in out and "weakest classes" in out
+    assert (tmp_path / "confusion_matrix.png").stat().st_size > 10_000
+    assert main(["evaluate", str(flowers_root), str(checkpoint), "--json", "--quiet"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["n_images"] == 24 and 0 <= report["accuracy"] <= 1
+
+
+def test_backbones_listing(capsys):
+    assert main(["backbones", "vgg1[16]"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["name", "features", "params", "weights", "offline"]
+    vgg16 = next(line for line in out if line.startswith("vgg16 "))
+    assert "25088" in vgg16 and "14.7M" in vgg16
+    assert len(out) == 3  # header, vgg11, vgg16
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["predict", "missing.jpg", "model.pt"], "Checkpoint 'model.pt' does not exist"),
+        (["evaluate", ".", "missing.pt"], "does not exist"),
+        (["train", "no_such_dir"], "does not exist"),
+        (["backbones", "zzz*"], "No backbone matches"),
+    ],
+)
+def test_errors_are_one_line_without_traceback(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("petalnet: error: ") and message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 2
+
+
+def test_unknown_arch_and_bad_checkpoint(flowers_root, tmp_path, capsys):
+    assert main(["train", str(flowers_root), "--arch", "vgg17"]) == 1
+    assert "Unknown backbone 'vgg17'" in capsys.readouterr().err
+    bad = tmp_path / "bad.pt"
+    bad.write_text("not a checkpoint")
+    image = flowers_root / "test" / "1" / "img_000.jpg"
+    assert main(["predict", str(image), str(bad)]) == 1
+    assert "bad.pt" in capsys.readouterr().err
+
+
+def test_python_dash_m_and_version():
+    out = subprocess.run(
+        [sys.executable, "-m", "petalnet", "--version"], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == f"petalnet {__version__}"
+
+
+# ---------------------------------------------------------------- download
+
+
+def _fake_flowers_files(folder):
+    """The three official files, in miniature: 6 images of 2 classes, split 2/2/2."""
+    from scipy.io import savemat
+
+    folder.mkdir()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for i in range(1, 7):
+            img = io.BytesIO()
+            draw_flower(str(1 + (i > 3)), seed=i).save(img, format="JPEG")
+            info = tarfile.TarInfo(f"jpg/image_{i:05d}.jpg")
+            info.size = img.tell()
+            img.seek(0)
+            tar.addfile(info, img)
+    (folder / "102flowers.tgz").write_bytes(buf.getvalue())
+    savemat(folder / "imagelabels.mat", {"labels": np.array([[1, 1, 1, 2, 2, 2]])})
+    savemat(
+        folder / "setid.mat",
+        {"trnid": np.array([[1, 4]]), "valid": np.array([[2, 5]]), "tstid": np.array([[3, 6]])},
+    )
+    md5 = lambda name: hashlib.md5((folder / name).read_bytes()).hexdigest()  # noqa: E731
+    return {
+        "image": ("102flowers.tgz", md5("102flowers.tgz")),
+        "label": ("imagelabels.mat", md5("imagelabels.mat")),
+        "setid": ("setid.mat", md5("setid.mat")),
+    }
+
+
+@pytest.fixture
+def local_server(tmp_path):
+    served = tmp_path / "served"
+    file_dict = _fake_flowers_files(served)
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/", file_dict
+    server.shutdown()
+    server.server_close()
+
+
+def test_download_flowers102_from_a_local_server(local_server, tmp_path, monkeypatch, capsys):
+    url, file_dict = local_server
+    monkeypatch.setattr(Flowers102, "_download_url_prefix", url)
+    monkeypatch.setattr(Flowers102, "_file_dict", file_dict)
+    out = tmp_path / "flowers"
+    assert main(["download", "flowers102", str(out)]) == 0
+    assert "2 train, 2 valid, 2 test" in capsys.readouterr().out
+    assert sorted(p.name for p in (out / "train").iterdir()) == ["1", "2"]
+    assert (out / "valid" / "2" / "image_00005.jpg").is_file()
+    names = json.loads((out / "cat_to_name.json").read_text())
+    assert len(names) == 102 and names["1"] == "pink primrose"
+    clf = FlowerClassifier("tiny_test", epochs=1, device="cpu", verbose=0).fit(out)
+    assert clf.classes_ == ["1", "2"]
+
+
+def test_download_offline_is_one_sentence(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(Flowers102, "_download_url_prefix", "http://127.0.0.1:9/")
+    assert main(["download", "flowers102", str(tmp_path / "f")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("petalnet: error: Cannot download Flowers-102")
+    assert "102flowers.tgz" in err and "run again" in err and "\n" not in err
