@@ -57,7 +57,7 @@ def test_fit_sets_fitted_attributes(fitted, flowers_root):
         "seconds",
     }
     assert fitted.n_train_ == 72 and fitted.n_valid_ == 24
-    best = max(fitted.history_, key=lambda r: (r["valid_accuracy"], -r["valid_loss"]))
+    best = min(fitted.history_, key=lambda r: (r["valid_loss"], -r["valid_accuracy"]))
     assert fitted.best_epoch_ == best["epoch"]
     assert fitted.history_[-1]["train_loss"] < fitted.history_[0]["train_loss"]
     # the frozen backbone did not change, only the head learned

@@ -24,13 +24,15 @@ if TYPE_CHECKING:
 __all__ = ["confusion_matrix", "most_confused", "prediction", "training_curves"]
 
 
-def _figure(figsize: tuple[float, float], ncols: int = 1) -> tuple[Figure, Any]:
+def _figure(
+    figsize: tuple[float, float], ncols: int = 1, width_ratios: Sequence[float] | None = None
+) -> tuple[Figure, Any]:
     try:
         from matplotlib.figure import Figure
     except ModuleNotFoundError:
         raise PetalnetError("Plotting needs matplotlib: pip install 'petalnet[plot]'.") from None
     fig = Figure(figsize=figsize, layout="constrained")
-    return fig, fig.subplots(1, ncols)
+    return fig, fig.subplots(1, ncols, width_ratios=width_ratios)
 
 
 def _save(fig: Figure, path: str | os.PathLike[str] | None) -> None:
@@ -105,13 +107,13 @@ def training_curves(
     ax_loss.legend()
     acc = [100 * r["valid_accuracy"] for r in history]
     ax_acc.plot(epochs, acc, "o-", color="#4c9a6a")
-    best = int(np.nanargmax(acc))
+    best = int(np.nanargmin([r["valid_loss"] for r in history]))  # the epoch fit keeps
     ax_acc.annotate(
-        f"best {acc[best]:.1f}%",
+        f"kept: {acc[best]:.1f}%",
         (epochs[best], acc[best]),
         textcoords="offset points",
-        xytext=(0, -16),
-        ha="center",
+        xytext=(8, -14),
+        ha="left",
     )
     ax_acc.set(title="validation accuracy", xlabel="epoch", ylabel="accuracy (%)")
     for ax in (ax_loss, ax_acc):
@@ -166,7 +168,7 @@ def confusion_matrix(
     m = np.asarray(matrix, dtype=np.float64)
     rows = m.sum(axis=1, keepdims=True)
     norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
-    fig, (ax_m, ax_t) = _figure((13, 7.5), ncols=2)
+    fig, (ax_m, ax_t) = _figure((12, 7), ncols=2, width_ratios=[2.2, 1])
     im = ax_m.imshow(norm, cmap="Greens", vmin=0, vmax=1)
     ax_m.set(title="confusion matrix (row-normalised)", xlabel="predicted", ylabel="true")
     if len(labels) <= 40:
@@ -175,7 +177,7 @@ def confusion_matrix(
     fig.colorbar(im, ax=ax_m, shrink=0.7, label="share of the true class")
     pairs = most_confused(matrix, labels, top_confused)
     ax_t.set_axis_off()
-    ax_t.set_title(f"most confused (true → predicted), top {len(pairs)}")
+    ax_t.set_title("most confused: true → predicted", loc="left")
     text = "\n".join(f"{n:>3}x  {t} → {p}" for t, p, n in pairs) or "no mistakes"
     ax_t.text(
         0.0,
