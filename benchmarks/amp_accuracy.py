@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     samples = list_samples(resolve_eval_folder(args.data / "valid"), clf.class_to_idx_)
     for name, dtype in (("fp32", torch.float32), ("amp", amp_dtype)):
         start = time.perf_counter()
-        feats, labels = extract_features(
+        feats, labels, _ = extract_features(
             clf._runner,
             samples,
             device=clf.device_,

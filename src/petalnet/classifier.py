@@ -33,8 +33,15 @@ from petalnet.data import (
     read_image,
     resolve_eval_folder,
 )
-from petalnet.errors import CheckpointError, NotFittedError, PetalnetError, PetalnetWarning
+from petalnet.errors import (
+    CheckpointError,
+    DataError,
+    NotFittedError,
+    PetalnetError,
+    PetalnetWarning,
+)
 from petalnet.features import (
+    Features,
     extract_features,
     feature_cache,
     prepare_backbone,
@@ -93,6 +100,9 @@ class FlowerClassifier:
             files with the same backbone, weights and preprocessing skips the backbone.
         cache_dir: Folder of that cache; ``None`` means ``$PETALNET_CACHE_DIR``, else
             ``$XDG_CACHE_HOME/petalnet``, else ``~/.cache/petalnet``.
+        strict: Stop at the first unreadable image (corrupt, truncated, not an image) with
+            an error naming it. By default such files are skipped with one warning each and
+            listed in ``skipped_`` / the evaluation report.
         verbose: ``0`` silent, ``1`` progress bars and one line per epoch.
     """
 
@@ -116,6 +126,7 @@ class FlowerClassifier:
         augment_views: int = 0,
         cache: bool = True,
         cache_dir: str | os.PathLike[str] | None = None,
+        strict: bool = False,
         verbose: int = 1,
     ) -> None:
         self.backbone = backbone
@@ -135,6 +146,7 @@ class FlowerClassifier:
         self.augment_views = augment_views
         self.cache = cache
         self.cache_dir = cache_dir
+        self.strict = strict
         self.verbose = verbose
 
     # ------------------------------------------------------------------ parameters
@@ -180,11 +192,14 @@ class FlowerClassifier:
 
         Returns:
             ``self``, fitted: ``classes_``, ``class_to_idx_``, ``category_names_``,
-            ``history_``, ``best_epoch_``, ``backbone_``, ``head_`` and ``device_`` are set.
+            ``history_``, ``best_epoch_``, ``backbone_``, ``head_``, ``device_``,
+            ``n_train_``, ``n_valid_`` (readable images used) and ``skipped_`` (one message
+            per unreadable image left out) are set.
 
         Raises:
-            DataError: The folder is missing or holds no usable images.
-            ImageReadError: An image cannot be read.
+            DataError: The folder is missing, holds fewer than two classes, or no readable
+                training image.
+            ImageReadError: With ``strict=True``, an image cannot be read.
             BackboneNotFoundError: ``backbone`` is not registered.
             WeightsUnavailableError: The pretrained weights cannot be found or downloaded.
             ValueError: A parameter is out of range.
@@ -205,8 +220,13 @@ class FlowerClassifier:
         runner = prepare_backbone(backbone, device)
         self._setup(backbone, runner, device, precision)
         views = int(self.augment_views)
-        train_xy = self._extract(data.train, "train features", views=range(1, views + 1) or [0])
-        valid_xy = self._extract(data.valid, "valid features")
+        train = self._extract(data.train, "train features", views=range(1, views + 1) or [0])
+        valid = self._extract(data.valid, "valid features")
+        if len(train.labels) == 0:
+            raise DataError(
+                f"None of the {len(data.train)} training images under {str(data_dir)!r} could "
+                "be read; see the warnings above."
+            )
         with seeded(self.random_state):
             head = build_head(backbone.feature_dim, len(data.classes), hidden, float(self.dropout))
         head.to(device)
@@ -215,14 +235,15 @@ class FlowerClassifier:
         self.class_to_idx_ = dict(data.class_to_idx)
         self.category_names_ = names
         self.head_ = head
-        self.n_train_, self.n_valid_ = len(data.train), len(data.valid)
+        self.n_train_, self.n_valid_ = len(train.labels), len(valid.labels)
+        self.skipped_ = train.skipped + valid.skipped
         result = TrainResult()
         self.history_ = result.history
         try:
             train_head(
                 head,
-                train_xy,
-                valid_xy,
+                (train.features, train.labels),
+                (valid.features, valid.labels),
                 epochs=int(self.epochs),
                 learning_rate=float(self.learning_rate),
                 batch_size=int(self.batch_size),
@@ -240,8 +261,9 @@ class FlowerClassifier:
                 PetalnetWarning,
                 stacklevel=2,
             )
-        self.best_epoch_ = result.best_epoch
-        self.optimizer_state_ = result.optimizer_state
+        finally:  # also after an error: the head holds the best epoch so far, save() works
+            self.best_epoch_ = result.best_epoch
+            self.optimizer_state_ = result.optimizer_state
         return self
 
     # ------------------------------------------------------------------ fitted use
@@ -261,8 +283,8 @@ class FlowerClassifier:
 
     def _extract(
         self, samples: Sequence[Sample], desc: str, views: Sequence[int] = (0,)
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features of ``samples`` (stacked ``(V, N, D)`` for several views) and labels."""
+    ) -> Features:
+        """Features of ``samples`` (stacked ``(V, N, D)`` for several views), labels, skips."""
         results = [
             extract_features(
                 self._runner,
@@ -274,6 +296,7 @@ class FlowerClassifier:
                 cache=self._cache,
                 view=v,
                 seed=self.random_state,
+                strict=bool(self.strict),
                 verbose=int(self.verbose),
                 desc=desc if len(views) == 1 else f"{desc} (view {v})",
             )
@@ -281,7 +304,8 @@ class FlowerClassifier:
         ]
         if len(results) == 1:
             return results[0]
-        return torch.stack([f for f, _ in results]), results[0][1]
+        first = results[0]
+        return Features(torch.stack([r.features for r in results]), first.labels, first.skipped)
 
     def _extract_batch(self) -> int:
         """Images per backbone pass: the parameter, else 8 on a CPU, else ``batch_size``."""
@@ -396,7 +420,8 @@ class FlowerClassifier:
             ``accuracy``, ``top5_accuracy``, ``loss`` (mean NLL), ``n_images``,
             ``per_class_accuracy`` and ``per_class_count`` (keyed by class folder name),
             ``confusion_matrix`` (nested lists, rows true classes, columns predictions, in
-            ``classes_`` order), and ``folder`` (the folder evaluated).
+            ``classes_`` order), ``folder`` (the folder evaluated), and ``n_skipped`` /
+            ``skipped`` (unreadable images left out, one message each).
 
         Raises:
             NotFittedError: Called before ``fit``/``load``.
@@ -405,12 +430,14 @@ class FlowerClassifier:
         self._check_fitted()
         folder = resolve_eval_folder(path)
         samples = list_samples(folder, self.class_to_idx_)
-        feats, labels = self._extract(samples, "evaluate")
+        feats, labels, skipped = self._extract(samples, "evaluate")
         self.head_.eval()
         with torch.inference_mode():
             log_probs = self.head_(feats.to(self.device_)).float().cpu()
         report = evaluation_report(log_probs, labels, self.classes_)
         report["folder"] = str(folder)
+        report["n_skipped"] = len(skipped)
+        report["skipped"] = skipped
         return report
 
     # ------------------------------------------------------------------ persistence

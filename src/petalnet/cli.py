@@ -62,8 +62,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir,
         verbose=_verbose(args),
     )
-    clf.fit(args.data_dir)
     save_dir = Path(args.save_dir)
+    try:
+        clf.fit(args.data_dir)
+    except Exception as exc:
+        if not getattr(clf, "best_epoch_", 0):  # nothing trained yet: nothing to keep
+            raise
+        partial = clf.save(save_dir / f"{Path(args.checkpoint_name).stem}.partial.pt")
+        raise PetalnetError(
+            f"training stopped in epoch {len(clf.history_)}: {exc} The best weights so far "
+            f"(epoch {clf.best_epoch_}) are saved in {partial}."
+        ) from None
     path = clf.save(save_dir / args.checkpoint_name)
     best = clf.history_[clf.best_epoch_ - 1]
     print(f"best epoch {clf.best_epoch_}: valid accuracy {best['valid_accuracy']:.2%}")
@@ -208,6 +217,14 @@ def _cmd_backbones(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    from petalnet.check import check_dataset
+
+    report = check_dataset(args.data_dir, decode=not args.quick)
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
 def _cmd_download(args: argparse.Namespace) -> int:
     from petalnet.datasets import download_flowers102
 
@@ -275,6 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("backbones", help="list the available backbones")
     b.add_argument("pattern", nargs="?", help="wildcard filter, e.g. 'vgg*'")
     b.set_defaults(func=_cmd_backbones)
+
+    c = sub.add_parser("check", help="scan a data folder for problems before training")
+    c.add_argument("data_dir")
+    c.add_argument("--quick", action="store_true", help="do not decode the images")
+    c.set_defaults(func=_cmd_check)
 
     d = sub.add_parser("download", help="download a data set in the train/valid/test layout")
     d.add_argument("dataset", choices=["flowers102"])

@@ -29,9 +29,11 @@ from petalnet.errors import DataError, ImageReadError
 __all__ = [
     "CATEGORY_NAMES_FILE",
     "IMG_EXTENSIONS",
+    "MAX_IMAGE_PIXELS",
     "ImageDataset",
     "Sample",
     "TrainingData",
+    "collate_readable",
     "find_classes",
     "list_samples",
     "load_category_names",
@@ -41,6 +43,8 @@ __all__ = [
 ]
 
 CATEGORY_NAMES_FILE = "cat_to_name.json"
+MAX_IMAGE_PIXELS = 89_478_485
+"""Images with more pixels are refused before decoding (Pillow's decompression-bomb limit)."""
 Sample = tuple[Path, int]
 """An image path and the index of its class in the training class list."""
 
@@ -195,6 +199,15 @@ def _stratified_split(
     return train, valid
 
 
+def _at_least_two(classes: list[str], folder: Path) -> list[str]:
+    if len(classes) < 2:
+        raise DataError(
+            f"{str(folder)!r} has {len(classes)} class folder with images ({', '.join(classes)}); "
+            "a classifier needs at least two."
+        )
+    return classes
+
+
 def load_training_data(
     data_dir: str | os.PathLike[str], *, valid_fraction: float = 0.2, seed: int | None = None
 ) -> TrainingData:
@@ -219,7 +232,7 @@ def load_training_data(
     names_file = root / CATEGORY_NAMES_FILE
     names = names_file if names_file.is_file() else None
     if (root / "train").is_dir():
-        classes = find_classes(root / "train")
+        classes = _at_least_two(find_classes(root / "train"), root / "train")
         data = TrainingData(classes, [], [], root, names, layout="split")
         data.train = list_samples(root / "train", data.class_to_idx)
         valid_dir = next((root / d for d in ("valid", "val") if (root / d).is_dir()), None)
@@ -229,7 +242,7 @@ def load_training_data(
             data.train, data.valid = _stratified_split(data.train, valid_fraction, seed)
             data.layout = "holdout"
         return data
-    classes = find_classes(root)
+    classes = _at_least_two(find_classes(root), root)
     data = TrainingData(classes, [], [], root, names, layout="holdout")
     data.train, data.valid = _stratified_split(
         list_samples(root, data.class_to_idx), valid_fraction, seed
@@ -287,14 +300,24 @@ def read_image(path: str | os.PathLike[str], draft_size: int | None = None) -> I
         The decoded RGB image.
 
     Raises:
-        ImageReadError: The file is missing, not an image, truncated or corrupt.
+        ImageReadError: The file is missing, not an image, truncated or corrupt, or larger
+            than :data:`MAX_IMAGE_PIXELS` (checked from the header, before decoding).
     """
     try:
-        with Image.open(path) as im:
+        with Image.open(path) as im:  # reads the header only
+            width, height = im.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise ImageReadError(
+                    f"Image {str(path)!r} is {width}x{height} pixels, more than the "
+                    f"{MAX_IMAGE_PIXELS:,}-pixel limit (a decompression bomb?); shrink it, or "
+                    "raise petalnet.data.MAX_IMAGE_PIXELS if you trust it."
+                )
             if draft_size and im.format == "JPEG":
                 im.draft("RGB", (draft_size, draft_size))
             im.load()
             return _to_rgb(ImageOps.exif_transpose(im))
+    except ImageReadError:
+        raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageReadError(
             f"Cannot read image {str(path)!r} ({type(exc).__name__}: {exc}); "
@@ -311,6 +334,10 @@ class ImageDataset(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
         draft_size: Passed to :func:`read_image`.
         seeds: One seed per sample for a random ``transform``, making each sample's random
             draw reproducible whatever the worker or order.
+        skip_unreadable: Instead of raising :class:`ImageReadError`, return
+            ``(None, index, message)`` for an unreadable file and ``(tensor, index, None)``
+            otherwise, so that a loader can carry on past bad files (see
+            :func:`collate_readable`).
     """
 
     def __init__(
@@ -319,20 +346,45 @@ class ImageDataset(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
         transform: Any,
         draft_size: int | None = None,
         seeds: Sequence[int] | None = None,
+        skip_unreadable: bool = False,
     ):
         self.samples = list(samples)
         self.transform = transform
         self.draft_size = draft_size
         self.seeds = list(seeds) if seeds is not None else None
+        self.skip_unreadable = skip_unreadable
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> Any:
         path, target = self.samples[index]
-        image = read_image(path, self.draft_size)
+        try:
+            image = read_image(path, self.draft_size)
+        except ImageReadError as exc:
+            if not self.skip_unreadable:
+                raise
+            return None, index, str(exc)
         if self.seeds is None:
-            return self.transform(image), target
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seeds[index])
-            return self.transform(image), target
+            tensor = self.transform(image)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seeds[index])
+                tensor = self.transform(image)
+        return (tensor, index, None) if self.skip_unreadable else (tensor, target)
+
+
+def collate_readable(
+    batch: Sequence[tuple[torch.Tensor | None, int, str | None]],
+) -> tuple[torch.Tensor | None, list[int], list[str]]:
+    """Collate ``ImageDataset(skip_unreadable=True)`` items.
+
+    Args:
+        batch: ``(tensor or None, index, error message or None)`` items.
+
+    Returns:
+        ``(stacked tensors or None, their dataset indices, error messages)``.
+    """
+    kept = [(t, i) for t, i, _ in batch if t is not None]
+    images = torch.stack([t for t, _ in kept]) if kept else None
+    return images, [i for _, i in kept], [e for _, _, e in batch if e is not None]

@@ -10,9 +10,10 @@ import copy
 import hashlib
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -22,9 +23,11 @@ from tqdm.auto import tqdm
 
 from petalnet.backbones.base import FeatureExtractor
 from petalnet.cache import FeatureCache, default_cache_dir, parameter_fingerprint
-from petalnet.data import ImageDataset, Sample
+from petalnet.data import ImageDataset, Sample, collate_readable
+from petalnet.errors import ImageReadError, PetalnetWarning
 
 __all__ = [
+    "Features",
     "cpu_has_native_bf16",
     "default_num_workers",
     "extract_features",
@@ -177,6 +180,14 @@ def feature_cache(
     return FeatureCache(default_cache_dir() if root is None else root, namespace)
 
 
+class Features(NamedTuple):
+    """What :func:`extract_features` returns."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    skipped: list[str]
+
+
 VIEW_CENTER = "center"
 
 
@@ -201,9 +212,10 @@ def extract_features(
     cache: FeatureCache | None = None,
     view: int = 0,
     seed: int | None = None,
+    strict: bool = False,
     desc: str = "features",
     verbose: int = 1,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> Features:
     """Run ``backbone`` over image files, reusing cached features where they exist.
 
     Args:
@@ -217,14 +229,16 @@ def extract_features(
         view: ``0`` for the centre crop; ``k > 0`` for the k-th randomly augmented view
             (random resized crop, flip, rotation), drawn reproducibly from ``seed``.
         seed: Seed of the augmented views.
+        strict: Raise on the first unreadable image instead of skipping it with a warning.
         desc: Label of the progress bar.
         verbose: ``0`` silences progress output.
 
     Returns:
-        ``(features, labels)``: float32 ``(N, D)`` on the CPU and int64 ``(N,)``.
+        ``(features, labels, skipped)``: float32 ``(N, D)`` on the CPU, int64 ``(N,)``, and
+        one message per unreadable image left out (``N`` counts only readable images).
 
     Raises:
-        ImageReadError: An image cannot be read (the message names it).
+        ImageReadError: ``strict`` is set and an image cannot be read (the message names it).
     """
     pre = backbone.preprocessing
     transform = pre.transform() if view == 0 else pre.augment_transform()
@@ -246,34 +260,46 @@ def extract_features(
     seeds = [_sample_seed(samples[i][0], name, seed) for i in todo] if view else None
     loader = DataLoader(
         ImageDataset(
-            [samples[i] for i in todo], transform, draft_size=pre.resize_size, seeds=seeds
+            [samples[i] for i in todo],
+            transform,
+            draft_size=pre.resize_size,
+            seeds=seeds,
+            skip_unreadable=True,
         ),
         batch_size=batch_size,
         shuffle=False,
+        collate_fn=collate_readable,
         num_workers=default_num_workers() if num_workers is None else num_workers,
         pin_memory=device.type == "cuda",
     )
-    done = 0
+    skipped: list[str] = []
     # disable=None: tqdm draws bars on a terminal only; redirected output gets the summary line
     bar_off = None if verbose > 0 and todo else True
     with tqdm(total=len(todo), desc=desc, unit="img", disable=bar_off, leave=False) as bar:
-        for images, _ in loader:
-            feats = run_backbone(backbone, images, device, precision).cpu()
-            for j, row in enumerate(feats):
-                i = todo[done + j]
-                rows[i] = row
-                if cache is not None and keys[i] is not None:
-                    cache.put(keys[i], row.numpy())
-            done += len(feats)
-            bar.update(len(feats))
+        for images, positions, errors in loader:
+            for message in errors:
+                if strict:
+                    raise ImageReadError(message + " (strict=True stops at the first one)")
+                warnings.warn(f"Skipped: {message}", PetalnetWarning, stacklevel=2)
+            skipped += errors
+            if images is not None:
+                feats = run_backbone(backbone, images, device, precision).cpu()
+                for pos, row in zip(positions, feats, strict=True):
+                    i = todo[pos]
+                    rows[i] = row
+                    if cache is not None and keys[i] is not None:
+                        cache.put(keys[i], row.numpy())
+            bar.update(len(positions) + len(errors))
     elapsed = time.perf_counter() - start
     if cache is not None and todo:
         cache.prune()
     if verbose > 0 and samples:
         cached = len(samples) - len(todo)
         rate = f", {len(todo) / elapsed:.1f} img/s" if todo and elapsed > 0 else ""
-        print(f"{desc}: {len(samples)} images ({cached} from cache) in {elapsed:.1f}s{rate}")
-    dim = getattr(backbone, "feature_dim", 0)
-    if not samples:
-        return torch.empty(0, dim), labels
-    return torch.stack([r for r in rows if r is not None]), labels
+        bad = f", {len(skipped)} unreadable skipped" if skipped else ""
+        print(f"{desc}: {len(samples)} images ({cached} from cache{bad}) in {elapsed:.1f}s{rate}")
+    kept = [i for i, r in enumerate(rows) if r is not None]
+    if not kept:
+        dim = getattr(backbone, "feature_dim", 0)
+        return Features(torch.empty(0, dim), labels[:0], skipped)
+    return Features(torch.stack([rows[i] for i in kept]), labels[kept], skipped)
