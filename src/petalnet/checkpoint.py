@@ -14,7 +14,6 @@ import pickle
 import re
 import tempfile
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +103,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"Cannot read checkpoint {str(p)!r}: the file is truncated or is not a petalnet "
             "checkpoint (UnpicklingError)."
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+    except Exception as exc:
         raise CheckpointError(
             f"Cannot read checkpoint {str(p)!r}: the file is truncated or is not a petalnet "
             f"checkpoint ({type(exc).__name__})."
