@@ -348,3 +348,12 @@ def test_mixed_precision_features_agree_with_fp32(single_folder, device):
     images = [single_folder / c / "img_000.jpg" for c in ("1", "3", "5")]
     np.testing.assert_allclose(mixed.predict_proba(images), full.predict_proba(images), atol=0.05)
     assert mixed.backbone_.weights == full.backbone_.weights
+
+
+def test_failed_refit_leaves_no_half_model(single_folder, tmp_path):
+    clf = FlowerClassifier("tiny_test", random_state=0, **FAST).fit(single_folder)
+    with pytest.raises(petalnet.DataError):
+        clf.fit(tmp_path / "missing")
+    with pytest.raises(NotFittedError):
+        clf.predict(single_folder / "1" / "img_000.jpg")
+    assert clf.fit(single_folder).predict(single_folder / "1" / "img_000.jpg")

@@ -165,21 +165,27 @@ class FlowerClassifier:
     def _validate_params(self) -> list[int]:
         hidden = normalize_hidden_units(self.hidden_units)
         checks = [
-            (0.0 <= float(self.dropout) < 1.0, "dropout must be in [0, 1)"),
-            (float(self.learning_rate) > 0, "learning_rate must be positive"),
-            (int(self.epochs) >= 1, "epochs must be at least 1"),
-            (int(self.batch_size) >= 1, "batch_size must be at least 1"),
-            (0.0 <= float(self.valid_fraction) < 1.0, "valid_fraction must be in [0, 1)"),
-            (int(self.augment_views) >= 0, "augment_views must be 0 or more"),
+            ("dropout", 0.0 <= float(self.dropout) < 1.0, "in [0, 1)"),
+            ("learning_rate", float(self.learning_rate) > 0, "positive"),
+            ("epochs", int(self.epochs) >= 1, "at least 1"),
+            ("batch_size", int(self.batch_size) >= 1, "at least 1"),
+            ("valid_fraction", 0.0 <= float(self.valid_fraction) < 1.0, "in [0, 1)"),
+            ("augment_views", int(self.augment_views) >= 0, "0 or more"),
             (
+                "extract_batch_size",
                 self.extract_batch_size is None or int(self.extract_batch_size) >= 1,
-                "extract_batch_size must be at least 1",
+                "at least 1 or None",
             ),
         ]
-        for ok, message in checks:
+        for name, ok, rule in checks:
             if not ok:
-                raise ValueError(f"{message}; got {self.get_params()}.")
+                raise ValueError(f"{name} must be {rule}; got {getattr(self, name)!r}.")
         return hidden
+
+    def _reset(self) -> None:
+        """Forget a previous fit, so a failed refit never mixes old and new parts."""
+        for name in [n for n in vars(self) if n.endswith("_") or n.startswith("_")]:
+            delattr(self, name)
 
     # ------------------------------------------------------------------ training
     def fit(self, data_dir: str | os.PathLike[str]) -> FlowerClassifier:
@@ -205,6 +211,7 @@ class FlowerClassifier:
             ValueError: A parameter is out of range.
         """
         hidden = self._validate_params()
+        self._reset()
         data = load_training_data(
             data_dir, valid_fraction=float(self.valid_fraction), seed=self.random_state
         )
