@@ -9,8 +9,10 @@ import petalnet
 
 EXPECTED = {
     "BackboneNotFoundError",
+    "Callback",
     "CheckpointError",
     "DataError",
+    "EarlyStopping",
     "FeatureExtractor",
     "FlowerClassifier",
     "ImageReadError",

@@ -27,11 +27,14 @@ from petalnet.errors import (
 )
 from petalnet.preprocessing import Preprocessing
 from petalnet.results import Prediction
+from petalnet.training import Callback, EarlyStopping
 
 __all__ = [
     "BackboneNotFoundError",
+    "Callback",
     "CheckpointError",
     "DataError",
+    "EarlyStopping",
     "FeatureExtractor",
     "FlowerClassifier",
     "ImageReadError",

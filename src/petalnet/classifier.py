@@ -51,7 +51,14 @@ from petalnet.features import (
 from petalnet.head import build_head, normalize_hidden_units
 from petalnet.preprocessing import Preprocessing
 from petalnet.results import Prediction, evaluation_report, top_predictions
-from petalnet.training import TrainResult, seeded, train_head
+from petalnet.training import (
+    Callback,
+    EarlyStopping,
+    EpochLogger,
+    TrainResult,
+    seeded,
+    train_head,
+)
 
 __all__ = ["FlowerClassifier", "ImageInput"]
 
@@ -100,6 +107,16 @@ class FlowerClassifier:
             files with the same backbone, weights and preprocessing skips the backbone.
         cache_dir: Folder of that cache; ``None`` means ``$PETALNET_CACHE_DIR``, else
             ``$XDG_CACHE_HOME/petalnet``, else ``~/.cache/petalnet``.
+        weight_decay: Decoupled weight decay of the classifier (AdamW); 0 is the seed's Adam.
+        label_smoothing: Share of each target's probability spread over all classes.
+        lr_schedule: ``"constant"`` (the seed's) or ``"cosine"`` (decays to 0 by the end).
+        warmup_epochs: Linear learning-rate warm-up over this many epochs.
+        early_stopping: Stop after this many epochs without a lower validation loss
+            (``None``: run all ``epochs``). The best epoch is kept either way.
+        class_weight: ``"balanced"`` weighs each class's loss inversely to its number of
+            training images; ``None`` weighs all alike.
+        callbacks: Extra :class:`~petalnet.training.Callback` objects called during
+            training (not saved in checkpoints).
         strict: Stop at the first unreadable image (corrupt, truncated, not an image) with
             an error naming it. By default such files are skipped with one warning each and
             listed in ``skipped_`` / the evaluation report.
@@ -126,6 +143,13 @@ class FlowerClassifier:
         augment_views: int = 0,
         cache: bool = True,
         cache_dir: str | os.PathLike[str] | None = None,
+        weight_decay: float = 0.0,
+        label_smoothing: float = 0.0,
+        lr_schedule: str = "constant",
+        warmup_epochs: int = 0,
+        early_stopping: int | None = None,
+        class_weight: str | None = None,
+        callbacks: Sequence[Callback] | None = None,
         strict: bool = False,
         verbose: int = 1,
     ) -> None:
@@ -146,6 +170,13 @@ class FlowerClassifier:
         self.augment_views = augment_views
         self.cache = cache
         self.cache_dir = cache_dir
+        self.weight_decay = weight_decay
+        self.label_smoothing = label_smoothing
+        self.lr_schedule = lr_schedule
+        self.warmup_epochs = warmup_epochs
+        self.early_stopping = early_stopping
+        self.class_weight = class_weight
+        self.callbacks = callbacks
         self.strict = strict
         self.verbose = verbose
 
@@ -171,6 +202,16 @@ class FlowerClassifier:
             ("batch_size", int(self.batch_size) >= 1, "at least 1"),
             ("valid_fraction", 0.0 <= float(self.valid_fraction) < 1.0, "in [0, 1)"),
             ("augment_views", int(self.augment_views) >= 0, "0 or more"),
+            ("weight_decay", float(self.weight_decay) >= 0, "0 or more"),
+            ("label_smoothing", 0.0 <= float(self.label_smoothing) < 1.0, "in [0, 1)"),
+            ("lr_schedule", self.lr_schedule in ("constant", "cosine"), "'constant' or 'cosine'"),
+            ("warmup_epochs", 0 <= int(self.warmup_epochs) <= int(self.epochs), "in [0, epochs]"),
+            (
+                "early_stopping",
+                self.early_stopping is None or int(self.early_stopping) >= 1,
+                "at least 1 or None",
+            ),
+            ("class_weight", self.class_weight in (None, "balanced"), "None or 'balanced'"),
             (
                 "extract_batch_size",
                 self.extract_batch_size is None or int(self.extract_batch_size) >= 1,
@@ -246,6 +287,14 @@ class FlowerClassifier:
         self.skipped_ = train.skipped + valid.skipped
         result = TrainResult()
         self.history_ = result.history
+        callbacks: list[Callback] = [EpochLogger()] if int(self.verbose) > 0 else []
+        if self.early_stopping is not None:
+            callbacks.append(EarlyStopping(int(self.early_stopping)))
+        callbacks += list(self.callbacks or [])
+        class_weights = None
+        if self.class_weight == "balanced":
+            counts = torch.bincount(train.labels, minlength=len(data.classes)).float()
+            class_weights = len(train.labels) / (len(data.classes) * counts.clamp(min=1))
         try:
             train_head(
                 head,
@@ -256,7 +305,12 @@ class FlowerClassifier:
                 batch_size=int(self.batch_size),
                 device=device,
                 seed=self.random_state,
-                verbose=int(self.verbose),
+                weight_decay=float(self.weight_decay),
+                label_smoothing=float(self.label_smoothing),
+                schedule=str(self.lr_schedule),
+                warmup_epochs=int(self.warmup_epochs),
+                class_weights=class_weights,
+                callbacks=callbacks,
                 result=result,
             )
         except KeyboardInterrupt:
@@ -477,6 +531,7 @@ class FlowerClassifier:
         if include_backbone or (include_backbone is None and not self.backbone_.restorable):
             backbone["state_dict"] = self.backbone_.state_dict()
         params = self.get_params()
+        params.pop("callbacks")  # code, not data: never stored
         for key in ("weights", "category_names", "device", "cache_dir"):
             value = params[key]
             if value is not None and not isinstance(value, Mapping):

@@ -7,8 +7,9 @@ validation epoch, and records one history row per epoch.
 from __future__ import annotations
 
 import copy
+import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +19,16 @@ from torch import nn
 
 from petalnet.errors import PetalnetError
 
-__all__ = ["EpochRecord", "TrainResult", "evaluate_head", "seeded", "train_head"]
+__all__ = [
+    "Callback",
+    "EarlyStopping",
+    "EpochLogger",
+    "EpochRecord",
+    "TrainResult",
+    "evaluate_head",
+    "seeded",
+    "train_head",
+]
 
 EpochRecord = dict[str, float]
 """One history row: ``epoch``, ``train_loss``, ``valid_loss``, ``valid_accuracy``, ``seconds``."""
@@ -37,6 +47,79 @@ class TrainResult:
     history: list[EpochRecord] = field(default_factory=list)
     best_epoch: int = 0
     optimizer_state: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 0
+    stop: bool = False
+    stop_reason: str = ""
+
+
+class Callback:
+    """Hooks around training; subclass and override what you need.
+
+    ``state`` is the live :class:`TrainResult`: ``state.history[-1]`` is the epoch just
+    finished, ``state.best_epoch`` the epoch kept so far. Set ``state.stop = True`` (and
+    ``state.stop_reason``) in :meth:`on_epoch_end` to end training after that epoch.
+    petalnet's own epoch lines and early stopping are callbacks too.
+    """
+
+    def on_train_begin(self, state: TrainResult) -> None:
+        """Called once before the first epoch."""
+
+    def on_epoch_end(self, state: TrainResult) -> None:
+        """Called after each epoch's validation."""
+
+    def on_train_end(self, state: TrainResult) -> None:
+        """Called once after the last epoch (also after an early stop)."""
+
+
+class EpochLogger(Callback):
+    """Prints one line per epoch: losses, validation accuracy, seconds."""
+
+    def on_epoch_end(self, state: TrainResult) -> None:
+        """Print the epoch just finished."""
+        r = state.history[-1]
+        print(
+            f"epoch {int(r['epoch'])}/{state.epochs}  train loss {r['train_loss']:.4f}  "
+            f"valid loss {r['valid_loss']:.4f}  valid accuracy {r['valid_accuracy']:.2%}  "
+            f"({r['seconds']:.1f}s)"
+        )
+
+    def on_train_end(self, state: TrainResult) -> None:
+        """Say why training stopped early, if it did."""
+        if state.stop_reason:
+            print(state.stop_reason)
+
+
+class EarlyStopping(Callback):
+    """Stop when the validation loss has not improved for ``patience`` epochs.
+
+    Args:
+        patience: Epochs without improvement to tolerate.
+        min_delta: Smallest decrease of the validation loss that counts as improvement.
+    """
+
+    def __init__(self, patience: int, min_delta: float = 0.0) -> None:
+        self.patience = int(patience)
+        self.min_delta = float(min_delta)
+        self._best = float("inf")
+        self._waited = 0
+
+    def on_train_begin(self, state: TrainResult) -> None:
+        """Reset the counters."""
+        self._best, self._waited = float("inf"), 0
+
+    def on_epoch_end(self, state: TrainResult) -> None:
+        """Count epochs without improvement; stop after ``patience`` of them."""
+        loss = state.history[-1]["valid_loss"]
+        if math.isfinite(loss) and loss < self._best - self.min_delta:
+            self._best, self._waited = loss, 0
+            return
+        self._waited += 1
+        if self._waited >= self.patience:
+            state.stop = True
+            state.stop_reason = (
+                f"early stop: no validation-loss improvement for {self.patience} epoch(s); "
+                f"keeping epoch {state.best_epoch}"
+            )
 
 
 @contextmanager
@@ -98,16 +181,21 @@ def train_head(
     batch_size: int,
     device: torch.device,
     seed: int | None = None,
-    verbose: int = 1,
+    weight_decay: float = 0.0,
+    label_smoothing: float = 0.0,
+    schedule: str = "constant",
+    warmup_epochs: int = 0,
+    class_weights: torch.Tensor | None = None,
+    callbacks: Sequence[Callback] = (),
     result: TrainResult | None = None,
 ) -> TrainResult:
-    """Train ``head`` in place with NLLLoss and Adam; leave it holding the best epoch's weights.
+    """Train ``head`` in place with Adam; leave it holding the best epoch's weights.
 
-    The head is left in eval mode.
-
-    The best epoch is the one with the lowest validation loss (ties: higher accuracy), a
-    finer and steadier signal than accuracy on small validation sets, where one image can
-    swing accuracy by points. Without validation data the last epoch is kept.
+    The loss is the negative log-likelihood of the head's log-probabilities (the seed's
+    ``NLLLoss``), optionally with label smoothing and class weights. The best epoch is the
+    one with the lowest validation loss (ties: higher accuracy), a finer and steadier signal
+    than accuracy on small validation sets, where one image can swing accuracy by points.
+    Without validation data the last epoch is kept. The head is left in eval mode.
 
     Args:
         head: Module returning log-probabilities, on ``device``.
@@ -116,11 +204,16 @@ def train_head(
             ``(e - 1) % V`` (cached augmentation).
         valid: ``(features, labels)`` to validate on after every epoch (may be empty).
         epochs: Number of passes over ``train``.
-        learning_rate: Adam's learning rate.
+        learning_rate: Adam's (peak) learning rate.
         batch_size: Rows per optimisation step.
         device: Where to compute.
-        seed: Seed of the shuffling order (``None``: not reproducible).
-        verbose: ``1`` prints one line per epoch; ``0`` is silent.
+        seed: Seed of the shuffling order and dropout (``None``: not reproducible).
+        weight_decay: Decoupled weight decay (AdamW) when positive; plain Adam at 0.
+        label_smoothing: Share of each target's probability spread over all classes.
+        schedule: ``"constant"`` or ``"cosine"`` (per step, to 0 at the end).
+        warmup_epochs: Linear warm-up from 0 to ``learning_rate`` over these epochs.
+        class_weights: ``(C,)`` loss weight per class, e.g. for imbalanced data.
+        callbacks: Hooks called at the start, after each epoch and at the end.
         result: Filled in as training goes, so a caller keeps the history of an
             interrupted run; a new one is made if omitted.
 
@@ -128,17 +221,44 @@ def train_head(
         The history, best epoch and optimizer state.
 
     Raises:
-        PetalnetError: The loss became NaN or infinite.
+        PetalnetError: The loss became NaN or infinite, or ``schedule`` is unknown.
     """
+    if schedule not in ("constant", "cosine"):
+        raise PetalnetError(f"schedule must be 'constant' or 'cosine', got {schedule!r}.")
     x_tr, y_tr = (t.to(device) for t in train)
     x_va, y_va = (t.to(device) for t in valid)
-    optimizer = torch.optim.Adam(head.parameters(), lr=learning_rate)
-    criterion = nn.NLLLoss()
+    if weight_decay > 0:
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(
+            head.parameters(), lr=learning_rate, weight_decay=weight_decay
+        )
+    else:
+        optimizer = torch.optim.Adam(head.parameters(), lr=learning_rate)
+    steps_per_epoch = max(1, math.ceil(len(y_tr) / batch_size))
+    total_steps, warmup_steps = epochs * steps_per_epoch, warmup_epochs * steps_per_epoch
+
+    def lr_factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "cosine":
+            progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return 1.0
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    weights = class_weights.to(device) if class_weights is not None else None
+
+    def criterion(logp: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # cross_entropy of log-probabilities is their NLL (log_softmax is idempotent on them)
+        return nn.functional.cross_entropy(logp, y, weight=weights, label_smoothing=label_smoothing)
+
     result = TrainResult() if result is None else result
+    result.epochs = epochs
     best_key: tuple[float, float] | None = None  # larger is better
     best_state = copy.deepcopy(head.state_dict())
     try:
         with seeded(seed, device):  # seeds dropout masks and the batch order
+            for cb in callbacks:
+                cb.on_train_begin(result)
             for epoch in range(1, epochs + 1):
                 start = time.perf_counter()
                 head.train()
@@ -156,6 +276,7 @@ def train_head(
                         )
                     loss.backward()
                     optimizer.step()
+                    scheduler.step()
                     total += loss.item() * len(idx)
                 valid_loss, valid_acc = evaluate_head(head, x_va, y_va)
                 record: EpochRecord = {
@@ -167,15 +288,15 @@ def train_head(
                 }
                 result.history.append(record)
                 key = (-valid_loss, valid_acc) if len(y_va) else (float(epoch), 0.0)
-                if best_key is None or key > best_key:
+                if math.isfinite(key[0]) and (best_key is None or key > best_key):
                     best_key, result.best_epoch = key, epoch
                     best_state = copy.deepcopy(head.state_dict())
-                if verbose > 0:
-                    print(
-                        f"epoch {epoch}/{epochs}  train loss {record['train_loss']:.4f}  "
-                        f"valid loss {valid_loss:.4f}  valid accuracy {valid_acc:.2%}  "
-                        f"({record['seconds']:.1f}s)"
-                    )
+                for cb in callbacks:
+                    cb.on_epoch_end(result)
+                if result.stop:
+                    break
+            for cb in callbacks:
+                cb.on_train_end(result)
     finally:  # also on an error or Ctrl-C: never lose the best weights
         head.load_state_dict(best_state)
         head.eval()
