@@ -265,3 +265,37 @@ def test_download_offline_is_one_sentence(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("petalnet: error: Cannot download Flowers-102")
     assert "102flowers.tgz" in err and "run again" in err and "\n" not in err
+
+
+def test_train_resume_from_a_partial_run(single_folder, tmp_path, capsys):
+    base = [
+        "train",
+        str(single_folder),
+        "--arch",
+        "tiny_test",
+        "--seed",
+        "0",
+        "--quiet",
+        "--no_cache",
+        "--lr_schedule",
+        "cosine",
+        "--label_smoothing",
+        "0.1",
+    ]
+    assert main([*base, "--epochs", "2", "--save_dir", str(tmp_path / "a")]) == 0
+    assert (
+        main(
+            [
+                *base,
+                "--epochs",
+                "3",
+                "--save_dir",
+                str(tmp_path / "b"),
+                "--resume",
+                str(tmp_path / "a" / "checkpoint.pt"),
+            ]
+        )
+        == 0
+    )
+    clf = FlowerClassifier.load(tmp_path / "b" / "checkpoint.pt", device="cpu")
+    assert len(clf.history_) == 3 and clf.get_params()["label_smoothing"] == 0.1

@@ -126,3 +126,44 @@ def test_class_weight_balanced(single_folder, monkeypatch):
         FlowerClassifier("tiny_test", class_weight="auto", **FAST).fit(single_folder)
     with pytest.raises(ValueError, match="lr_schedule"):
         FlowerClassifier("tiny_test", lr_schedule="step", **FAST).fit(single_folder)
+
+
+def _strip(history):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_resume_continues_exactly(single_folder, tmp_path, schedule):
+    params = {**FAST, "dropout": 0.3, "lr_schedule": schedule, "epochs": 4}
+    if schedule == "cosine":
+        params["warmup_epochs"] = 1
+    full = FlowerClassifier("tiny_test", **params).fit(single_folder)
+    if schedule == "constant":  # a shorter run, then more epochs
+        first = FlowerClassifier("tiny_test", **{**params, "epochs": 2}).fit(single_folder)
+    else:  # the schedule spans all epochs: a 4-epoch run that died after epoch 2
+        first = FlowerClassifier("tiny_test", callbacks=[Recorder(stop_after=2)], **params)
+        first.fit(single_folder)
+    assert len(first.history_) == 2
+    resumed = FlowerClassifier("tiny_test", **params)
+    resumed.fit(single_folder, resume_from=first.save(tmp_path / "half.pt"))
+    assert len(resumed.history_) == 4
+    for a, b in zip(_strip(full.history_), _strip(resumed.history_), strict=True):
+        assert a == pytest.approx(b, rel=1e-5)
+    assert resumed.best_epoch_ == full.best_epoch_
+    images = [single_folder / c / "img_000.jpg" for c in ("1", "4")]
+    torch.testing.assert_close(
+        torch.from_numpy(resumed.predict_proba(images)),
+        torch.from_numpy(full.predict_proba(images)),
+        rtol=1e-4,
+        atol=1e-6,
+    )
+    # a resumed run can itself be saved and resumed again
+    again = FlowerClassifier("tiny_test", **{**params, "epochs": 5})
+    again.fit(single_folder, resume_from=resumed.save(tmp_path / "four.pt"))
+    assert len(again.history_) == 5
+
+
+def test_resume_refuses_a_mismatched_checkpoint(single_folder, fitted, tmp_path):
+    path = fitted.save(tmp_path / "other.pt")  # 12 classes, not the 5 of single_folder
+    with pytest.raises(Exception, match="Cannot resume"):
+        FlowerClassifier("tiny_test", **FAST).fit(single_folder, resume_from=path)

@@ -60,11 +60,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
         augment_views=args.augment_views,
         cache=not args.no_cache,
         cache_dir=args.cache_dir,
+        weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing,
+        lr_schedule=args.lr_schedule,
+        warmup_epochs=args.warmup_epochs,
+        early_stopping=args.early_stopping,
+        class_weight=args.class_weight,
         verbose=_verbose(args),
     )
     save_dir = Path(args.save_dir)
     try:
-        clf.fit(args.data_dir)
+        clf.fit(args.data_dir, resume_from=args.resume)
     except Exception as exc:
         if not getattr(clf, "best_epoch_", 0):  # nothing trained yet: nothing to keep
             raise
@@ -263,6 +269,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--amp", choices=["auto", "on", "off"], default="auto")
     t.add_argument("--augment_views", type=int, default=0)
+    t.add_argument("--weight_decay", type=float, default=0.0)
+    t.add_argument("--label_smoothing", type=float, default=0.0)
+    t.add_argument("--lr_schedule", choices=["constant", "cosine"], default="constant")
+    t.add_argument("--warmup_epochs", type=int, default=0)
+    t.add_argument(
+        "--early_stopping", type=int, metavar="PATIENCE", help="stop after N flat epochs"
+    )
+    t.add_argument("--class_weight", choices=["balanced"], help="weigh classes by 1/frequency")
+    t.add_argument("--resume", metavar="CHECKPOINT", help="continue a run saved earlier")
     t.add_argument("--no_cache", action="store_true", help="do not cache backbone features")
     t.add_argument("--cache_dir", help="feature cache folder")
     t.add_argument("--quiet", action="store_true", help="no progress output")

@@ -50,6 +50,9 @@ class TrainResult:
     epochs: int = 0
     stop: bool = False
     stop_reason: str = ""
+    best_state: dict[str, torch.Tensor] | None = None
+    last_state: dict[str, torch.Tensor] | None = None
+    rng_state: torch.Tensor | None = None
 
 
 class Callback:
@@ -215,10 +218,14 @@ def train_head(
         class_weights: ``(C,)`` loss weight per class, e.g. for imbalanced data.
         callbacks: Hooks called at the start, after each epoch and at the end.
         result: Filled in as training goes, so a caller keeps the history of an
-            interrupted run; a new one is made if omitted.
+            interrupted run; a new one is made if omitted. To **resume**, pass one holding
+            the earlier ``history``, ``best_epoch``, ``best_state``, ``optimizer_state`` and
+            ``rng_state``, with ``head`` holding the last epoch's weights: training goes on
+            from epoch ``len(history) + 1`` exactly as if it had not stopped.
 
     Returns:
-        The history, best epoch and optimizer state.
+        The history, best epoch, optimizer state, and what a later resume needs
+        (``best_state``, ``last_state``, ``rng_state``).
 
     Raises:
         PetalnetError: The loss became NaN or infinite, or ``schedule`` is unknown.
@@ -244,22 +251,34 @@ def train_head(
             return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
         return 1.0
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    result = TrainResult() if result is None else result
+    done = len(result.history)
+    if done:
+        optimizer.load_state_dict(result.optimizer_state)
+    # on resume, initial_lr is in the restored optimizer state and the schedule continues
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_factor, last_epoch=done * steps_per_epoch - 1
+    )
     weights = class_weights.to(device) if class_weights is not None else None
 
     def criterion(logp: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         # cross_entropy of log-probabilities is their NLL (log_softmax is idempotent on them)
         return nn.functional.cross_entropy(logp, y, weight=weights, label_smoothing=label_smoothing)
 
-    result = TrainResult() if result is None else result
     result.epochs = epochs
     best_key: tuple[float, float] | None = None  # larger is better
-    best_state = copy.deepcopy(head.state_dict())
+    if done and result.best_epoch:
+        r = result.history[result.best_epoch - 1]
+        best_key = (-r["valid_loss"], r["valid_accuracy"]) if len(y_va) else (r["epoch"], 0.0)
+    best_state = copy.deepcopy(result.best_state or head.state_dict())
     try:
-        with seeded(seed, device):  # seeds dropout masks and the batch order
+        # seeds dropout masks and the batch order; a resumed run restores the RNG instead
+        with seeded(seed if result.rng_state is None else 0, device):
+            if result.rng_state is not None:
+                torch.set_rng_state(result.rng_state)
             for cb in callbacks:
                 cb.on_train_begin(result)
-            for epoch in range(1, epochs + 1):
+            for epoch in range(done + 1, epochs + 1):
                 start = time.perf_counter()
                 head.train()
                 x_epoch = x_tr[(epoch - 1) % len(x_tr)] if x_tr.ndim == 3 else x_tr
@@ -287,6 +306,8 @@ def train_head(
                     "seconds": time.perf_counter() - start,
                 }
                 result.history.append(record)
+                result.last_state = copy.deepcopy(head.state_dict())
+                result.rng_state = torch.get_rng_state()
                 key = (-valid_loss, valid_acc) if len(y_va) else (float(epoch), 0.0)
                 if math.isfinite(key[0]) and (best_key is None or key > best_key):
                     best_key, result.best_epoch = key, epoch
@@ -300,5 +321,6 @@ def train_head(
     finally:  # also on an error or Ctrl-C: never lose the best weights
         head.load_state_dict(best_state)
         head.eval()
+        result.best_state = best_state
         result.optimizer_state = optimizer.state_dict()
     return result
