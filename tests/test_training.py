@@ -167,3 +167,31 @@ def test_resume_refuses_a_mismatched_checkpoint(single_folder, fitted, tmp_path)
     path = fitted.save(tmp_path / "other.pt")  # 12 classes, not the 5 of single_folder
     with pytest.raises(Exception, match="Cannot resume"):
         FlowerClassifier("tiny_test", **FAST).fit(single_folder, resume_from=path)
+
+
+def test_tta_averages_centre_and_mirror(fitted, flowers_root):
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    from conftest import draw_flower
+
+    # left half one flower, right half another: the mirror image really differs
+    # (48 x 36 px: resized to 36 px, the 32 px crop has equal margins, so the mirror of the
+    # centre crop is exactly the centre crop of the mirror)
+    left = np.asarray(draw_flower("6", seed=1, size=(48, 36)))
+    right = np.asarray(draw_flower("9", seed=2, size=(48, 36)))
+    image = Image.fromarray(np.concatenate([left[:, :24], right[:, 24:]], axis=1))
+    mirrored = ImageOps.mirror(image)
+    plain = fitted.predict_proba(image)
+    flipped = fitted.predict_proba(mirrored)
+    fitted.tta = True
+    try:
+        both = fitted.predict_proba(image)
+        report = fitted.evaluate(flowers_root)
+    finally:
+        fitted.tta = False
+    # so TTA is the mean of the two single-view predictions
+    mean = torch.from_numpy((plain + flipped) / 2)
+    torch.testing.assert_close(torch.from_numpy(both), mean, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(torch.from_numpy(both), torch.from_numpy(plain), atol=1e-3)
+    assert report["n_images"] == 24 and 0 <= report["accuracy"] <= 1

@@ -8,6 +8,7 @@ and sets attributes ending in ``_``, and methods that need a trained model raise
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -41,6 +42,7 @@ from petalnet.errors import (
     PetalnetWarning,
 )
 from petalnet.features import (
+    VIEW_FLIP,
     Features,
     extract_features,
     feature_cache,
@@ -117,6 +119,9 @@ class FlowerClassifier:
             training images; ``None`` weighs all alike.
         callbacks: Extra :class:`~petalnet.training.Callback` objects called during
             training (not saved in checkpoints).
+        tta: Test-time augmentation for ``evaluate``, ``predict`` and ``predict_proba``:
+            average the probabilities of the centre crop and its mirror image (two backbone
+            passes per image; validation during ``fit`` stays single-view).
         strict: Stop at the first unreadable image (corrupt, truncated, not an image) with
             an error naming it. By default such files are skipped with one warning each and
             listed in ``skipped_`` / the evaluation report.
@@ -150,6 +155,7 @@ class FlowerClassifier:
         early_stopping: int | None = None,
         class_weight: str | None = None,
         callbacks: Sequence[Callback] | None = None,
+        tta: bool = False,
         strict: bool = False,
         verbose: int = 1,
     ) -> None:
@@ -177,6 +183,7 @@ class FlowerClassifier:
         self.early_stopping = early_stopping
         self.class_weight = class_weight
         self.callbacks = callbacks
+        self.tta = tta
         self.strict = strict
         self.verbose = verbose
 
@@ -423,11 +430,18 @@ class FlowerClassifier:
                 f"or load a saved one with {type(self).__name__}.load(path)."
             )
 
-    def _log_probs(self, batch: torch.Tensor) -> torch.Tensor:
-        feats = run_backbone(self._runner, batch, self.device_, self._precision)
+    def _head_log_probs(self, views: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Log of the mean probability over views of the same images (one view: plain)."""
         self.head_.eval()
         with torch.inference_mode():
-            return self.head_(feats).float().cpu()
+            logps = torch.stack([self.head_(f.to(self.device_)).float().cpu() for f in views])
+        return logps[0] if len(views) == 1 else logps.logsumexp(0) - math.log(len(views))
+
+    def _log_probs(self, batch: torch.Tensor) -> torch.Tensor:
+        batches = [batch, batch.flip(-1)] if self.tta else [batch]
+        return self._head_log_probs(
+            [run_backbone(self._runner, b, self.device_, self._precision) for b in batches]
+        )
 
     def _to_tensor(self, image: ImageInput, transform: Any) -> torch.Tensor:
         if isinstance(image, (str, os.PathLike)):
@@ -534,9 +548,10 @@ class FlowerClassifier:
         folder = resolve_eval_folder(path)
         samples = list_samples(folder, self.class_to_idx_)
         feats, labels, skipped = self._extract(samples, "evaluate")
-        self.head_.eval()
-        with torch.inference_mode():
-            log_probs = self.head_(feats.to(self.device_)).float().cpu()
+        views = [feats]
+        if self.tta:
+            views.append(self._extract(samples, "evaluate (mirror)", views=[VIEW_FLIP]).features)
+        log_probs = self._head_log_probs(views)
         report = evaluation_report(log_probs, labels, self.classes_)
         report["folder"] = str(folder)
         report["n_skipped"] = len(skipped)

@@ -143,6 +143,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     clf = FlowerClassifier.load(args.checkpoint, device=_device(args))
     clf.verbose = 0
+    clf.tta = args.tta
     if args.category_names:
         clf.category_names_ = load_category_names(args.category_names)
     images = _expand_images(args.images)
@@ -185,6 +186,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     clf = FlowerClassifier.load(args.checkpoint, device=_device(args))
     clf.verbose = _verbose(args)
+    clf.tta = args.tta
     report = clf.evaluate(args.data_dir)
     if args.json:
         print(json.dumps({k: v for k, v in report.items() if k != "confusion_matrix"}))
@@ -292,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="write predictions to a .csv or .jsonl file")
     p.add_argument("--json", action="store_true", help="JSON lines instead of text")
     p.add_argument("--plot", help="PNG of the (first) image beside its top-k chart")
+    p.add_argument("--tta", action="store_true", help="average the image and its mirror")
     _device_flags(p)
     p.set_defaults(func=_cmd_predict)
 
@@ -300,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("checkpoint")
     e.add_argument("--json", action="store_true", help="print the report as JSON")
     e.add_argument("--plots", help="folder for confusion_matrix.png")
+    e.add_argument("--tta", action="store_true", help="average the image and its mirror")
     e.add_argument("--quiet", action="store_true")
     _device_flags(e)
     e.set_defaults(func=_cmd_evaluate)

@@ -191,8 +191,13 @@ class Features(NamedTuple):
 VIEW_CENTER = "center"
 
 
+VIEW_FLIP = -1
+
+
 def view_name(view: int, augmentation: str) -> str:
-    """Name of training view ``view`` (0 is the centre crop, k > 0 the k-th augmented view)."""
+    """Name of view ``view``: 0 the centre crop, -1 its mirror, k > 0 the k-th augmented view."""
+    if view == VIEW_FLIP:
+        return "center-flip"
     return VIEW_CENTER if view == 0 else f"aug{view}:{augmentation}"
 
 
@@ -226,8 +231,9 @@ def extract_features(
         num_workers: DataLoader workers; ``None`` picks :func:`default_num_workers`.
         precision: Autocast dtype (see :func:`resolve_precision`).
         cache: Feature cache to read and fill, or ``None``.
-        view: ``0`` for the centre crop; ``k > 0`` for the k-th randomly augmented view
-            (random resized crop, flip, rotation), drawn reproducibly from ``seed``.
+        view: ``0`` for the centre crop, ``-1`` for its mirror image (test-time
+            augmentation); ``k > 0`` for the k-th randomly augmented view (random resized
+            crop, flip, rotation), drawn reproducibly from ``seed``.
         seed: Seed of the augmented views.
         strict: Raise on the first unreadable image instead of skipping it with a warning.
         desc: Label of the progress bar.
@@ -241,7 +247,7 @@ def extract_features(
         ImageReadError: ``strict`` is set and an image cannot be read (the message names it).
     """
     pre = backbone.preprocessing
-    transform = pre.transform() if view == 0 else pre.augment_transform()
+    transform = pre.transform() if view <= 0 else pre.augment_transform()
     name = view_name(view, f"{pre.augmentation_id()}:{seed}")
     start = time.perf_counter()
     labels = torch.tensor([int(t) for _, t in samples], dtype=torch.long)
@@ -257,7 +263,7 @@ def extract_features(
             if hit is not None:
                 rows[i] = torch.from_numpy(hit)
     todo = [i for i, r in enumerate(rows) if r is None]
-    seeds = [_sample_seed(samples[i][0], name, seed) for i in todo] if view else None
+    seeds = [_sample_seed(samples[i][0], name, seed) for i in todo] if view > 0 else None
     loader = DataLoader(
         ImageDataset(
             [samples[i] for i in todo],
@@ -283,6 +289,8 @@ def extract_features(
                 warnings.warn(f"Skipped: {message}", PetalnetWarning, stacklevel=2)
             skipped += errors
             if images is not None:
+                if view == VIEW_FLIP:
+                    images = images.flip(-1)  # mirror of the centre crop
                 feats = run_backbone(backbone, images, device, precision).cpu()
                 for pos, row in zip(positions, feats, strict=True):
                     i = todo[pos]
