@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--amp", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--augment-views", type=int, default=0)
+    ap.add_argument("--label-smoothing", type=float, default=0.0)
+    ap.add_argument("--weight-decay", type=float, default=0.0)
+    ap.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"])
+    ap.add_argument("--tta", action="store_true", help="evaluate with centre + mirror")
     ap.add_argument(
         "--cache-dir",
         type=Path,
@@ -69,6 +73,10 @@ def main(argv: list[str] | None = None) -> dict:
         batch_size=args.batch_size,
         amp=True if args.amp else "auto",
         augment_views=args.augment_views,
+        label_smoothing=args.label_smoothing,
+        weight_decay=args.weight_decay,
+        lr_schedule=args.lr_schedule,
+        tta=args.tta,
         cache_dir=cache_dir,
         random_state=args.seed,
     )
