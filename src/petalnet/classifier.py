@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from petalnet._device import resolve_device
@@ -26,12 +25,12 @@ from petalnet.backbones.base import FeatureExtractor, WeightsArg
 from petalnet.backbones.registry import build_backbone
 from petalnet.checkpoint import read_checkpoint, write_checkpoint
 from petalnet.data import (
+    ImageInput,
     Sample,
-    _to_rgb,
+    image_to_tensor,
     list_samples,
     load_category_names,
     load_training_data,
-    read_image,
     resolve_eval_folder,
 )
 from petalnet.errors import (
@@ -63,9 +62,6 @@ from petalnet.training import (
 )
 
 __all__ = ["FlowerClassifier", "ImageInput"]
-
-ImageInput = str | os.PathLike[str] | Image.Image | np.ndarray | torch.Tensor
-"""One image: a file path, a ``PIL.Image``, an HxWxC uint8 array or a CxHxW tensor."""
 
 
 class FlowerClassifier:
@@ -443,24 +439,6 @@ class FlowerClassifier:
             [run_backbone(self._runner, b, self.device_, self._precision) for b in batches]
         )
 
-    def _to_tensor(self, image: ImageInput, transform: Any) -> torch.Tensor:
-        if isinstance(image, (str, os.PathLike)):
-            return transform(read_image(image, self.backbone_.preprocessing.resize_size))
-        if isinstance(image, Image.Image):
-            return transform(_to_rgb(image))
-        if isinstance(image, np.ndarray):
-            if image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4)):
-                return transform(_to_rgb(Image.fromarray(np.ascontiguousarray(image).squeeze())))
-            raise ValueError(f"Expected an HxW or HxWxC image array, got shape {image.shape}.")
-        if isinstance(image, torch.Tensor):
-            if image.ndim == 3 and image.shape[0] in (1, 3):
-                return transform(image.expand(3, -1, -1) if image.shape[0] == 1 else image)
-            raise ValueError(f"Expected a CxHxW image tensor, got shape {tuple(image.shape)}.")
-        raise TypeError(
-            f"Cannot predict on {type(image).__name__}; pass a file path, a PIL.Image, "
-            "an HxWxC uint8 array, a CxHxW tensor, or a list of those."
-        )
-
     def predict_proba(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
         """Return class probabilities for one image or a list of images.
 
@@ -488,10 +466,12 @@ class FlowerClassifier:
 
     def _predict_log_probs(self, images: Sequence[ImageInput]) -> torch.Tensor:
         transform = self.backbone_.preprocessing.transform()
+        draft = self.backbone_.preprocessing.resize_size
         out = [torch.empty(0, len(self.classes_))]
         step = self._extract_batch()
         for i in range(0, len(images), step):
-            batch = torch.stack([self._to_tensor(im, transform) for im in images[i : i + step]])
+            chunk = images[i : i + step]
+            batch = torch.stack([image_to_tensor(im, transform, draft) for im in chunk])
             out.append(self._log_probs(batch))
         return torch.cat(out)
 

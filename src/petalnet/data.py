@@ -31,10 +31,12 @@ __all__ = [
     "IMG_EXTENSIONS",
     "MAX_IMAGE_PIXELS",
     "ImageDataset",
+    "ImageInput",
     "Sample",
     "TrainingData",
     "collate_readable",
     "find_classes",
+    "image_to_tensor",
     "list_samples",
     "load_category_names",
     "load_training_data",
@@ -323,6 +325,45 @@ def read_image(path: str | os.PathLike[str], draft_size: int | None = None) -> I
             f"Cannot read image {str(path)!r} ({type(exc).__name__}: {exc}); "
             "remove or replace the file."
         ) from None
+
+
+ImageInput = str | os.PathLike[str] | Image.Image | np.ndarray | torch.Tensor
+"""One image: a file path, a ``PIL.Image``, an HxWxC uint8 array or a CxHxW tensor."""
+
+
+def image_to_tensor(image: ImageInput, transform: Any, draft_size: int | None = None) -> Any:
+    """Apply ``transform`` to any supported kind of image.
+
+    Args:
+        image: A file path, a ``PIL.Image`` (any mode), an ``HxW``/``HxWxC`` array (uint8),
+            or a ``CxHxW`` tensor (uint8, or float in ``[0, 1]``; 1 or 3 channels).
+        transform: A transform accepting RGB ``PIL.Image``s and ``CxHxW`` tensors.
+        draft_size: Passed to :func:`read_image` for file paths.
+
+    Returns:
+        What ``transform`` returns.
+
+    Raises:
+        ImageReadError: A file cannot be read.
+        ValueError: An array or tensor has an unsupported shape.
+        TypeError: ``image`` is none of the supported kinds.
+    """
+    if isinstance(image, (str, os.PathLike)):
+        return transform(read_image(image, draft_size))
+    if isinstance(image, Image.Image):
+        return transform(_to_rgb(image))
+    if isinstance(image, np.ndarray):
+        if image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4)):
+            return transform(_to_rgb(Image.fromarray(np.ascontiguousarray(image).squeeze())))
+        raise ValueError(f"Expected an HxW or HxWxC image array, got shape {image.shape}.")
+    if isinstance(image, torch.Tensor):
+        if image.ndim == 3 and image.shape[0] in (1, 3):
+            return transform(image.expand(3, -1, -1) if image.shape[0] == 1 else image)
+        raise ValueError(f"Expected a CxHxW image tensor, got shape {tuple(image.shape)}.")
+    raise TypeError(
+        f"Cannot predict on {type(image).__name__}; pass a file path, a PIL.Image, "
+        "an HxWxC uint8 array, a CxHxW tensor, or a list of those."
+    )
 
 
 class ImageDataset(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
