@@ -96,11 +96,11 @@ class Preprocessing:
         """
         interpolation = InterpolationMode(self.interpolation)
         return v2.Compose(
-            [
-                v2.ToImage(),
+            [  # geometry first: on a PIL image it runs in Pillow's C code, ~2x faster
                 v2.RandomRotation(30, interpolation=interpolation),
                 v2.RandomResizedCrop(self.crop_size, interpolation=interpolation, antialias=True),
                 v2.RandomHorizontalFlip(),
+                v2.ToImage(),
                 v2.ToDtype(torch.float32, scale=True),
                 v2.Normalize(mean=list(self.mean), std=list(self.std)),
             ]
@@ -108,7 +108,7 @@ class Preprocessing:
 
     def augmentation_id(self) -> str:
         """Short id of :meth:`augment_transform`'s recipe, part of feature-cache keys."""
-        return "rot30-rrc-flip-v1"
+        return "rot30-rrc-flip-v2"
 
     def transform(self) -> Callable[[Any], torch.Tensor]:
         """Build the evaluation transform.
