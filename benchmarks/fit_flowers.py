@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--weight-decay", type=float, default=0.0)
     ap.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"])
     ap.add_argument("--tta", action="store_true", help="evaluate with centre + mirror")
+    ap.add_argument("--monitor", default="valid_loss", choices=["valid_loss", "valid_accuracy"])
     ap.add_argument(
         "--cache-dir",
         type=Path,
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
         weight_decay=args.weight_decay,
         lr_schedule=args.lr_schedule,
         tta=args.tta,
+        monitor=args.monitor,
         cache_dir=cache_dir,
         random_state=args.seed,
     )

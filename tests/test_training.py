@@ -195,3 +195,16 @@ def test_tta_averages_centre_and_mirror(fitted, flowers_root):
     torch.testing.assert_close(torch.from_numpy(both), mean, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(torch.from_numpy(both), torch.from_numpy(plain), atol=1e-3)
     assert report["n_images"] == 24 and 0 <= report["accuracy"] <= 1
+
+
+def test_monitor_picks_the_kept_epoch(single_folder, monkeypatch):
+    from petalnet import training
+
+    scores = iter([(1.0, 0.5), (0.6, 0.6), (0.7, 0.9), (0.8, 0.8)])  # (loss, accuracy)
+    monkeypatch.setattr(training, "evaluate_head", lambda *a, **k: next(scores))
+    by_loss = FlowerClassifier("tiny_test", **{**FAST, "epochs": 4}).fit(single_folder)
+    assert by_loss.best_epoch_ == 2
+    scores = iter([(1.0, 0.5), (0.6, 0.6), (0.7, 0.9), (0.8, 0.8)])
+    monkeypatch.setattr(training, "evaluate_head", lambda *a, **k: next(scores))
+    by_acc = FlowerClassifier("tiny_test", monitor="valid_accuracy", **{**FAST, "epochs": 4})
+    assert by_acc.fit(single_folder).best_epoch_ == 3

@@ -113,6 +113,8 @@ class FlowerClassifier:
             (``None``: run all ``epochs``). The best epoch is kept either way.
         class_weight: ``"balanced"`` weighs each class's loss inversely to its number of
             training images; ``None`` weighs all alike.
+        monitor: What picks the epoch whose weights are kept: ``"valid_loss"`` (lowest) or
+            ``"valid_accuracy"`` (highest; better with label smoothing).
         callbacks: Extra :class:`~petalnet.training.Callback` objects called during
             training (not saved in checkpoints).
         tta: Test-time augmentation for ``evaluate``, ``predict`` and ``predict_proba``:
@@ -150,6 +152,7 @@ class FlowerClassifier:
         warmup_epochs: int = 0,
         early_stopping: int | None = None,
         class_weight: str | None = None,
+        monitor: str = "valid_loss",
         callbacks: Sequence[Callback] | None = None,
         tta: bool = False,
         strict: bool = False,
@@ -178,6 +181,7 @@ class FlowerClassifier:
         self.warmup_epochs = warmup_epochs
         self.early_stopping = early_stopping
         self.class_weight = class_weight
+        self.monitor = monitor
         self.callbacks = callbacks
         self.tta = tta
         self.strict = strict
@@ -215,6 +219,11 @@ class FlowerClassifier:
                 "at least 1 or None",
             ),
             ("class_weight", self.class_weight in (None, "balanced"), "None or 'balanced'"),
+            (
+                "monitor",
+                self.monitor in ("valid_loss", "valid_accuracy"),
+                "'valid_loss' or 'valid_accuracy'",
+            ),
             (
                 "extract_batch_size",
                 self.extract_batch_size is None or int(self.extract_batch_size) >= 1,
@@ -328,6 +337,7 @@ class FlowerClassifier:
                 warmup_epochs=int(self.warmup_epochs),
                 class_weights=class_weights,
                 callbacks=callbacks,
+                monitor=str(self.monitor),
                 result=result,
             )
         except KeyboardInterrupt:

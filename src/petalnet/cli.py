@@ -66,6 +66,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         warmup_epochs=args.warmup_epochs,
         early_stopping=args.early_stopping,
         class_weight=args.class_weight,
+        monitor=args.monitor,
         verbose=_verbose(args),
     )
     save_dir = Path(args.save_dir)
@@ -279,6 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--early_stopping", type=int, metavar="PATIENCE", help="stop after N flat epochs"
     )
     t.add_argument("--class_weight", choices=["balanced"], help="weigh classes by 1/frequency")
+    t.add_argument(
+        "--monitor",
+        choices=["valid_loss", "valid_accuracy"],
+        default="valid_loss",
+        help="what picks the epoch that is kept",
+    )
     t.add_argument("--resume", metavar="CHECKPOINT", help="continue a run saved earlier")
     t.add_argument("--no_cache", action="store_true", help="do not cache backbone features")
     t.add_argument("--cache_dir", help="feature cache folder")

@@ -190,6 +190,7 @@ def train_head(
     warmup_epochs: int = 0,
     class_weights: torch.Tensor | None = None,
     callbacks: Sequence[Callback] = (),
+    monitor: str = "valid_loss",
     result: TrainResult | None = None,
 ) -> TrainResult:
     """Train ``head`` in place with Adam; leave it holding the best epoch's weights.
@@ -197,7 +198,9 @@ def train_head(
     The loss is the negative log-likelihood of the head's log-probabilities (the seed's
     ``NLLLoss``), optionally with label smoothing and class weights. The best epoch is the
     one with the lowest validation loss (ties: higher accuracy), a finer and steadier signal
-    than accuracy on small validation sets, where one image can swing accuracy by points.
+    than accuracy on small validation sets, where one image can swing accuracy by points;
+    ``monitor="valid_accuracy"`` picks the most accurate epoch instead (ties: lower loss),
+    which suits label smoothing, under which the loss flattens while accuracy still rises.
     Without validation data the last epoch is kept. The head is left in eval mode.
 
     Args:
@@ -217,6 +220,7 @@ def train_head(
         warmup_epochs: Linear warm-up from 0 to ``learning_rate`` over these epochs.
         class_weights: ``(C,)`` loss weight per class, e.g. for imbalanced data.
         callbacks: Hooks called at the start, after each epoch and at the end.
+        monitor: ``"valid_loss"`` or ``"valid_accuracy"``: what picks the best epoch.
         result: Filled in as training goes, so a caller keeps the history of an
             interrupted run; a new one is made if omitted. To **resume**, pass one holding
             the earlier ``history``, ``best_epoch``, ``best_state``, ``optimizer_state`` and
@@ -230,6 +234,8 @@ def train_head(
     Raises:
         PetalnetError: The loss became NaN or infinite, or ``schedule`` is unknown.
     """
+    if monitor not in ("valid_loss", "valid_accuracy"):
+        raise PetalnetError(f"monitor must be 'valid_loss' or 'valid_accuracy', got {monitor!r}.")
     if schedule not in ("constant", "cosine"):
         raise PetalnetError(f"schedule must be 'constant' or 'cosine', got {schedule!r}.")
     x_tr, y_tr = (t.to(device) for t in train)
@@ -266,10 +272,18 @@ def train_head(
         return nn.functional.cross_entropy(logp, y, weight=weights, label_smoothing=label_smoothing)
 
     result.epochs = epochs
-    best_key: tuple[float, float] | None = None  # larger is better
+
+    def rank(r: EpochRecord) -> tuple[float, float]:
+        """Larger is better: the monitored metric first, the other one breaks ties."""
+        if not len(y_va):
+            return (r["epoch"], 0.0)  # no validation data: the last epoch wins
+        if monitor == "valid_accuracy":
+            return (r["valid_accuracy"], -r["valid_loss"])
+        return (-r["valid_loss"], r["valid_accuracy"])
+
+    best_key: tuple[float, float] | None = None
     if done and result.best_epoch:
-        r = result.history[result.best_epoch - 1]
-        best_key = (-r["valid_loss"], r["valid_accuracy"]) if len(y_va) else (r["epoch"], 0.0)
+        best_key = rank(result.history[result.best_epoch - 1])
     best_state = copy.deepcopy(result.best_state or head.state_dict())
     try:
         # seeds dropout masks and the batch order; a resumed run restores the RNG instead
@@ -308,8 +322,8 @@ def train_head(
                 result.history.append(record)
                 result.last_state = copy.deepcopy(head.state_dict())
                 result.rng_state = torch.get_rng_state()
-                key = (-valid_loss, valid_acc) if len(y_va) else (float(epoch), 0.0)
-                if math.isfinite(key[0]) and (best_key is None or key > best_key):
+                key = rank(record)
+                if math.isfinite(valid_loss) and (best_key is None or key > best_key):
                     best_key, result.best_epoch = key, epoch
                     best_state = copy.deepcopy(head.state_dict())
                 for cb in callbacks:
