@@ -32,6 +32,18 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     shutil.rmtree(getattr(config, "_petalnet_cache", ""), ignore_errors=True)
 
 
+# A small, quick, deterministic classifier setup shared by the tests (cache off, fp32).
+QUICK_FIT = dict(
+    hidden_units=16,
+    learning_rate=0.01,
+    batch_size=8,
+    device="cpu",
+    random_state=0,
+    verbose=0,
+    cache=False,
+    amp=False,  # explicit: "auto" means bfloat16 on CPUs that have it
+)
+
 N_CLASSES = 12
 CLASS_NAMES = {str(i): f"flower number {i}" for i in range(1, N_CLASSES + 1)}
 TINY_PRE = Preprocessing(resize_size=36, crop_size=32)

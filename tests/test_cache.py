@@ -10,23 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import draw_flower, make_class_folders
+from conftest import QUICK_FIT, draw_flower, make_class_folders
 from petalnet import FlowerClassifier
 from petalnet import features as features_module
 from petalnet.cache import FeatureCache, default_cache_dir
 from petalnet.data import load_training_data
 from petalnet.features import resolve_precision
 
-FAST = dict(
-    amp=False,  # explicit: 'auto' means bfloat16 on CPUs that have it
-    hidden_units=16,
-    epochs=4,
-    learning_rate=0.01,
-    batch_size=8,
-    device="cpu",
-    random_state=0,
-    verbose=0,
-)
+FAST = {**QUICK_FIT, "epochs": 4, "cache": True}
 
 
 @pytest.fixture

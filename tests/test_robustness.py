@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import petalnet
-from conftest import make_class_folders
+from conftest import QUICK_FIT, make_class_folders
 from petalnet import (
     CheckpointError,
     DataError,
@@ -31,16 +31,7 @@ from petalnet.checkpoint import read_checkpoint, write_checkpoint
 from petalnet.cli import main
 from petalnet.data import read_image
 
-FAST = dict(
-    hidden_units=16,
-    epochs=3,
-    learning_rate=0.01,
-    batch_size=8,
-    device="cpu",
-    random_state=0,
-    verbose=0,
-    cache=False,
-)
+FAST = {**QUICK_FIT, "epochs": 3}
 
 
 def _bad_files(folder):

@@ -5,19 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import QUICK_FIT
 from petalnet import Callback, EarlyStopping, FlowerClassifier
 from petalnet.training import TrainResult, train_head
 
-FAST = dict(
-    hidden_units=16,
-    epochs=6,
-    learning_rate=0.01,
-    batch_size=8,
-    device="cpu",
-    random_state=0,
-    verbose=0,
-    cache=False,
-)
+FAST = {**QUICK_FIT, "epochs": 6}
 
 
 class Recorder(Callback):
