@@ -606,6 +606,27 @@ class FlowerClassifier:
             payload["training"] = {"last_state": state.last_state, "rng_state": state.rng_state}
         return write_checkpoint(payload, path)
 
+    def export(self, path: str | os.PathLike[str], format: str = "torchscript") -> Path:
+        """Export for deployment: a model from preprocessed images to class probabilities.
+
+        Args:
+            path: Target file; ``<path>.json`` next to it gets classes, names and
+                preprocessing (also stored inside the file).
+            format: ``"torchscript"`` or ``"onnx"`` (ONNX needs the ``onnx`` extra to embed
+                the metadata, ``onnxruntime`` to run it).
+
+        Returns:
+            The model's path.
+
+        Raises:
+            NotFittedError: Called before ``fit``/``load``.
+            PetalnetError: Unknown format or a failed export.
+        """
+        from petalnet.export import export_classifier
+
+        self._check_fitted()
+        return export_classifier(self, path, format)
+
     @classmethod
     def load(
         cls, path: str | os.PathLike[str], device: str | torch.device | None = None

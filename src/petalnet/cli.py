@@ -234,6 +234,15 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from petalnet.classifier import FlowerClassifier
+
+    clf = FlowerClassifier.load(args.checkpoint, device="cpu")
+    path = clf.export(args.output, format=args.format)
+    print(f"exported {path} (+ {path.name}.json with classes, names and preprocessing)")
+    return 0
+
+
 def _cmd_download(args: argparse.Namespace) -> int:
     from petalnet.datasets import download_flowers102
 
@@ -323,6 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("data_dir")
     c.add_argument("--quick", action="store_true", help="do not decode the images")
     c.set_defaults(func=_cmd_check)
+
+    x = sub.add_parser("export", help="export a checkpoint to TorchScript or ONNX")
+    x.add_argument("checkpoint")
+    x.add_argument("output", help="model file to write")
+    x.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
+    x.set_defaults(func=_cmd_export)
 
     d = sub.add_parser("download", help="download a data set in the train/valid/test layout")
     d.add_argument("dataset", choices=["flowers102"])

