@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from petalnet import distributed
 from petalnet._device import resolve_device
 from petalnet._version import __version__
 from petalnet.backbones.base import FeatureExtractor, WeightsArg
@@ -285,7 +286,8 @@ class FlowerClassifier:
             names = load_category_names(data.category_names_file)
         else:
             names = None
-        device = resolve_device(self.device)
+        device = distributed.local_device(resolve_device(self.device))
+        distributed.init(device)  # under torchrun: join the process group
         precision = resolve_precision(self.amp, device)
         backbone = build_backbone(self.backbone, self.weights)
         runner = prepare_backbone(backbone, device)
@@ -313,7 +315,7 @@ class FlowerClassifier:
             result = self._resume_state(resume, head, data.classes, str(resume_from))
         self.history_ = result.history
         self._train_state = result
-        callbacks: list[Callback] = [EpochLogger()] if int(self.verbose) > 0 else []
+        callbacks: list[Callback] = [EpochLogger()] if self._verbosity() > 0 else []
         if self.early_stopping is not None:
             callbacks.append(EarlyStopping(int(self.early_stopping)))
         callbacks += list(self.callbacks or [])
@@ -400,11 +402,15 @@ class FlowerClassifier:
     def _extract(
         self, samples: Sequence[Sample], desc: str, views: Sequence[int] = (0,)
     ) -> Features:
-        """Features of ``samples`` (stacked ``(V, N, D)`` for several views), labels, skips."""
+        """Features of ``samples`` (stacked ``(V, N, D)`` for several views), labels, skips.
+
+        Under ``torchrun`` each rank extracts its shard and every rank gets all of them.
+        """
+        sharded = distributed.world_size() > 1
         results = [
             extract_features(
                 self._runner,
-                samples,
+                distributed.shard(samples) if sharded else samples,
                 device=self.device_,
                 batch_size=self._extract_batch(),
                 num_workers=self.num_workers,
@@ -413,15 +419,28 @@ class FlowerClassifier:
                 view=v,
                 seed=self.random_state,
                 strict=bool(self.strict),
-                verbose=int(self.verbose),
+                verbose=self._verbosity(),
                 desc=desc if len(views) == 1 else f"{desc} (view {v})",
             )
             for v in views
         ]
+        if sharded:
+            results = [
+                Features(
+                    torch.cat(distributed.gather([r.features])),
+                    torch.cat(distributed.gather([r.labels])),
+                    distributed.gather(r.skipped),
+                )
+                for r in results
+            ]
         if len(results) == 1:
             return results[0]
         first = results[0]
         return Features(torch.stack([r.features for r in results]), first.labels, first.skipped)
+
+    def _verbosity(self) -> int:
+        """``verbose``, on rank 0 only under ``torchrun``."""
+        return int(self.verbose) if distributed.is_main() else 0
 
     def _extract_batch(self) -> int:
         """Images per backbone pass: the parameter, else 8 on a CPU, else ``batch_size``."""
@@ -563,13 +582,15 @@ class FlowerClassifier:
                 ``True`` makes the file usable offline without the pretrained weights.
 
         Returns:
-            The path written.
+            The path written (under ``torchrun``, only rank 0 writes it).
 
         Raises:
             NotFittedError: Called before ``fit``/``load``.
             CheckpointError: The file cannot be written.
         """
         self._check_fitted()
+        if not distributed.is_main():  # under torchrun only rank 0 writes
+            return Path(path)
         backbone: dict[str, Any] = {
             "name": self.backbone,
             "weights": self.backbone_.weights,

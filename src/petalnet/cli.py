@@ -81,6 +81,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
             f"(epoch {clf.best_epoch_}) are saved in {partial}."
         ) from None
     path = clf.save(save_dir / args.checkpoint_name)
+    from petalnet import distributed
+
+    if not distributed.is_main():  # under torchrun, rank 0 reports and plots
+        return 0
     best = clf.history_[clf.best_epoch_ - 1]
     print(f"best epoch {clf.best_epoch_}: valid accuracy {best['valid_accuracy']:.2%}")
     print(f"saved {path}")

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from petalnet import distributed
 from petalnet.errors import PetalnetError
 
 __all__ = [
@@ -281,6 +282,12 @@ def train_head(
             return (r["valid_accuracy"], -r["valid_loss"])
         return (-r["valid_loss"], r["valid_accuracy"])
 
+    world, me = distributed.world_size(), distributed.rank()
+    model: nn.Module = head
+    if world > 1:  # gradients averaged over ranks; every rank trains on its shard
+        model = nn.parallel.DistributedDataParallel(head)
+        seed = distributed.broadcast_seed(seed)
+
     best_key: tuple[float, float] | None = None
     if done and result.best_epoch:
         best_key = rank(result.history[result.best_epoch - 1])
@@ -296,12 +303,15 @@ def train_head(
                 start = time.perf_counter()
                 head.train()
                 x_epoch = x_tr[(epoch - 1) % len(x_tr)] if x_tr.ndim == 3 else x_tr
-                order = torch.randperm(len(y_tr)).to(device)
-                total = 0.0
+                order = torch.randperm(len(y_tr))
+                if world > 1:  # equal-length shards (padded by wrapping), as DistributedSampler
+                    order = torch.cat([order, order[: (-len(order)) % world]])[me::world]
+                order = order.to(device)
+                total, seen = 0.0, 0
                 for i in range(0, len(order), batch_size):
                     idx = order[i : i + batch_size]
                     optimizer.zero_grad(set_to_none=True)
-                    loss = criterion(head(x_epoch[idx]), y_tr[idx])
+                    loss = criterion(model(x_epoch[idx]), y_tr[idx])
                     if not torch.isfinite(loss):
                         raise PetalnetError(
                             f"The training loss became {loss.item()} in epoch {epoch}; lower "
@@ -311,10 +321,23 @@ def train_head(
                     optimizer.step()
                     scheduler.step()
                     total += loss.item() * len(idx)
-                valid_loss, valid_acc = evaluate_head(head, x_va, y_va)
+                    seen += len(idx)
+                valid_loss, valid_acc = evaluate_head(head, x_va[me::world], y_va[me::world])
+                if world > 1:  # reduce: every rank then holds the same metrics
+                    n = len(y_va[me::world])
+                    sums = distributed.all_reduce_sum(
+                        [total, seen, valid_loss * n if n else 0.0, valid_acc * n if n else 0.0, n],
+                        device,
+                    )
+                    total, seen = sums[0], int(sums[1])
+                    valid_loss, valid_acc = (
+                        (sums[2] / sums[4], sums[3] / sums[4])
+                        if sums[4]
+                        else (valid_loss, valid_acc)
+                    )
                 record: EpochRecord = {
                     "epoch": float(epoch),
-                    "train_loss": total / max(len(y_tr), 1),
+                    "train_loss": total / max(seen, 1),
                     "valid_loss": valid_loss,
                     "valid_accuracy": valid_acc,
                     "seconds": time.perf_counter() - start,
