@@ -407,6 +407,8 @@ class FlowerClassifier:
         Under ``torchrun`` each rank extracts its shard and every rank gets all of them.
         """
         sharded = distributed.world_size() > 1
+        if sharded:
+            desc = f"{desc} (rank 0's share of {distributed.world_size()})"
         results = [
             extract_features(
                 self._runner,
