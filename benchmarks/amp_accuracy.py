@@ -22,18 +22,17 @@ import time
 from pathlib import Path
 
 import torch
+from _shared import DEFAULT_DATA
 
 import petalnet
 from petalnet.data import list_samples, resolve_eval_folder
 from petalnet.features import extract_features, resolve_precision
 from petalnet.results import evaluation_report
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "flowers102"
-
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA.resolve())
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--backbone", default="efficientnet_lite0")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--epochs", type=int, default=10)

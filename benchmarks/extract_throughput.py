@@ -17,17 +17,16 @@ import time
 from pathlib import Path
 
 import torch
+from _shared import DEFAULT_DATA
 
 import petalnet
 from petalnet.data import load_training_data
 from petalnet.features import extract_features, prepare_backbone, resolve_precision
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "flowers102"
-
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA.resolve())
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--backbone", default="efficientnet_lite0")
     ap.add_argument("--weights", default="DEFAULT")
     ap.add_argument("--images", type=int, default=512)

@@ -23,10 +23,9 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from _shared import DEFAULT_DATA
 
 import petalnet
-
-DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "flowers102"
 
 
 def peak_rss_mib() -> float:
@@ -36,7 +35,7 @@ def peak_rss_mib() -> float:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA.resolve())
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--backbone", default="efficientnet_lite0")
     ap.add_argument("--weights", default="DEFAULT")
     ap.add_argument("--epochs", type=int, default=10)

@@ -25,12 +25,12 @@ from collections import OrderedDict
 from pathlib import Path
 
 import torch
+from _shared import DEFAULT_DATA
 from torch import nn
 from torchvision import datasets, models, transforms
 
 import petalnet
 
-DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "flowers102"
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
@@ -129,7 +129,7 @@ def seed_loop(
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA.resolve())
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--train", type=int, default=20, help="training images per class")
     ap.add_argument("--valid", type=int, default=5, help="validation images per class")
