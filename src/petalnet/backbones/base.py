@@ -12,7 +12,13 @@ from torch import nn
 from petalnet.errors import WeightsUnavailableError
 from petalnet.preprocessing import Preprocessing
 
-__all__ = ["FeatureExtractor", "WeightsArg", "is_weights_path", "load_weights_file"]
+__all__ = [
+    "FeatureExtractor",
+    "WeightsArg",
+    "is_weights_path",
+    "load_state_into",
+    "load_weights_file",
+]
 
 WeightsArg = str | os.PathLike[str] | None
 """What a ``weights`` argument may be: a named set (``"DEFAULT"``), a file path, or ``None``."""
@@ -109,3 +115,25 @@ def load_weights_file(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             f"Weights file {str(p)!r} does not hold a state dict of tensors."
         )
     return state
+
+
+def load_state_into(
+    model: nn.Module, state: dict[str, torch.Tensor], source: str | os.PathLike[str], name: str
+) -> None:
+    """Load ``state`` into ``model``, turning a mismatch into one clear error.
+
+    Args:
+        model: The network to fill.
+        state: Its state dict.
+        source: Where ``state`` came from (named in the error).
+        name: The backbone's name (named in the error).
+
+    Raises:
+        WeightsUnavailableError: Keys or shapes do not fit ``model``.
+    """
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise WeightsUnavailableError(
+            f"Weights file {str(source)!r} does not fit {name!r}: {str(exc).splitlines()[0]}"
+        ) from None

@@ -18,7 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from petalnet.backbones.base import FeatureExtractor, WeightsArg, is_weights_path, load_weights_file
+from petalnet.backbones.base import (
+    FeatureExtractor,
+    WeightsArg,
+    is_weights_path,
+    load_state_into,
+    load_weights_file,
+)
 from petalnet.backbones.registry import register_backbone
 from petalnet.errors import PetalnetError, WeightsUnavailableError
 from petalnet.preprocessing import Preprocessing
@@ -210,13 +216,7 @@ def efficientnet_lite0(weights: WeightsArg = "DEFAULT") -> FeatureExtractor:
         state = load_weights_file(path)
         if any(k.startswith("_") for k in state):
             state = _from_reference_keys(state)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            raise WeightsUnavailableError(
-                f"Weights file {str(path)!r} does not fit efficientnet_lite0: "
-                f"{str(exc).splitlines()[0]}"
-            ) from None
+        load_state_into(model, state, path, "efficientnet_lite0")
     return FeatureExtractor(
         model,
         feature_dim=1280,

@@ -18,7 +18,13 @@ import torchvision
 from torch import nn
 from torchvision.models import get_model_weights
 
-from petalnet.backbones.base import FeatureExtractor, WeightsArg, is_weights_path, load_weights_file
+from petalnet.backbones.base import (
+    FeatureExtractor,
+    WeightsArg,
+    is_weights_path,
+    load_state_into,
+    load_weights_file,
+)
 from petalnet.backbones.registry import register_backbone
 from petalnet.errors import PetalnetError, WeightsUnavailableError
 from petalnet.preprocessing import Preprocessing
@@ -136,14 +142,7 @@ def build_torchvision_backbone(name: str, weights: WeightsArg = "DEFAULT") -> Fe
         model = torchvision.models.get_model(name, weights=None)
         weights_id: str | None = None
         if weights is not None:
-            state = load_weights_file(weights)
-            try:
-                model.load_state_dict(state)
-            except RuntimeError as exc:
-                raise WeightsUnavailableError(
-                    f"Weights file {str(weights)!r} does not fit {name!r}: "
-                    f"{str(exc).splitlines()[0]}"
-                ) from None
+            load_state_into(model, load_weights_file(weights), weights, name)
             weights_id = f"file:{Path(weights).name}"
     else:
         try:
