@@ -44,7 +44,52 @@ def test_vgg16_is_the_seed_backbone():
     with torch.device("meta"):
         fx = petalnet.build_backbone("vgg16", weights=None)
     assert fx.feature_dim == 25088  # 512 x 7 x 7, what the seed's classifier took
-    assert isinstance(fx.body, torchvision.models.VGG)
+    assert list(fx.body.named_children())[0][0] == "stage1"
+    assert fx.num_blocks == 5  # VGG16's five conv stages, each ending in max-pooling
+
+
+# one model per family: its chain of blocks must compute what torchvision's forward does
+CHAIN_FAMILIES = [
+    "vgg11",
+    "alexnet",
+    "resnet18",
+    "densenet121",
+    "mobilenet_v3_small",
+    "efficientnet_b0",
+    "convnext_tiny",
+    "regnet_x_400mf",
+    "mnasnet0_5",
+    "shufflenet_v2_x0_5",
+    "swin_t",
+]
+
+
+@pytest.mark.parametrize("name", CHAIN_FAMILIES)
+def test_blocks_compute_what_torchvision_computes(name):
+    from petalnet.backbones.torchvision import _replace
+
+    torch.manual_seed(0)
+    fx = petalnet.build_backbone(name, weights=None).eval()
+    torch.manual_seed(0)  # the same initialisation
+    reference = torchvision.models.get_model(name, weights=None).eval()
+    _replace(reference, TORCHVISION_BACKBONES[name], torch.nn.Identity())
+    size = fx.preprocessing.crop_size  # split() sizes the front's output for it
+    x = torch.rand(1, 3, size, size)
+    with torch.inference_mode():
+        expected = torch.flatten(reference(x), 1)
+        assert torch.allclose(fx(x), expected, atol=1e-5)
+        assert fx.num_blocks >= 3
+        for k in (1, fx.num_blocks - 1):  # the parts share the modules and compose to the whole
+            front, back = fx.split(k)
+            assert torch.allclose(back(front(x)), expected, atol=1e-5)
+
+
+def test_a_backbone_that_is_not_a_chain_has_no_blocks():
+    with torch.device("meta"):
+        fx = petalnet.build_backbone("vit_b_32", weights=None)
+    assert fx.num_blocks == 0
+    with pytest.raises(ValueError, match="between 1 and"):
+        fx.split(1)
 
 
 @pytest.mark.parametrize("name", sorted(TORCHVISION_BACKBONES))
@@ -85,7 +130,7 @@ def test_cached_weights_load_without_network(offline):
     torch.save(reference.state_dict(), offline / "mobilenet_v3_small-047dcff4.pth")
     fx = petalnet.build_backbone("mobilenet_v3_small")
     assert fx.weights == "IMAGENET1K_V1" and fx.restorable
-    assert torch.equal(fx.body.features[0][0].weight, reference.features[0][0].weight)
+    assert torch.equal(fx.body.block0[0].weight, reference.features[0][0].weight)
 
 
 def test_weights_from_a_local_file(tmp_path):
@@ -93,7 +138,7 @@ def test_weights_from_a_local_file(tmp_path):
     path = tmp_path / "my_resnet.pth"
     torch.save({"state_dict": reference.state_dict()}, path)
     fx = petalnet.build_backbone("resnet18", weights=path)
-    assert torch.equal(fx.body.conv1.weight, reference.conv1.weight)
+    assert torch.equal(fx.body.stem[0].weight, reference.conv1.weight)
     assert fx.weights == "file:my_resnet.pth" and not fx.restorable
     assert fx.preprocessing.crop_size == 224
 

@@ -24,10 +24,13 @@ from petalnet._device import resolve_device
 from petalnet._version import __version__
 from petalnet.backbones.base import FeatureExtractor, WeightsArg
 from petalnet.backbones.registry import build_backbone
+from petalnet.batches import Batches, ImageBatches, TensorBatches
+from petalnet.cache import FeatureCache
 from petalnet.checkpoint import read_checkpoint, write_checkpoint
 from petalnet.data import (
     ImageInput,
     Sample,
+    TrainingData,
     image_to_tensor,
     list_samples,
     load_category_names,
@@ -53,7 +56,9 @@ from petalnet.features import (
 from petalnet.head import build_head, normalize_hidden_units
 from petalnet.preprocessing import Preprocessing
 from petalnet.results import Prediction, evaluation_report, top_predictions
+from petalnet.strategy import STRATEGIES, TrainingPlan, plan_training
 from petalnet.training import (
+    SCHEDULES,
     Callback,
     EarlyStopping,
     EpochLogger,
@@ -108,14 +113,30 @@ class FlowerClassifier:
             ``$XDG_CACHE_HOME/petalnet``, else ``~/.cache/petalnet``.
         weight_decay: Decoupled weight decay of the classifier (AdamW); 0 is the seed's Adam.
         label_smoothing: Share of each target's probability spread over all classes.
-        lr_schedule: ``"constant"`` (the seed's) or ``"cosine"`` (decays to 0 by the end).
-        warmup_epochs: Linear learning-rate warm-up over this many epochs.
+        lr_schedule: ``"constant"`` (the seed's), ``"cosine"`` (decays to 0 by the end) or
+            ``"onecycle"`` (torch's ``OneCycleLR``: rises to ``learning_rate``, then anneals
+            to nearly 0, with Adam's momentum cycling the opposite way).
+        warmup_epochs: Linear learning-rate warm-up over this many epochs (for
+            ``"onecycle"``, its rising part; 30 % of the run when 0).
         early_stopping: Stop after this many epochs without a lower validation loss
             (``None``: run all ``epochs``). The best epoch is kept either way.
         class_weight: ``"balanced"`` weighs each class's loss inversely to its number of
             training images; ``None`` weighs all alike.
         monitor: What picks the epoch whose weights are kept: ``"valid_loss"`` (lowest) or
             ``"valid_accuracy"`` (highest; better with label smoothing).
+        strategy: What trains. ``"freeze"`` (the seed's): the head only, on cached
+            features. ``"freeze_unfreeze"``: the head alone for ``freeze_epochs``, then the
+            last ``unfreeze_blocks`` blocks of the backbone with it; the frozen blocks'
+            output is computed once per image (and view) and cached, so only the unfrozen
+            blocks run every epoch. ``"full"``: the whole backbone with the head from the
+            first epoch, on images decoded and freshly augmented every epoch (slow on a CPU).
+        unfreeze_blocks: Blocks unfrozen by ``"freeze_unfreeze"``, counted from the end
+            (see ``petalnet backbones``); ``None`` for the whole backbone (then trained on
+            freshly augmented images, as ``"full"``).
+        freeze_epochs: Head-only epochs before unfreezing; ``None`` means half of
+            ``epochs`` for ``"freeze_unfreeze"`` and 0 for ``"full"``.
+        backbone_lr_scale: Fine-tuned backbone layers learn at ``learning_rate`` times this
+            (their own parameter group; the schedule applies to both).
         callbacks: Extra :class:`~petalnet.training.Callback` objects called during
             training (not saved in checkpoints).
         tta: Test-time augmentation for ``evaluate``, ``predict`` and ``predict_proba``:
@@ -154,6 +175,10 @@ class FlowerClassifier:
         early_stopping: int | None = None,
         class_weight: str | None = None,
         monitor: str = "valid_loss",
+        strategy: str = "freeze",
+        unfreeze_blocks: int | None = 2,
+        freeze_epochs: int | None = None,
+        backbone_lr_scale: float = 0.1,
         callbacks: Sequence[Callback] | None = None,
         tta: bool = False,
         strict: bool = False,
@@ -183,6 +208,10 @@ class FlowerClassifier:
         self.early_stopping = early_stopping
         self.class_weight = class_weight
         self.monitor = monitor
+        self.strategy = strategy
+        self.unfreeze_blocks = unfreeze_blocks
+        self.freeze_epochs = freeze_epochs
+        self.backbone_lr_scale = backbone_lr_scale
         self.callbacks = callbacks
         self.tta = tta
         self.strict = strict
@@ -212,7 +241,19 @@ class FlowerClassifier:
             ("augment_views", int(self.augment_views) >= 0, "0 or more"),
             ("weight_decay", float(self.weight_decay) >= 0, "0 or more"),
             ("label_smoothing", 0.0 <= float(self.label_smoothing) < 1.0, "in [0, 1)"),
-            ("lr_schedule", self.lr_schedule in ("constant", "cosine"), "'constant' or 'cosine'"),
+            ("lr_schedule", self.lr_schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
+            ("strategy", self.strategy in STRATEGIES, f"one of {', '.join(STRATEGIES)}"),
+            (
+                "unfreeze_blocks",
+                self.unfreeze_blocks is None or int(self.unfreeze_blocks) >= 1,
+                "at least 1 or None",
+            ),
+            (
+                "freeze_epochs",
+                self.freeze_epochs is None or 0 <= int(self.freeze_epochs) <= int(self.epochs),
+                "in [0, epochs] or None",
+            ),
+            ("backbone_lr_scale", float(self.backbone_lr_scale) > 0, "positive"),
             ("warmup_epochs", 0 <= int(self.warmup_epochs) <= int(self.epochs), "in [0, epochs]"),
             (
                 "early_stopping",
@@ -290,11 +331,17 @@ class FlowerClassifier:
         distributed.init(device)  # under torchrun: join the process group
         precision = resolve_precision(self.amp, device)
         backbone = build_backbone(self.backbone, self.weights)
-        runner = prepare_backbone(backbone, device)
-        self._setup(backbone, runner, device, precision)
-        views = int(self.augment_views)
-        train = self._extract(data.train, "train features", views=range(1, views + 1) or [0])
-        valid = self._extract(data.valid, "valid features")
+        plan = plan_training(
+            backbone,
+            str(self.strategy),
+            unfreeze_blocks=self.unfreeze_blocks,
+            freeze_epochs=self.freeze_epochs,
+            epochs=int(self.epochs),
+            name=self.backbone,
+        )
+        # the backbone that predicts; after fine-tuning it is prepared again, trained
+        self._setup(backbone, prepare_backbone(backbone, device), device, precision)
+        train, valid, skipped = self._training_data(plan, data)
         if len(train.labels) == 0:
             raise DataError(
                 f"None of the {len(data.train)} training images under {str(data_dir)!r} could "
@@ -303,16 +350,20 @@ class FlowerClassifier:
         with seeded(self.random_state):
             head = build_head(backbone.feature_dim, len(data.classes), hidden, float(self.dropout))
         head.to(device)
+        model: nn.Module = head  # what trains: the head, with backbone layers if fine-tuning
+        if plan.back is not None:
+            plan.back.to(device=device, memory_format=torch.channels_last)
+            model = nn.Sequential(plan.back, head)
 
         self.classes_ = list(data.classes)
         self.class_to_idx_ = dict(data.class_to_idx)
         self.category_names_ = names
         self.head_ = head
         self.n_train_, self.n_valid_ = len(train.labels), len(valid.labels)
-        self.skipped_ = train.skipped + valid.skipped
+        self.skipped_ = skipped
         result = TrainResult()
         if resume is not None:
-            result = self._resume_state(resume, head, data.classes, str(resume_from))
+            result = self._resume_state(resume, model, data.classes, str(resume_from))
         self.history_ = result.history
         self._train_state = result
         callbacks: list[Callback] = [EpochLogger()] if self._verbosity() > 0 else []
@@ -325,9 +376,9 @@ class FlowerClassifier:
             class_weights = len(train.labels) / (len(data.classes) * counts.clamp(min=1))
         try:
             train_head(
-                head,
-                (train.features, train.labels),
-                (valid.features, valid.labels),
+                model,
+                train,
+                valid,
                 epochs=int(self.epochs),
                 learning_rate=float(self.learning_rate),
                 batch_size=int(self.batch_size),
@@ -341,6 +392,9 @@ class FlowerClassifier:
                 callbacks=callbacks,
                 monitor=str(self.monitor),
                 result=result,
+                backbone=plan.back,
+                backbone_lr_scale=float(self.backbone_lr_scale),
+                freeze_epochs=plan.freeze_epochs,
             )
         except KeyboardInterrupt:
             if not result.history:
@@ -351,15 +405,66 @@ class FlowerClassifier:
                 PetalnetWarning,
                 stacklevel=2,
             )
-        finally:  # also after an error: the head holds the best epoch so far, save() works
+        finally:  # also after an error: the model holds the best epoch so far, save() works
             self.best_epoch_ = result.best_epoch
             self.optimizer_state_ = result.optimizer_state
+            for source in (train, valid):
+                for message in getattr(source, "skipped", []):
+                    if message not in self.skipped_:
+                        self.skipped_.append(message)
+            if plan.back is not None and result.history:
+                # the backbone's weights are now the fine-tuned ones: store them on save,
+                # and run (and cache) the new backbone for evaluate and predict
+                backbone.restorable = False
+                self._setup(backbone, prepare_backbone(backbone, device), device, precision)
         return self
 
+    def _training_data(
+        self, plan: TrainingPlan, data: TrainingData
+    ) -> tuple[Batches, Batches, list[str]]:
+        """What the training loop iterates over, per ``plan``, and unreadable images so far.
+
+        Rows computed once (features, or the frozen front's output, cached on disk), or,
+        when training reaches the first layer, images decoded and augmented every epoch.
+        """
+        device = self.device_
+        if plan.front is None:
+            seed = self.random_state
+            if seed is None:
+                seed = int(torch.randint(2**62, ()))
+            streams = [
+                ImageBatches(
+                    samples,
+                    self.backbone_.preprocessing,
+                    device,
+                    augment=augment,
+                    seed=seed,
+                    num_workers=self.num_workers,
+                    strict=bool(self.strict),
+                )
+                for samples, augment in ((data.train, True), (data.valid, False))
+            ]
+            return streams[0], streams[1], []
+        source = None
+        if plan.front is not self.backbone_:  # the frozen front of a partly trained backbone
+            front_cache = None
+            if self.cache:
+                front_cache = feature_cache(plan.front, self._precision, self.cache_dir)
+            source = (prepare_backbone(plan.front, device), front_cache)
+        views = int(self.augment_views)
+        what = "train features" if plan.back is None else "train frozen-layer outputs"
+        train = self._extract(data.train, what, range(1, views + 1) or [0], source=source)
+        valid = self._extract(data.valid, what.replace("train", "valid"), source=source)
+        return (
+            TensorBatches(train.features, train.labels, device, views=views > 0),
+            TensorBatches(valid.features, valid.labels, device, views=False),
+            train.skipped + valid.skipped,
+        )
+
     def _resume_state(
-        self, ckpt: dict[str, Any], head: nn.Module, classes: Sequence[str], path: str
+        self, ckpt: dict[str, Any], model: nn.Module, classes: Sequence[str], path: str
     ) -> TrainResult:
-        """Load the last epoch into ``head`` and return the state training continues from."""
+        """Load the last epoch into ``model`` and return the state training continues from."""
         training = ckpt.get("training") or {}
         if list(ckpt["classes"]) != list(classes) or ckpt["backbone"]["name"] != self.backbone:
             raise CheckpointError(
@@ -370,17 +475,18 @@ class FlowerClassifier:
         if "last_state" not in training:
             raise CheckpointError(f"{path!r} holds no training state to resume from.")
         try:
-            head.load_state_dict(training["last_state"])
+            model.load_state_dict(training["last_state"])
         except RuntimeError:
             raise CheckpointError(
-                f"Cannot resume from {path!r}: its classifier has other layer sizes; use the "
-                "same hidden_units as the run that wrote it."
+                f"Cannot resume from {path!r}: its classifier has other layer sizes or "
+                "trains other layers; use the same hidden_units, strategy and unfreeze_blocks "
+                "as the run that wrote it."
             ) from None
         return TrainResult(
             history=[dict(r) for r in ckpt.get("history", [])],
             best_epoch=int(ckpt.get("best_epoch", 0)),
             optimizer_state=ckpt.get("optimizer", {}),
-            best_state=ckpt["head"]["state_dict"],
+            best_state=training.get("best_state", ckpt["head"]["state_dict"]),
             rng_state=training.get("rng_state"),
         )
 
@@ -400,24 +506,31 @@ class FlowerClassifier:
         self._cache = feature_cache(backbone, precision, self.cache_dir) if self.cache else None
 
     def _extract(
-        self, samples: Sequence[Sample], desc: str, views: Sequence[int] = (0,)
+        self,
+        samples: Sequence[Sample],
+        desc: str,
+        views: Sequence[int] = (0,),
+        *,
+        source: tuple[nn.Module, FeatureCache | None] | None = None,
     ) -> Features:
         """Features of ``samples`` (stacked ``(V, N, D)`` for several views), labels, skips.
 
+        ``source`` is ``(module, cache)`` to run instead of the backbone (a frozen front).
         Under ``torchrun`` each rank extracts its shard and every rank gets all of them.
         """
+        runner, cache = source if source is not None else (self._runner, self._cache)
         sharded = distributed.world_size() > 1
         if sharded:
             desc = f"{desc} (rank 0's share of {distributed.world_size()})"
         results = [
             extract_features(
-                self._runner,
+                runner,
                 distributed.shard(samples) if sharded else samples,
                 device=self.device_,
                 batch_size=self._extract_batch(),
                 num_workers=self.num_workers,
                 precision=self._precision,
-                cache=self._cache,
+                cache=cache,
                 view=v,
                 seed=self.random_state,
                 strict=bool(self.strict),
@@ -627,6 +740,9 @@ class FlowerClassifier:
         state = getattr(self, "_train_state", None)
         if state is not None and state.last_state is not None:
             payload["training"] = {"last_state": state.last_state, "rng_state": state.rng_state}
+            if self.strategy != "freeze" and state.best_state is not None:
+                # fine-tuned layers and head together, as the training loop holds them
+                payload["training"]["best_state"] = state.best_state
         return write_checkpoint(payload, path)
 
     def export(self, path: str | os.PathLike[str], format: str = "torchscript") -> Path:

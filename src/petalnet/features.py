@@ -35,6 +35,7 @@ __all__ = [
     "prepare_backbone",
     "resolve_precision",
     "run_backbone",
+    "sample_seed",
 ]
 
 
@@ -201,7 +202,8 @@ def view_name(view: int, augmentation: str) -> str:
     return VIEW_CENTER if view == 0 else f"aug{view}:{augmentation}"
 
 
-def _sample_seed(path: Any, view: str, seed: int | None) -> int:
+def sample_seed(path: Any, view: str, seed: int | None) -> int:
+    """A 63-bit seed for one image's random draw, fixed by its path, the view and ``seed``."""
     digest = hashlib.blake2b(f"{path}\0{view}\0{seed}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
@@ -263,7 +265,7 @@ def extract_features(
             if hit is not None:
                 rows[i] = torch.from_numpy(hit)
     todo = [i for i, r in enumerate(rows) if r is None]
-    seeds = [_sample_seed(samples[i][0], name, seed) for i in todo] if view > 0 else None
+    seeds = [sample_seed(samples[i][0], name, seed) for i in todo] if view > 0 else None
     loader = DataLoader(
         ImageDataset(
             [samples[i] for i in todo],

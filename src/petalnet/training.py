@@ -1,7 +1,8 @@
-"""The training loop of the head: minibatch NLLLoss + Adam, validation every epoch.
+"""The training loop: minibatch NLLLoss + Adam, validation every epoch.
 
-It trains on precomputed features (the backbone is frozen), keeps the weights of the best
-validation epoch, and records one history row per epoch.
+It trains the head on precomputed features (the backbone frozen), or the head together
+with backbone layers being fine-tuned; keeps the weights of the best validation epoch, and
+records one history row per epoch.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ import torch
 from torch import nn
 
 from petalnet import distributed
+from petalnet.batches import Batches, TensorBatches
 from petalnet.errors import PetalnetError
 
 __all__ = [
+    "SCHEDULES",
     "Callback",
     "EarlyStopping",
     "EpochLogger",
@@ -146,39 +149,87 @@ def seeded(seed: int | None, device: torch.device | None = None) -> Iterator[Non
         yield
 
 
+def _as_batches(data: Batches | tuple[torch.Tensor, torch.Tensor], device: torch.device) -> Batches:
+    if isinstance(data, tuple):
+        x, y = data
+        return TensorBatches(x, y, device, views=x.ndim == 3)
+    return data
+
+
 @torch.inference_mode()
 def evaluate_head(
-    head: nn.Module, features: torch.Tensor, labels: torch.Tensor, batch_size: int = 1024
+    model: nn.Module,
+    data: Batches | tuple[torch.Tensor, torch.Tensor],
+    order: torch.Tensor | None = None,
+    batch_size: int = 1024,
 ) -> tuple[float, float]:
-    """Return mean NLL loss and accuracy of ``head`` (in eval mode) on features.
+    """Return mean NLL loss and accuracy of ``model`` (in eval mode) on labelled data.
 
     Args:
-        head: A module returning log-probabilities.
-        features: ``(N, D)`` on the head's device.
-        labels: ``(N,)`` class indices on the same device.
+        model: A module returning log-probabilities.
+        data: A :class:`~petalnet.batches.Batches` source, or ``(features, labels)``
+            on the model's device.
+        order: Which rows to use (default all).
         batch_size: Rows per forward pass.
 
     Returns:
         ``(loss, accuracy)``; ``(nan, nan)`` when there are no rows.
     """
-    if len(labels) == 0:
-        return float("nan"), float("nan")
-    was_training = head.training
-    head.eval()
-    loss_sum, correct = 0.0, 0
-    for i in range(0, len(labels), batch_size):
-        logp = head(features[i : i + batch_size])
-        y = labels[i : i + batch_size]
+    source = _as_batches(data, torch.device("cpu")) if isinstance(data, tuple) else data
+    if order is None:
+        order = torch.arange(len(source.labels))
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, count = 0.0, 0, 0
+    for x, y in source.batches(order, batch_size, 1):
+        logp = model(x)
         loss_sum += nn.functional.nll_loss(logp, y, reduction="sum").item()
         correct += int((logp.argmax(1) == y).sum())
-    head.train(was_training)
-    return loss_sum / len(labels), correct / len(labels)
+        count += len(y)
+    model.train(was_training)
+    if not count:
+        return float("nan"), float("nan")
+    return loss_sum / count, correct / count
+
+
+def _lr_scheduler(
+    optimizer: torch.optim.Optimizer,
+    schedule: str,
+    *,
+    total_steps: int,
+    warmup_steps: int,
+    done_steps: int,
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """The per-step learning-rate schedule, positioned after ``done_steps`` steps."""
+    if schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=[g["lr"] for g in optimizer.param_groups],
+            total_steps=max(total_steps, 2),
+            pct_start=min(0.99, warmup_steps / total_steps) if warmup_steps else 0.3,
+            last_epoch=done_steps - 1,
+        )
+
+    def lr_factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == "cosine":
+            progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return 1.0
+
+    # on resume, initial_lr is in the restored optimizer state and the schedule continues
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor, last_epoch=done_steps - 1)
+
+
+SCHEDULES = ("constant", "cosine", "onecycle")
+"""Learning-rate schedules :func:`train_head` knows."""
 
 
 def train_head(
     head: nn.Module,
-    train: tuple[torch.Tensor, torch.Tensor],
-    valid: tuple[torch.Tensor, torch.Tensor],
+    train: Batches | tuple[torch.Tensor, torch.Tensor],
+    valid: Batches | tuple[torch.Tensor, torch.Tensor],
     *,
     epochs: int,
     learning_rate: float,
@@ -193,6 +244,9 @@ def train_head(
     callbacks: Sequence[Callback] = (),
     monitor: str = "valid_loss",
     result: TrainResult | None = None,
+    backbone: nn.Module | None = None,
+    backbone_lr_scale: float = 0.1,
+    freeze_epochs: int = 0,
 ) -> TrainResult:
     """Train ``head`` in place with Adam; leave it holding the best epoch's weights.
 
@@ -204,12 +258,17 @@ def train_head(
     which suits label smoothing, under which the loss flattens while accuracy still rises.
     Without validation data the last epoch is kept. The head is left in eval mode.
 
+    For fine-tuning, ``head`` also holds backbone layers, named by ``backbone``: they learn
+    at ``learning_rate * backbone_lr_scale`` (their own parameter group), and stay frozen,
+    in eval mode, for the first ``freeze_epochs`` epochs.
+
     Args:
         head: Module returning log-probabilities, on ``device``.
-        train: ``(features, labels)`` to learn from. ``features`` is ``(N, D)``, or
-            ``(V, N, D)`` for ``V`` views of each image: epoch ``e`` then uses view
-            ``(e - 1) % V`` (cached augmentation).
-        valid: ``(features, labels)`` to validate on after every epoch (may be empty).
+        train: The data to learn from: a :class:`~petalnet.batches.Batches` source, or
+            ``(features, labels)`` with ``features`` ``(N, D)``, or ``(V, N, D)`` for ``V``
+            views of each image: epoch ``e`` then uses view ``(e - 1) % V`` (cached
+            augmentation).
+        valid: The data to validate on after every epoch (may be empty), in the same forms.
         epochs: Number of passes over ``train``.
         learning_rate: Adam's (peak) learning rate.
         batch_size: Rows per optimisation step.
@@ -217,8 +276,11 @@ def train_head(
         seed: Seed of the shuffling order and dropout (``None``: not reproducible).
         weight_decay: Decoupled weight decay (AdamW) when positive; plain Adam at 0.
         label_smoothing: Share of each target's probability spread over all classes.
-        schedule: ``"constant"`` or ``"cosine"`` (per step, to 0 at the end).
-        warmup_epochs: Linear warm-up from 0 to ``learning_rate`` over these epochs.
+        schedule: ``"constant"``, ``"cosine"`` (per step, to 0 at the end) or
+            ``"onecycle"`` (torch's ``OneCycleLR``: up to the learning rate, then down to
+            nearly 0, momentum cycling the other way).
+        warmup_epochs: Linear warm-up from 0 to ``learning_rate`` over these epochs (for
+            ``"onecycle"``: the rising part; 30 % of the steps when 0).
         class_weights: ``(C,)`` loss weight per class, e.g. for imbalanced data.
         callbacks: Hooks called at the start, after each epoch and at the end.
         monitor: ``"valid_loss"`` or ``"valid_accuracy"``: what picks the best epoch.
@@ -227,6 +289,9 @@ def train_head(
             the earlier ``history``, ``best_epoch``, ``best_state``, ``optimizer_state`` and
             ``rng_state``, with ``head`` holding the last epoch's weights: training goes on
             from epoch ``len(history) + 1`` exactly as if it had not stopped.
+        backbone: The backbone layers inside ``head`` to fine-tune, if any.
+        backbone_lr_scale: Their learning rate relative to ``learning_rate``.
+        freeze_epochs: Epochs at the start during which ``backbone`` stays frozen.
 
     Returns:
         The history, best epoch, optimizer state, and what a later resume needs
@@ -237,34 +302,37 @@ def train_head(
     """
     if monitor not in ("valid_loss", "valid_accuracy"):
         raise PetalnetError(f"monitor must be 'valid_loss' or 'valid_accuracy', got {monitor!r}.")
-    if schedule not in ("constant", "cosine"):
-        raise PetalnetError(f"schedule must be 'constant' or 'cosine', got {schedule!r}.")
-    x_tr, y_tr = (t.to(device) for t in train)
-    x_va, y_va = (t.to(device) for t in valid)
+    if schedule not in SCHEDULES:
+        raise PetalnetError(f"schedule must be one of {', '.join(SCHEDULES)}; got {schedule!r}.")
+    train_data, valid_data = _as_batches(train, device), _as_batches(valid, device)
+    n_train, n_valid = len(train_data.labels), len(valid_data.labels)
+    tuned = {id(p) for p in backbone.parameters()} if backbone is not None else set()
+    groups: list[dict[str, Any]] = [
+        {"params": [p for p in head.parameters() if id(p) not in tuned], "lr": learning_rate}
+    ]
+    if backbone is not None:
+        groups.append(
+            {"params": list(backbone.parameters()), "lr": learning_rate * backbone_lr_scale}
+        )
     if weight_decay > 0:
         optimizer: torch.optim.Optimizer = torch.optim.AdamW(
-            head.parameters(), lr=learning_rate, weight_decay=weight_decay
+            groups, lr=learning_rate, weight_decay=weight_decay
         )
     else:
-        optimizer = torch.optim.Adam(head.parameters(), lr=learning_rate)
-    steps_per_epoch = max(1, math.ceil(len(y_tr) / batch_size))
-    total_steps, warmup_steps = epochs * steps_per_epoch, warmup_epochs * steps_per_epoch
-
-    def lr_factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if schedule == "cosine":
-            progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-        return 1.0
+        optimizer = torch.optim.Adam(groups, lr=learning_rate)
+    world, me = distributed.world_size(), distributed.rank()
+    steps_per_epoch = max(1, math.ceil(math.ceil(n_train / world) / batch_size))
 
     result = TrainResult() if result is None else result
     done = len(result.history)
     if done:
         optimizer.load_state_dict(result.optimizer_state)
-    # on resume, initial_lr is in the restored optimizer state and the schedule continues
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_factor, last_epoch=done * steps_per_epoch - 1
+    scheduler = _lr_scheduler(
+        optimizer,
+        schedule,
+        total_steps=epochs * steps_per_epoch,
+        warmup_steps=warmup_epochs * steps_per_epoch,
+        done_steps=done * steps_per_epoch,
     )
     weights = class_weights.to(device) if class_weights is not None else None
 
@@ -276,22 +344,24 @@ def train_head(
 
     def rank(r: EpochRecord) -> tuple[float, float]:
         """Larger is better: the monitored metric first, the other one breaks ties."""
-        if not len(y_va):
+        if not n_valid:
             return (r["epoch"], 0.0)  # no validation data: the last epoch wins
         if monitor == "valid_accuracy":
             return (r["valid_accuracy"], -r["valid_loss"])
         return (-r["valid_loss"], r["valid_accuracy"])
 
-    world, me = distributed.world_size(), distributed.rank()
-    model: nn.Module = head
-    if world > 1:  # gradients averaged over ranks; every rank trains on its shard
-        model = nn.parallel.DistributedDataParallel(head)
+    if world > 1:
         seed = distributed.broadcast_seed(seed)
+    # rows of fine-tuned layers cost far more memory per row than feature vectors
+    eval_batch = 1024 if backbone is None else batch_size
+    valid_order = torch.arange(n_valid)[me::world]
 
     best_key: tuple[float, float] | None = None
     if done and result.best_epoch:
         best_key = rank(result.history[result.best_epoch - 1])
     best_state = copy.deepcopy(result.best_state or head.state_dict())
+    model: nn.Module = head
+    phase: bool | None = None  # whether the backbone part is frozen in the current epoch
     try:
         # seeds dropout masks and the batch order; a resumed run restores the RNG instead
         with seeded(seed if result.rng_state is None else 0, device):
@@ -301,17 +371,23 @@ def train_head(
                 cb.on_train_begin(result)
             for epoch in range(done + 1, epochs + 1):
                 start = time.perf_counter()
+                frozen = backbone is not None and epoch <= freeze_epochs
+                if frozen != phase:  # a new phase: (un)freeze, and let DDP see the change
+                    phase = frozen
+                    if backbone is not None:
+                        backbone.requires_grad_(not frozen)
+                    if world > 1:  # gradients averaged over ranks; each trains on its shard
+                        model = nn.parallel.DistributedDataParallel(head)
                 head.train()
-                x_epoch = x_tr[(epoch - 1) % len(x_tr)] if x_tr.ndim == 3 else x_tr
-                order = torch.randperm(len(y_tr))
+                if frozen and backbone is not None:
+                    backbone.eval()  # frozen batch-norm statistics too
+                order = torch.randperm(n_train)
                 if world > 1:  # equal-length shards (padded by wrapping), as DistributedSampler
                     order = torch.cat([order, order[: (-len(order)) % world]])[me::world]
-                order = order.to(device)
                 total, seen = 0.0, 0
-                for i in range(0, len(order), batch_size):
-                    idx = order[i : i + batch_size]
+                for x, y in train_data.batches(order, batch_size, epoch):
                     optimizer.zero_grad(set_to_none=True)
-                    loss = criterion(model(x_epoch[idx]), y_tr[idx])
+                    loss = criterion(model(x), y)
                     if not torch.isfinite(loss):
                         raise PetalnetError(
                             f"The training loss became {loss.item()} in epoch {epoch}; lower "
@@ -320,11 +396,11 @@ def train_head(
                     loss.backward()
                     optimizer.step()
                     scheduler.step()
-                    total += loss.item() * len(idx)
-                    seen += len(idx)
-                valid_loss, valid_acc = evaluate_head(head, x_va[me::world], y_va[me::world])
+                    total += loss.item() * len(y)
+                    seen += len(y)
+                valid_loss, valid_acc = evaluate_head(head, valid_data, valid_order, eval_batch)
                 if world > 1:  # reduce: every rank then holds the same metrics
-                    n = len(y_va[me::world])
+                    n = len(valid_order)
                     sums = distributed.all_reduce_sum(
                         [total, seen, valid_loss * n if n else 0.0, valid_acc * n if n else 0.0, n],
                         device,
@@ -358,6 +434,8 @@ def train_head(
     finally:  # also on an error or Ctrl-C: never lose the best weights
         head.load_state_dict(best_state)
         head.eval()
+        if backbone is not None:
+            backbone.requires_grad_(False)
         result.best_state = best_state
         result.optimizer_state = optimizer.state_dict()
     return result

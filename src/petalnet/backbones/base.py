@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,66 @@ class FeatureExtractor(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the flattened features of an image batch."""
         return torch.flatten(self.body(x), 1)
+
+    @property
+    def num_blocks(self) -> int:
+        """How many blocks partial fine-tuning can unfreeze, counted from the end.
+
+        A backbone declares its blocks by making ``body`` an ``nn.Sequential`` of them, in
+        order (stem, stages, ..., then pooling). Children without parameters (pooling,
+        flattening, activations) belong to the block before them. 0 when ``body`` is not
+        an ``nn.Sequential``: such a backbone can be frozen or trained whole only.
+        """
+        if not isinstance(self.body, nn.Sequential):
+            return 0
+        return sum(1 for child in self.body if _has_parameters(child))
+
+    def split(self, trainable_blocks: int) -> tuple[FeatureExtractor, nn.Module]:
+        """Cut the backbone into a frozen front and the last ``trainable_blocks`` blocks.
+
+        Both parts share this backbone's modules: training the back trains the backbone.
+
+        Args:
+            trainable_blocks: Blocks to put in the back, from 1 to ``num_blocks - 1``.
+
+        Returns:
+            ``(front, back)``: ``front`` is a feature extractor mapping images to rows (the
+            flattened output of the frozen blocks), with this one's preprocessing and
+            weights; ``back`` maps such rows to this backbone's features.
+
+        Raises:
+            ValueError: ``trainable_blocks`` is out of range.
+        """
+        if not 1 <= trainable_blocks < self.num_blocks:
+            raise ValueError(
+                f"trainable_blocks must be between 1 and {self.num_blocks - 1}, "
+                f"got {trainable_blocks}."
+            )
+        children = list(self.body)
+        with_params = [i for i, child in enumerate(children) if _has_parameters(child)]
+        cut = with_params[-trainable_blocks]
+        body = nn.Sequential(*children[:cut])
+        body.train(self.training)
+        modes = [(m, m.training) for m in body.modules()]
+        size = self.preprocessing.crop_size
+        device = next(body.parameters()).device
+        with torch.no_grad():  # one dummy image gives the shape of the front's output
+            shape = tuple(body.eval()(torch.zeros(1, 3, size, size, device=device)).shape[1:])
+        for module, mode in modes:  # the shared modules keep their train/eval modes
+            module.training = mode
+        front = FeatureExtractor(
+            body,
+            feature_dim=math.prod(shape),
+            preprocessing=self.preprocessing,
+            weights=self.weights,
+            restorable=self.restorable,
+        )
+        back = nn.Sequential(nn.Unflatten(1, shape), *children[cut:], nn.Flatten(1))
+        return front, back
+
+
+def _has_parameters(module: nn.Module) -> bool:
+    return next(module.parameters(), None) is not None
 
 
 def is_weights_path(weights: WeightsArg) -> bool:

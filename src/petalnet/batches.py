@@ -1,0 +1,145 @@
+"""What the training loop iterates over: rows held in memory, or image files streamed.
+
+With a frozen backbone (or a frozen front part of it) the loop learns from rows computed
+once: feature vectors, or the cached output of the frozen layers. When training reaches the
+first layer (``strategy="full"``) there is nothing to precompute, and images are decoded and
+freshly augmented every epoch instead. Both sources answer the same two questions: which
+labels they hold, and the batches of a given order of their rows.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Sequence
+from typing import Protocol
+
+import torch
+from torch.utils.data import DataLoader
+
+from petalnet.data import ImageDataset, Sample, collate_readable
+from petalnet.errors import ImageReadError, PetalnetWarning
+from petalnet.features import default_num_workers, sample_seed
+from petalnet.preprocessing import Preprocessing
+
+__all__ = ["Batches", "ImageBatches", "TensorBatches"]
+
+
+class Batches(Protocol):
+    """A labelled data source for :func:`~petalnet.training.train_head`."""
+
+    labels: torch.Tensor
+    """``(N,)`` class indices of the rows, on the training device."""
+
+    def batches(
+        self, order: torch.Tensor, batch_size: int, epoch: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield ``(inputs, labels)`` on the training device, rows taken in ``order``."""
+        ...
+
+
+class TensorBatches:
+    """Rows in memory: ``(N, ...)``, or ``(V, N, ...)`` for ``V`` cached views per image.
+
+    Epoch ``e`` uses view ``(e - 1) % V``, so cached augmentations take turns.
+
+    Args:
+        inputs: The rows (features or frozen-layer outputs).
+        labels: ``(N,)`` class indices.
+        device: Where the loop computes; rows move there once.
+        views: Whether ``inputs`` has the leading views dimension.
+    """
+
+    def __init__(
+        self, inputs: torch.Tensor, labels: torch.Tensor, device: torch.device, views: bool
+    ) -> None:
+        self.inputs = inputs.to(device)
+        self.labels = labels.to(device)
+        self.views = views
+
+    def batches(
+        self, order: torch.Tensor, batch_size: int, epoch: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield ``(rows, labels)`` slices of ``order``, from the view epoch ``epoch`` uses."""
+        x = self.inputs[(epoch - 1) % len(self.inputs)] if self.views else self.inputs
+        order = order.to(self.labels.device)
+        for i in range(0, len(order), batch_size):
+            idx = order[i : i + batch_size]
+            yield x[idx], self.labels[idx]
+
+
+class ImageBatches:
+    """Image files decoded per epoch: freshly augmented for training, centre-cropped otherwise.
+
+    Every (image, epoch) pair has its own augmentation seed, so a run is reproducible and a
+    resumed run draws what the uninterrupted one would have. An unreadable image is skipped
+    with one warning (or raises with ``strict``) and listed in ``skipped``.
+
+    Args:
+        samples: ``(path, class index)`` pairs.
+        preprocessing: The backbone's preprocessing (and augmentation).
+        device: Where the loop computes.
+        augment: Random augmentation (training) instead of the centre crop (validation).
+        seed: Seed of the augmentations.
+        num_workers: DataLoader workers; ``None`` picks a default for this machine.
+        strict: Raise on the first unreadable image.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        preprocessing: Preprocessing,
+        device: torch.device,
+        *,
+        augment: bool,
+        seed: int,
+        num_workers: int | None = None,
+        strict: bool = False,
+    ) -> None:
+        self.samples = list(samples)
+        self.preprocessing = preprocessing
+        self.device = device
+        self.labels = torch.tensor([int(t) for _, t in self.samples], dtype=torch.long)
+        self.augment = augment
+        self.seed = int(seed)
+        self.num_workers = default_num_workers() if num_workers is None else num_workers
+        self.strict = strict
+        self.skipped: list[str] = []
+
+    def batches(
+        self, order: torch.Tensor, batch_size: int, epoch: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Decode the images in ``order`` and yield ``(images, labels)`` batches."""
+        pre = self.preprocessing
+        idx = [int(i) for i in order]
+        chosen = [self.samples[i] for i in idx]
+        seeds = None
+        if self.augment:
+            seeds = [sample_seed(path, f"epoch{epoch}", self.seed) for path, _ in chosen]
+        loader = DataLoader(
+            ImageDataset(
+                chosen,
+                pre.augment_transform() if self.augment else pre.transform(),
+                draft_size=pre.resize_size,
+                seeds=seeds,
+                skip_unreadable=True,
+            ),
+            batch_size=batch_size,
+            shuffle=False,
+            collate_fn=collate_readable,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        for images, positions, errors in loader:
+            for message in errors:
+                if self.strict:
+                    raise ImageReadError(message + " (strict=True stops at the first one)")
+                if message not in self.skipped:
+                    warnings.warn(f"Skipped: {message}", PetalnetWarning, stacklevel=2)
+                    self.skipped.append(message)
+            if images is None:
+                continue
+            x = images.to(self.device, non_blocking=True)
+            yield (
+                x.contiguous(memory_format=torch.channels_last),
+                self.labels[[idx[p] for p in positions]].to(self.device),
+            )
