@@ -26,6 +26,8 @@ import torch
 from _shared import DEFAULT_DATA
 
 import petalnet
+from petalnet.strategy import STRATEGIES
+from petalnet.training import SCHEDULES
 
 
 def peak_rss_mib() -> float:
@@ -48,7 +50,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--augment-views", type=int, default=0)
     ap.add_argument("--label-smoothing", type=float, default=0.0)
     ap.add_argument("--weight-decay", type=float, default=0.0)
-    ap.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"])
+    ap.add_argument("--lr-schedule", default="constant", choices=list(SCHEDULES))
+    ap.add_argument("--warmup-epochs", type=int, default=0)
+    ap.add_argument("--strategy", default="freeze", choices=list(STRATEGIES))
+    ap.add_argument("--unfreeze-blocks", type=int, default=2, help="0: the whole backbone")
+    ap.add_argument("--freeze-epochs", type=int, default=None)
+    ap.add_argument("--backbone-lr-scale", type=float, default=0.1)
     ap.add_argument("--tta", action="store_true", help="evaluate with centre + mirror")
     ap.add_argument("--monitor", default="valid_loss", choices=["valid_loss", "valid_accuracy"])
     ap.add_argument(
@@ -76,6 +83,11 @@ def main(argv: list[str] | None = None) -> dict:
         label_smoothing=args.label_smoothing,
         weight_decay=args.weight_decay,
         lr_schedule=args.lr_schedule,
+        warmup_epochs=args.warmup_epochs,
+        strategy=args.strategy,
+        unfreeze_blocks=args.unfreeze_blocks or None,
+        freeze_epochs=args.freeze_epochs,
+        backbone_lr_scale=args.backbone_lr_scale,
         tta=args.tta,
         monitor=args.monitor,
         cache_dir=cache_dir,
@@ -97,11 +109,13 @@ def main(argv: list[str] | None = None) -> dict:
         "machine": f"{platform.machine()} {platform.processor() or ''} "
         f"{torch.get_num_threads()} threads, device {clf.device_}".strip(),
         "torch": torch.__version__,
-        "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
+        "command": " ".join(["python benchmarks/fit_flowers.py", *(argv or sys.argv[1:])]),
         "backbone": args.backbone,
         "n_train": clf.n_train_,
         "n_valid": clf.n_valid_,
+        "strategy": args.strategy,
         "best_epoch": clf.best_epoch_,
+        "history": [{k: round(v, 4) for k, v in r.items()} for r in clf.history_],
         "best_valid_accuracy": best,
         "evaluate_accuracy": report["accuracy"],
         "evaluate_top5_accuracy": report["top5_accuracy"],

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,33 @@ def tiny_test_wide_crop(weights="DEFAULT") -> FeatureExtractor:
     fx = tiny_test(weights)
     fx.preprocessing = Preprocessing(resize_size=40, crop_size=32)
     return fx
+
+
+def _tiny_blocks_body() -> nn.Module:
+    def conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
+        return nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()
+        )
+
+    return nn.Sequential(
+        OrderedDict(
+            stem=conv_bn(3, 8, 2),
+            block1=conv_bn(8, 8, 2),
+            block2=conv_bn(8, 8, 1),
+            pool=nn.AdaptiveAvgPool2d(2),
+        )
+    )
+
+
+@register_backbone("tiny_blocks", overwrite=True)
+def tiny_blocks(weights="DEFAULT") -> FeatureExtractor:
+    """A 32-feature CNN of three blocks (stem, block1, block2) for fine-tuning tests."""
+    if weights is None:
+        return FeatureExtractor(_tiny_blocks_body(), feature_dim=32, preprocessing=TINY_PRE)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(4321)
+        body = _tiny_blocks_body()
+    return FeatureExtractor(body, feature_dim=32, preprocessing=TINY_PRE, weights="SEEDED")
 
 
 def class_color(label: str) -> tuple[int, int, int]:

@@ -44,7 +44,7 @@ def test_vgg16_is_the_seed_backbone():
     with torch.device("meta"):
         fx = petalnet.build_backbone("vgg16", weights=None)
     assert fx.feature_dim == 25088  # 512 x 7 x 7, what the seed's classifier took
-    assert list(fx.body.named_children())[0][0] == "stage1"
+    assert next(iter(fx.body.named_children()))[0] == "stage1"
     assert fx.num_blocks == 5  # VGG16's five conv stages, each ending in max-pooling
 
 

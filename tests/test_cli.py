@@ -160,10 +160,26 @@ def test_evaluate_report_and_confusion_plot(checkpoint, flowers_root, tmp_path, 
 def test_backbones_listing(capsys):
     assert main(["backbones", "vgg1[16]"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["name", "features", "params", "weights", "offline"]
+    assert out[0].split() == ["name", "features", "params", "blocks", "weights", "offline"]
     vgg16 = next(line for line in out if line.startswith("vgg16 "))
-    assert "25088" in vgg16 and "14.7M" in vgg16
+    assert vgg16.split()[:4] == ["vgg16", "25088", "14.7M", "5"]
     assert len(out) == 3  # header, vgg11, vgg16
+
+
+def test_one_backbone_lists_its_blocks(capsys):
+    assert main(["backbones", "efficientnet_lite0"]) == 0
+    out = capsys.readouterr().out
+    assert "stem, stage1, stage2, stage3, stage4, stage5, stage6, stage7, head" in out
+
+
+def test_train_with_a_fine_tuning_strategy(single_folder, tmp_path, capsys):
+    argv = ["train", str(single_folder), "--arch", "tiny_blocks", "--epochs", "2"]
+    argv += ["--strategy", "freeze_unfreeze", "--unfreeze_blocks", "1", "--freeze_epochs", "1"]
+    argv += ["--lr_schedule", "onecycle", "--save_dir", str(tmp_path), "--device", "cpu"]
+    assert main([*argv, "--seed", "0", "--quiet"]) == 0
+    clf = FlowerClassifier.load(tmp_path / "checkpoint.pt", device="cpu")
+    assert (clf.strategy, clf.unfreeze_blocks, clf.freeze_epochs) == ("freeze_unfreeze", 1, 1)
+    assert clf.lr_schedule == "onecycle" and len(clf.history_) == 2
 
 
 @pytest.mark.parametrize(

@@ -408,10 +408,10 @@ class FlowerClassifier:
         finally:  # also after an error: the model holds the best epoch so far, save() works
             self.best_epoch_ = result.best_epoch
             self.optimizer_state_ = result.optimizer_state
-            for source in (train, valid):
-                for message in getattr(source, "skipped", []):
-                    if message not in self.skipped_:
-                        self.skipped_.append(message)
+            if isinstance(train, ImageBatches):  # streamed: unreadable images found on the way
+                self.skipped_ = train.skipped + valid.skipped
+                self.n_train_ -= len(train.skipped)
+                self.n_valid_ -= len(valid.skipped)
             if plan.back is not None and result.history:
                 # the backbone's weights are now the fine-tuned ones: store them on save,
                 # and run (and cache) the new backbone for evaluate and predict

@@ -67,6 +67,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         early_stopping=args.early_stopping,
         class_weight=args.class_weight,
         monitor=args.monitor,
+        strategy=args.strategy,
+        unfreeze_blocks=args.unfreeze_blocks or None,
+        freeze_epochs=args.freeze_epochs,
+        backbone_lr_scale=args.backbone_lr_scale,
         verbose=_verbose(args),
     )
     save_dir = Path(args.save_dir)
@@ -221,12 +225,18 @@ def _cmd_backbones(args: argparse.Namespace) -> int:
     names = list_backbones(args.pattern or None)
     if not names:
         raise PetalnetError(f"No backbone matches {args.pattern!r}; try `petalnet backbones`.")
-    print(f"{'name':<22} {'features':>8} {'params':>9}  weights offline")
+    print(f"{'name':<22} {'features':>8} {'params':>9} {'blocks':>6}  weights offline")
     for name in names:
         info = backbone_info(name)
         params = f"{info['parameters'] / 1e6:.1f}M" if info["parameters"] else "?"
         dim = info["feature_dim"] or "?"
-        print(f"{name:<22} {dim:>8} {params:>9}  {info['offline']}")
+        blocks = len(info["blocks"]) if info["blocks"] is not None else "?"
+        print(f"{name:<22} {dim:>8} {params:>9} {blocks:>6}  {info['offline']}")
+        if len(names) == 1 and info["blocks"]:
+            print(
+                f"blocks, first to last (unfreeze_blocks counts from the end): "
+                f"{', '.join(info['blocks'])}"
+            )
     return 0
 
 
@@ -287,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--augment_views", type=int, default=0)
     t.add_argument("--weight_decay", type=float, default=0.0)
     t.add_argument("--label_smoothing", type=float, default=0.0)
-    t.add_argument("--lr_schedule", choices=["constant", "cosine"], default="constant")
+    t.add_argument("--lr_schedule", choices=["constant", "cosine", "onecycle"], default="constant")
     t.add_argument("--warmup_epochs", type=int, default=0)
     t.add_argument(
         "--early_stopping", type=int, metavar="PATIENCE", help="stop after N flat epochs"
@@ -298,6 +308,26 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["valid_loss", "valid_accuracy"],
         default="valid_loss",
         help="what picks the epoch that is kept",
+    )
+    t.add_argument(
+        "--strategy",
+        choices=["freeze", "freeze_unfreeze", "full"],
+        default="freeze",
+        help="what trains: the head only (freeze), the head then the last backbone blocks "
+        "(freeze_unfreeze), or everything (full)",
+    )
+    t.add_argument(
+        "--unfreeze_blocks",
+        type=int,
+        default=2,
+        help="blocks freeze_unfreeze trains, from the end (0: all; see `petalnet backbones NAME`)",
+    )
+    t.add_argument("--freeze_epochs", type=int, help="head-only epochs (default: half)")
+    t.add_argument(
+        "--backbone_lr_scale",
+        type=float,
+        default=0.1,
+        help="fine-tuned backbone layers learn at learning_rate times this",
     )
     t.add_argument("--resume", metavar="CHECKPOINT", help="continue a run saved earlier")
     t.add_argument("--no_cache", action="store_true", help="do not cache backbone features")

@@ -72,9 +72,14 @@ class FeatureExtractor(nn.Module):
         flattening, activations) belong to the block before them. 0 when ``body`` is not
         an ``nn.Sequential``: such a backbone can be frozen or trained whole only.
         """
+        return len(self.block_names)
+
+    @property
+    def block_names(self) -> list[str]:
+        """Names of the blocks (children of ``body`` with parameters), first to last."""
         if not isinstance(self.body, nn.Sequential):
-            return 0
-        return sum(1 for child in self.body if _has_parameters(child))
+            return []
+        return [name for name, child in self.body.named_children() if _has_parameters(child)]
 
     def split(self, trainable_blocks: int) -> tuple[FeatureExtractor, nn.Module]:
         """Cut the backbone into a frozen front and the last ``trainable_blocks`` blocks.

@@ -80,8 +80,9 @@ def backbone_info(name: str) -> dict[str, Any]:
         name: A registered backbone name.
 
     Returns:
-        ``name``, ``feature_dim`` and ``parameters`` (``None`` when the builder failed), and
-        ``offline`` (see :func:`weights_status`).
+        ``name``, ``feature_dim``, ``parameters`` and ``blocks`` (the names of the blocks
+        ``strategy="freeze_unfreeze"`` can unfreeze, first to last; ``None`` when the
+        builder failed), and ``offline`` (see :func:`weights_status`).
     """
     fx = None
     for context in (torch.device("meta"), _skip_init()):
@@ -95,5 +96,6 @@ def backbone_info(name: str) -> dict[str, Any]:
         "name": name,
         "feature_dim": fx.feature_dim if fx is not None else None,
         "parameters": sum(p.numel() for p in fx.parameters()) if fx is not None else None,
+        "blocks": fx.block_names if fx is not None else None,
         "offline": weights_status(name),
     }
