@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from petalnet import FlowerClassifier
@@ -24,19 +25,25 @@ SCRIPT = textwrap.dedent(
     import torch.distributed as dist
     from petalnet import FlowerClassifier
 
-    clf = FlowerClassifier("tiny_test", hidden_units=16, epochs=3, batch_size=8,
+    backbone, strategy = sys.argv[4], sys.argv[5]
+    clf = FlowerClassifier(backbone, hidden_units=16, epochs=3, batch_size=8,
                            learning_rate=0.01, device="cpu", random_state=0, cache=False,
-                           amp=False, verbose=1)
+                           amp=False, verbose=1, strategy=strategy, unfreeze_blocks=1,
+                           freeze_epochs=1)
     clf.fit(sys.argv[1])
     path = clf.save(sys.argv[2])
+    weights = sum(float(p.double().sum()) for p in clf.backbone_.parameters())
     print("RANK", dist.get_rank(), "WORLD", dist.get_world_size(), "TRAIN", clf.n_train_,
-          "HISTORY", json.dumps(clf.history_), flush=True)
+          "BACKBONE", repr(weights), "HISTORY", json.dumps(clf.history_), flush=True)
     dist.destroy_process_group()
     """
 )
 
 
-def test_two_process_gloo_training(single_folder, tmp_path):
+@pytest.mark.parametrize(
+    ("backbone", "strategy"), [("tiny_test", "freeze"), ("tiny_blocks", "freeze_unfreeze")]
+)
+def test_two_process_gloo_training(single_folder, tmp_path, backbone, strategy):
     script = tmp_path / "train_ddp.py"
     script.write_text(SCRIPT)
     ckpt = tmp_path / "ddp.pt"
@@ -53,6 +60,8 @@ def test_two_process_gloo_training(single_folder, tmp_path):
             str(single_folder),
             str(ckpt),
             str(TESTS),
+            backbone,
+            strategy,
         ],
         capture_output=True,
         text=True,
@@ -68,6 +77,9 @@ def test_two_process_gloo_training(single_folder, tmp_path):
     histories = [json.loads(line.split(" HISTORY ", 1)[1]) for line in lines]
     strip = [[{k: v for k, v in r.items() if k != "seconds"} for r in h] for h in histories]
     assert strip[0] == strip[1] and len(strip[0]) == 3
+    # both ranks end with the same backbone (fine-tuned blocks kept in step by DDP)
+    backbones = {line.split(" BACKBONE ", 1)[1].split()[0] for line in lines}
+    assert len(backbones) == 1
     epoch_lines = [line for line in run.stdout.splitlines() if line.startswith("epoch ")]
     assert len(epoch_lines) == 3  # only rank 0 logs
     clf = FlowerClassifier.load(ckpt, device="cpu")

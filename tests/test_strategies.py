@@ -240,3 +240,26 @@ def test_a_backbone_without_blocks_explains_what_to_do(single_folder):
 def test_strategy_parameters_are_validated(single_folder, name, value):
     with pytest.raises(ValueError, match=name):
         FlowerClassifier("tiny_blocks", **{**FAST, name: value}).fit(single_folder)
+
+
+def test_trivialaugment_views_are_drawn_and_cached_apart(single_folder, monkeypatch, tmp_path):
+    from petalnet import features
+
+    calls = []
+    real = features.run_backbone
+
+    def counting(module, batch, *args, **kwargs):
+        calls.append(len(batch))
+        return real(module, batch, *args, **kwargs)
+
+    monkeypatch.setattr(features, "run_backbone", counting)
+    params = {**FAST, "augment_views": 1, "cache": True, "cache_dir": tmp_path / "cache"}
+    seed = FlowerClassifier("tiny_test", **params).fit(single_folder)
+    calls.clear()
+    trivial = FlowerClassifier("tiny_test", augmentation="trivialaugment", **params)
+    trivial.fit(single_folder)
+    # the training views are new (their own cache entries); the centre crops came from the cache
+    assert sum(calls) == trivial.n_train_
+    assert trivial.history_[0]["train_loss"] != seed.history_[0]["train_loss"]
+    with pytest.raises(ValueError, match="augmentation"):
+        FlowerClassifier("tiny_test", augmentation="autoaugment", **FAST).fit(single_folder)

@@ -80,6 +80,8 @@ class ImageBatches:
         device: Where the loop computes.
         augment: Random augmentation (training) instead of the centre crop (validation).
         seed: Seed of the augmentations.
+        augmentation: The augmentation policy (see
+            :meth:`~petalnet.Preprocessing.augment_transform`).
         num_workers: DataLoader workers; ``None`` picks a default for this machine.
         strict: Raise on the first unreadable image.
     """
@@ -92,6 +94,7 @@ class ImageBatches:
         *,
         augment: bool,
         seed: int,
+        augmentation: str = "seed",
         num_workers: int | None = None,
         strict: bool = False,
     ) -> None:
@@ -101,6 +104,7 @@ class ImageBatches:
         self.labels = torch.tensor([int(t) for _, t in self.samples], dtype=torch.long)
         self.augment = augment
         self.seed = int(seed)
+        self.augmentation = augmentation
         self.num_workers = default_num_workers() if num_workers is None else num_workers
         self.strict = strict
         self.skipped: list[str] = []
@@ -118,7 +122,7 @@ class ImageBatches:
         loader = DataLoader(
             ImageDataset(
                 chosen,
-                pre.augment_transform() if self.augment else pre.transform(),
+                pre.augment_transform(self.augmentation) if self.augment else pre.transform(),
                 draft_size=pre.resize_size,
                 seeds=seeds,
                 skip_unreadable=True,

@@ -54,7 +54,7 @@ from petalnet.features import (
     run_backbone,
 )
 from petalnet.head import build_head, normalize_hidden_units
-from petalnet.preprocessing import Preprocessing
+from petalnet.preprocessing import AUGMENTATIONS, Preprocessing
 from petalnet.results import Prediction, evaluation_report, top_predictions
 from petalnet.strategy import STRATEGIES, TrainingPlan, plan_training
 from petalnet.training import (
@@ -107,6 +107,9 @@ class FlowerClassifier:
         augment_views: Train on this many randomly augmented views of each training image
             (random resized crop, flip, rotation), one per epoch in turn, instead of the
             centre crop. Each view costs one backbone pass, once: views are cached.
+        augmentation: The random augmentation of those views (and of every epoch with
+            ``strategy="full"``): ``"seed"`` (the classic rotation, random resized crop and
+            flip) or ``"trivialaugment"`` (those plus torchvision's ``TrivialAugmentWide``).
         cache: Keep backbone features on disk, so a later ``fit``/``evaluate`` on the same
             files with the same backbone, weights and preprocessing skips the backbone.
         cache_dir: Folder of that cache; ``None`` means ``$PETALNET_CACHE_DIR``, else
@@ -166,6 +169,7 @@ class FlowerClassifier:
         num_workers: int | None = None,
         amp: bool | str = "auto",
         augment_views: int = 0,
+        augmentation: str = "seed",
         cache: bool = True,
         cache_dir: str | os.PathLike[str] | None = None,
         weight_decay: float = 0.0,
@@ -199,6 +203,7 @@ class FlowerClassifier:
         self.num_workers = num_workers
         self.amp = amp
         self.augment_views = augment_views
+        self.augmentation = augmentation
         self.cache = cache
         self.cache_dir = cache_dir
         self.weight_decay = weight_decay
@@ -239,6 +244,7 @@ class FlowerClassifier:
             ("batch_size", int(self.batch_size) >= 1, "at least 1"),
             ("valid_fraction", 0.0 <= float(self.valid_fraction) < 1.0, "in [0, 1)"),
             ("augment_views", int(self.augment_views) >= 0, "0 or more"),
+            ("augmentation", self.augmentation in AUGMENTATIONS, f"one of {AUGMENTATIONS}"),
             ("weight_decay", float(self.weight_decay) >= 0, "0 or more"),
             ("label_smoothing", 0.0 <= float(self.label_smoothing) < 1.0, "in [0, 1)"),
             ("lr_schedule", self.lr_schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
@@ -304,11 +310,14 @@ class FlowerClassifier:
             ``self``, fitted: ``classes_``, ``class_to_idx_``, ``category_names_``,
             ``history_``, ``best_epoch_``, ``backbone_``, ``head_``, ``device_``,
             ``n_train_``, ``n_valid_`` (readable images used) and ``skipped_`` (one message
-            per unreadable image left out) are set.
+            per unreadable image left out) are set. After fine-tuning (``strategy`` other
+            than ``"freeze"``), ``backbone_`` holds the fine-tuned weights.
 
         Raises:
             DataError: The folder is missing, holds fewer than two classes, or no readable
                 training image.
+            PetalnetError: ``unfreeze_blocks`` asks for blocks of a backbone that declares
+                none.
             ImageReadError: With ``strict=True``, an image cannot be read.
             BackboneNotFoundError: ``backbone`` is not registered.
             WeightsUnavailableError: The pretrained weights cannot be found or downloaded.
@@ -439,6 +448,7 @@ class FlowerClassifier:
                     device,
                     augment=augment,
                     seed=seed,
+                    augmentation=str(self.augmentation),
                     num_workers=self.num_workers,
                     strict=bool(self.strict),
                 )
@@ -456,7 +466,8 @@ class FlowerClassifier:
         train = self._extract(data.train, what, range(1, views + 1) or [0], source=source)
         valid = self._extract(data.valid, what.replace("train", "valid"), source=source)
         return (
-            TensorBatches(train.features, train.labels, device, views=views > 0),
+            # several views arrive stacked (V, N, D); one view is plain (N, D)
+            TensorBatches(train.features, train.labels, device, views=train.features.ndim == 3),
             TensorBatches(valid.features, valid.labels, device, views=False),
             train.skipped + valid.skipped,
         )
@@ -533,6 +544,7 @@ class FlowerClassifier:
                 cache=cache,
                 view=v,
                 seed=self.random_state,
+                augmentation=str(self.augmentation),
                 strict=bool(self.strict),
                 verbose=self._verbosity(),
                 desc=desc if len(views) == 1 else f"{desc} (view {v})",

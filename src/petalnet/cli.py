@@ -58,6 +58,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         valid_fraction=args.valid_fraction,
         amp={"auto": "auto", "on": True, "off": False}[args.amp],
         augment_views=args.augment_views,
+        augmentation=args.augmentation,
         cache=not args.no_cache,
         cache_dir=args.cache_dir,
         weight_decay=args.weight_decay,
@@ -295,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--amp", choices=["auto", "on", "off"], default="auto")
     t.add_argument("--augment_views", type=int, default=0)
+    t.add_argument("--augmentation", choices=["seed", "trivialaugment"], default="seed")
     t.add_argument("--weight_decay", type=float, default=0.0)
     t.add_argument("--label_smoothing", type=float, default=0.0)
     t.add_argument("--lr_schedule", choices=["constant", "cosine", "onecycle"], default="constant")

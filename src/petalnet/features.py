@@ -219,6 +219,7 @@ def extract_features(
     cache: FeatureCache | None = None,
     view: int = 0,
     seed: int | None = None,
+    augmentation: str = "seed",
     strict: bool = False,
     desc: str = "features",
     verbose: int = 1,
@@ -237,6 +238,8 @@ def extract_features(
             augmentation); ``k > 0`` for the k-th randomly augmented view (random resized
             crop, flip, rotation), drawn reproducibly from ``seed``.
         seed: Seed of the augmented views.
+        augmentation: Policy of the augmented views (see
+            :meth:`~petalnet.Preprocessing.augment_transform`).
         strict: Raise on the first unreadable image instead of skipping it with a warning.
         desc: Label of the progress bar.
         verbose: ``0`` silences progress output.
@@ -249,8 +252,8 @@ def extract_features(
         ImageReadError: ``strict`` is set and an image cannot be read (the message names it).
     """
     pre = backbone.preprocessing
-    transform = pre.transform() if view <= 0 else pre.augment_transform()
-    name = view_name(view, f"{pre.augmentation_id()}:{seed}")
+    transform = pre.transform() if view <= 0 else pre.augment_transform(augmentation)
+    name = view_name(view, f"{pre.augmentation_id(augmentation)}:{seed}")
     start = time.perf_counter()
     labels = torch.tensor([int(t) for _, t in samples], dtype=torch.long)
     rows: list[torch.Tensor | None] = [None] * len(samples)

@@ -13,7 +13,10 @@ from typing import Any
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Preprocessing"]
+AUGMENTATIONS = ("seed", "trivialaugment")
+"""Training augmentation policies (see :meth:`Preprocessing.augment_transform`)."""
+
+__all__ = ["AUGMENTATIONS", "IMAGENET_MEAN", "IMAGENET_STD", "Preprocessing"]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -85,30 +88,45 @@ class Preprocessing:
             interpolation=str(data.get("interpolation", "bilinear")),
         )
 
-    def augment_transform(self) -> Callable[[Any], torch.Tensor]:
-        """Build the seed's training augmentation, ending like :meth:`transform`.
+    def augment_transform(self, policy: str = "seed") -> Callable[[Any], torch.Tensor]:
+        """Build a random training augmentation, ending like :meth:`transform`.
 
-        Random rotation (up to 30 degrees), random resized crop to ``crop_size``, random
-        horizontal flip, then scaling and normalisation.
+        ``"seed"``: the classic recipe's random rotation (up to 30 degrees), random resized
+        crop to ``crop_size`` and random horizontal flip. ``"trivialaugment"`` adds
+        torchvision's ``TrivialAugmentWide`` (one random colour or geometry operation of
+        random strength per image) after them, a stronger, tuning-free policy.
+
+        Args:
+            policy: One of :data:`AUGMENTATIONS`.
 
         Returns:
             A random transform with the same inputs and output as :meth:`transform`.
-        """
-        interpolation = InterpolationMode(self.interpolation)
-        return v2.Compose(
-            [  # geometry first: on a PIL image it runs in Pillow's C code, ~2x faster
-                v2.RandomRotation(30, interpolation=interpolation),
-                v2.RandomResizedCrop(self.crop_size, interpolation=interpolation, antialias=True),
-                v2.RandomHorizontalFlip(),
-                v2.ToImage(),
-                v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize(mean=list(self.mean), std=list(self.std)),
-            ]
-        )
 
-    def augmentation_id(self) -> str:
+        Raises:
+            ValueError: Unknown ``policy``.
+        """
+        if policy not in AUGMENTATIONS:
+            raise ValueError(
+                f"augmentation must be one of {', '.join(AUGMENTATIONS)}; got {policy!r}."
+            )
+        interpolation = InterpolationMode(self.interpolation)
+        steps: list[Any] = [  # geometry first: on a PIL image it runs in Pillow's C code
+            v2.RandomRotation(30, interpolation=interpolation),
+            v2.RandomResizedCrop(self.crop_size, interpolation=interpolation, antialias=True),
+            v2.RandomHorizontalFlip(),
+        ]
+        if policy == "trivialaugment":
+            steps.append(v2.TrivialAugmentWide(interpolation=interpolation))
+        steps += [
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=list(self.mean), std=list(self.std)),
+        ]
+        return v2.Compose(steps)
+
+    def augmentation_id(self, policy: str = "seed") -> str:
         """Short id of :meth:`augment_transform`'s recipe, part of feature-cache keys."""
-        return "rot30-rrc-flip-v2"
+        return "rot30-rrc-flip-v2" if policy == "seed" else f"rot30-rrc-flip-{policy}-v1"
 
     def transform(self) -> Callable[[Any], torch.Tensor]:
         """Build the evaluation transform.
