@@ -131,6 +131,22 @@ def make_class_folders(root: Path, per_class: int, seed: int, n_classes: int = N
     return root
 
 
+@pytest.fixture
+def backbone_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Count the images that really go through a backbone (one entry per batch)."""
+    from petalnet import features
+
+    seen: list[int] = []
+    real = features.run_backbone
+
+    def counting(backbone, batch, *args, **kwargs):
+        seen.append(len(batch))
+        return real(backbone, batch, *args, **kwargs)
+
+    monkeypatch.setattr(features, "run_backbone", counting)
+    return seen
+
+
 @pytest.fixture(scope="session")
 def flowers_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Udacity layout: train/ valid/ test/ with classes 1..12 and cat_to_name.json."""

@@ -28,20 +28,6 @@ def data(tmp_path):
     return root
 
 
-@pytest.fixture
-def backbone_calls(monkeypatch):
-    """Count the images that really go through a backbone."""
-    seen = []
-    real = features_module.run_backbone
-
-    def counting(backbone, batch, *args, **kwargs):
-        seen.append(len(batch))
-        return real(backbone, batch, *args, **kwargs)
-
-    monkeypatch.setattr(features_module, "run_backbone", counting)
-    return seen
-
-
 def fit(data, cache_dir, **kw):
     return FlowerClassifier("tiny_test", cache_dir=cache_dir, **{**FAST, **kw}).fit(data)
 

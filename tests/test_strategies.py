@@ -14,6 +14,15 @@ from petalnet.training import SCHEDULES, _lr_scheduler
 FAST = {**QUICK_FIT, "epochs": 4}
 
 
+def _assert_same_predictions(a, b, images, rtol):
+    torch.testing.assert_close(
+        torch.from_numpy(a.predict_proba(images)),
+        torch.from_numpy(b.predict_proba(images)),
+        rtol=rtol,
+        atol=1e-6,
+    )
+
+
 def _params(fx: FeatureExtractor, prefix: str) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in fx.state_dict().items() if k.startswith(prefix)}
 
@@ -83,29 +92,14 @@ def test_a_fine_tuned_model_saves_its_backbone_and_predicts_the_same(single_fold
     assert not clf.backbone_.restorable  # no longer the named pretrained weights
     path = clf.save(tmp_path / "tuned.pt")
     loaded = FlowerClassifier.load(path, device="cpu")
-    images = sorted(single_folder.rglob("*.jpg"))[:6]
-    torch.testing.assert_close(
-        torch.from_numpy(loaded.predict_proba(images)),
-        torch.from_numpy(clf.predict_proba(images)),
-        rtol=1e-5,
-        atol=1e-6,
-    )
+    _assert_same_predictions(loaded, clf, sorted(single_folder.rglob("*.jpg"))[:6], rtol=1e-5)
     # evaluate runs the fine-tuned backbone, not features of the pretrained one
     report = clf.evaluate(single_folder)
     assert report["accuracy"] == pytest.approx(loaded.evaluate(single_folder)["accuracy"])
 
 
-def test_the_frozen_front_is_computed_once_and_cached(single_folder, monkeypatch, tmp_path):
-    from petalnet import features
-
-    calls = []
-    real = features.run_backbone
-
-    def counting(module, batch, *args, **kwargs):
-        calls.append(len(batch))
-        return real(module, batch, *args, **kwargs)
-
-    monkeypatch.setattr(features, "run_backbone", counting)
+def test_the_frozen_front_is_computed_once_and_cached(single_folder, backbone_calls, tmp_path):
+    calls = backbone_calls
     params = {
         **FAST,
         "cache": True,
@@ -182,13 +176,7 @@ def test_resume_continues_a_fine_tuning_run_exactly(
     for x, y in zip(_strip(whole.history_), _strip(resumed.history_), strict=True):
         assert x == pytest.approx(y, rel=1e-5)
     assert resumed.best_epoch_ == whole.best_epoch_
-    images = sorted(single_folder.rglob("*.jpg"))[:4]
-    torch.testing.assert_close(
-        torch.from_numpy(resumed.predict_proba(images)),
-        torch.from_numpy(whole.predict_proba(images)),
-        rtol=1e-4,
-        atol=1e-6,
-    )
+    _assert_same_predictions(resumed, whole, sorted(single_folder.rglob("*.jpg"))[:4], rtol=1e-4)
 
 
 def test_onecycle_rises_to_the_learning_rate_then_anneals():
@@ -242,17 +230,8 @@ def test_strategy_parameters_are_validated(single_folder, name, value):
         FlowerClassifier("tiny_blocks", **{**FAST, name: value}).fit(single_folder)
 
 
-def test_trivialaugment_views_are_drawn_and_cached_apart(single_folder, monkeypatch, tmp_path):
-    from petalnet import features
-
-    calls = []
-    real = features.run_backbone
-
-    def counting(module, batch, *args, **kwargs):
-        calls.append(len(batch))
-        return real(module, batch, *args, **kwargs)
-
-    monkeypatch.setattr(features, "run_backbone", counting)
+def test_trivialaugment_views_are_drawn_and_cached_apart(single_folder, backbone_calls, tmp_path):
+    calls = backbone_calls
     params = {**FAST, "augment_views": 1, "cache": True, "cache_dir": tmp_path / "cache"}
     seed = FlowerClassifier("tiny_test", **params).fit(single_folder)
     calls.clear()

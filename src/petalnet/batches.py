@@ -14,11 +14,10 @@ from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import torch
-from torch.utils.data import DataLoader
 
-from petalnet.data import ImageDataset, Sample, collate_readable
+from petalnet.data import Sample
 from petalnet.errors import ImageReadError, PetalnetWarning
-from petalnet.features import default_num_workers, sample_seed
+from petalnet.features import default_num_workers, readable_loader, sample_seed
 from petalnet.preprocessing import Preprocessing
 
 __all__ = ["Batches", "ImageBatches", "TensorBatches"]
@@ -119,19 +118,14 @@ class ImageBatches:
         seeds = None
         if self.augment:
             seeds = [sample_seed(path, f"epoch{epoch}", self.seed) for path, _ in chosen]
-        loader = DataLoader(
-            ImageDataset(
-                chosen,
-                pre.augment_transform(self.augmentation) if self.augment else pre.transform(),
-                draft_size=pre.resize_size,
-                seeds=seeds,
-                skip_unreadable=True,
-            ),
+        loader = readable_loader(
+            chosen,
+            pre.augment_transform(self.augmentation) if self.augment else pre.transform(),
+            draft_size=pre.resize_size,
+            seeds=seeds,
             batch_size=batch_size,
-            shuffle=False,
-            collate_fn=collate_readable,
             num_workers=self.num_workers,
-            pin_memory=self.device.type == "cuda",
+            device=self.device,
         )
         for images, positions, errors in loader:
             for message in errors:

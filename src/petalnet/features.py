@@ -33,6 +33,7 @@ __all__ = [
     "extract_features",
     "feature_cache",
     "prepare_backbone",
+    "readable_loader",
     "resolve_precision",
     "run_backbone",
     "sample_seed",
@@ -43,6 +44,40 @@ def default_num_workers() -> int:
     """Data-loading worker processes: none on machines with two cores or fewer."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return 0 if (cpus or 1) <= 2 else min(4, (cpus or 1) // 2)
+
+
+def readable_loader(
+    samples: Sequence[Sample],
+    transform: Any,
+    *,
+    draft_size: int | None,
+    seeds: Sequence[int] | None,
+    batch_size: int,
+    num_workers: int | None,
+    device: torch.device,
+) -> DataLoader[Any]:
+    """A loader of ``samples`` in order that skips unreadable files instead of failing.
+
+    Args:
+        samples: ``(path, class index)`` pairs.
+        transform: Maps an RGB ``PIL.Image`` to a tensor.
+        draft_size: Passed to :func:`~petalnet.data.read_image`.
+        seeds: One seed per sample for a random ``transform``.
+        batch_size: Images per batch.
+        num_workers: Worker processes; ``None`` picks :func:`default_num_workers`.
+        device: Where the batches go (pinned memory for CUDA).
+
+    Returns:
+        A loader of ``(images or None, positions in samples, error messages)`` batches.
+    """
+    return DataLoader(
+        ImageDataset(samples, transform, draft_size, seeds, skip_unreadable=True),
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=collate_readable,
+        num_workers=default_num_workers() if num_workers is None else num_workers,
+        pin_memory=device.type == "cuda",
+    )
 
 
 def _conv_bn_pairs(module: nn.Module) -> list[tuple[nn.Sequential, int]]:
@@ -269,19 +304,14 @@ def extract_features(
                 rows[i] = torch.from_numpy(hit)
     todo = [i for i, r in enumerate(rows) if r is None]
     seeds = [sample_seed(samples[i][0], name, seed) for i in todo] if view > 0 else None
-    loader = DataLoader(
-        ImageDataset(
-            [samples[i] for i in todo],
-            transform,
-            draft_size=pre.resize_size,
-            seeds=seeds,
-            skip_unreadable=True,
-        ),
+    loader = readable_loader(
+        [samples[i] for i in todo],
+        transform,
+        draft_size=pre.resize_size,
+        seeds=seeds,
         batch_size=batch_size,
-        shuffle=False,
-        collate_fn=collate_readable,
-        num_workers=default_num_workers() if num_workers is None else num_workers,
-        pin_memory=device.type == "cuda",
+        num_workers=num_workers,
+        device=device,
     )
     skipped: list[str] = []
     # disable=None: tqdm draws bars on a terminal only; redirected output gets the summary line
