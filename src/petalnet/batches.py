@@ -45,15 +45,12 @@ class TensorBatches:
         inputs: The rows (features or frozen-layer outputs).
         labels: ``(N,)`` class indices.
         device: Where the loop computes; rows move there once.
-        views: Whether ``inputs`` has the leading views dimension.
     """
 
-    def __init__(
-        self, inputs: torch.Tensor, labels: torch.Tensor, device: torch.device, views: bool
-    ) -> None:
+    def __init__(self, inputs: torch.Tensor, labels: torch.Tensor, device: torch.device) -> None:
         self.inputs = inputs.to(device)
         self.labels = labels.to(device)
-        self.views = views
+        self.views = inputs.ndim == 3  # rows are flat, so a third dimension is the views
 
     def batches(
         self, order: torch.Tensor, batch_size: int, epoch: int
@@ -100,7 +97,7 @@ class ImageBatches:
         self.samples = list(samples)
         self.preprocessing = preprocessing
         self.device = device
-        self.labels = torch.tensor([int(t) for _, t in self.samples], dtype=torch.long)
+        self.labels = torch.tensor([int(t) for _, t in self.samples], device=device)
         self.augment = augment
         self.seed = int(seed)
         self.augmentation = augmentation
@@ -137,7 +134,5 @@ class ImageBatches:
             if images is None:
                 continue
             x = images.to(self.device, non_blocking=True)
-            yield (
-                x.contiguous(memory_format=torch.channels_last),
-                self.labels[[idx[p] for p in positions]].to(self.device),
-            )
+            rows = torch.tensor([idx[p] for p in positions], device=self.device)
+            yield x.contiguous(memory_format=torch.channels_last), self.labels[rows]

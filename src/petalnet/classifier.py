@@ -466,9 +466,8 @@ class FlowerClassifier:
         train = self._extract(data.train, what, range(1, views + 1) or [0], source=source)
         valid = self._extract(data.valid, what.replace("train", "valid"), source=source)
         return (
-            # several views arrive stacked (V, N, D); one view is plain (N, D)
-            TensorBatches(train.features, train.labels, device, views=train.features.ndim == 3),
-            TensorBatches(valid.features, valid.labels, device, views=False),
+            TensorBatches(train.features, train.labels, device),
+            TensorBatches(valid.features, valid.labels, device),
             train.skipped + valid.skipped,
         )
 

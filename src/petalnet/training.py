@@ -151,8 +151,7 @@ def seeded(seed: int | None, device: torch.device | None = None) -> Iterator[Non
 
 def _as_batches(data: Batches | tuple[torch.Tensor, torch.Tensor], device: torch.device) -> Batches:
     if isinstance(data, tuple):
-        x, y = data
-        return TensorBatches(x, y, device, views=x.ndim == 3)
+        return TensorBatches(*data, device)
     return data
 
 
@@ -175,7 +174,7 @@ def evaluate_head(
     Returns:
         ``(loss, accuracy)``; ``(nan, nan)`` when there are no rows.
     """
-    source = _as_batches(data, torch.device("cpu")) if isinstance(data, tuple) else data
+    source = TensorBatches(*data, data[0].device) if isinstance(data, tuple) else data
     if order is None:
         order = torch.arange(len(source.labels))
     was_training = model.training
