@@ -75,9 +75,7 @@ def tiny_test(weights="DEFAULT") -> FeatureExtractor:
 @register_backbone("tiny_test_wide_crop", overwrite=True)
 def tiny_test_wide_crop(weights="DEFAULT") -> FeatureExtractor:
     """tiny_test with other preprocessing (same parameters)."""
-    fx = tiny_test(weights)
-    fx.preprocessing = Preprocessing(resize_size=40, crop_size=32)
-    return fx
+    return tiny_test(weights).derive(preprocessing=Preprocessing(resize_size=40, crop_size=32))
 
 
 def _tiny_blocks_body() -> nn.Module:

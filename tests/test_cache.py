@@ -12,10 +12,12 @@ import torch
 
 from conftest import QUICK_FIT, draw_flower, make_class_folders
 from petalnet import FlowerClassifier
-from petalnet import features as features_module
+from petalnet import precision as precision_module
 from petalnet.cache import FeatureCache, default_cache_dir
 from petalnet.data import load_training_data
-from petalnet.features import resolve_precision
+from petalnet.features import View
+from petalnet.images import Unreadable
+from petalnet.precision import resolve_precision
 
 FAST = {**QUICK_FIT, "epochs": 4, "cache": True}
 
@@ -143,7 +145,8 @@ def test_default_cache_dir(monkeypatch, tmp_path):
 def test_augmented_views_are_cached_reproducible_and_different(data, tmp_path, backbone_calls):
     clf = fit(data, tmp_path / "cache", augment_views=2)
     assert sum(backbone_calls) == 2 * 12 + 6
-    x = clf._extract(load_training_data(data).train, "check", views=[1, 2])[0]
+    paths = [p for p, _ in load_training_data(data).train]
+    x = clf.pipeline_.features(paths, unreadable=Unreadable(), views=View.augmented(2))[0]
     assert x.shape == (2, 12, 32) and not torch.equal(x[0], x[1])
     backbone_calls.clear()
     again = fit(data, tmp_path / "cache", augment_views=2)
@@ -154,10 +157,10 @@ def test_augmented_views_are_cached_reproducible_and_different(data, tmp_path, b
 
 def test_precision_resolution(monkeypatch):
     cpu, cuda, mps = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
-    monkeypatch.setattr(features_module, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: False)
     assert resolve_precision("auto", cpu) == torch.float32
     assert resolve_precision(True, cpu) == torch.bfloat16
-    monkeypatch.setattr(features_module, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: True)
     assert resolve_precision("auto", cpu) == torch.bfloat16
     assert resolve_precision(False, cpu) == torch.float32
     assert resolve_precision("auto", cuda) == torch.float16

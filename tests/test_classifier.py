@@ -177,7 +177,12 @@ def test_checkpoint_is_plain_data_loadable_with_weights_only(fitted, tmp_path):
     path = fitted.save(tmp_path / "model.pt")
     raw = torch.load(path, weights_only=True, map_location="cpu")
     assert raw["format"] == "petalnet.checkpoint" and raw["petalnet_version"]
-    assert raw["backbone"] == {"name": "tiny_test", "weights": "SEEDED", "feature_dim": 32}
+    assert raw["backbone"] == {
+        "name": "tiny_test",
+        "weights": "SEEDED",
+        "source": "named",
+        "feature_dim": 32,
+    }
     assert raw["classes"] == fitted.classes_
     assert raw["preprocessing"]["crop_size"] == 32
     assert raw["optimizer"]["state"] and raw["optimizer"]["param_groups"][0]["lr"] == 0.01
@@ -302,7 +307,7 @@ def test_cuda_trained_checkpoint_loads_on_a_cpu_only_process(flowers_root, tmp_p
 def test_interrupted_training_keeps_best_weights(single_folder, monkeypatch):
     from petalnet import training
 
-    real = training.evaluate_head
+    real = training.evaluate_model
     calls = {"n": 0}
 
     def interrupt_on_third(*args, **kwargs):
@@ -311,7 +316,7 @@ def test_interrupted_training_keeps_best_weights(single_folder, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(training, "evaluate_head", interrupt_on_third)
+    monkeypatch.setattr(training, "evaluate_model", interrupt_on_third)
     clf = FlowerClassifier("tiny_test", random_state=0, **FAST)
     with pytest.warns(petalnet.PetalnetWarning, match="interrupted after 2 epoch"):
         clf.fit(single_folder)

@@ -16,9 +16,9 @@ from petalnet.data import (
     list_samples,
     load_category_names,
     load_training_data,
-    read_image,
     resolve_eval_folder,
 )
+from petalnet.images import read_image
 
 
 def test_udacity_layout(flowers_root):

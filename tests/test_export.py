@@ -14,7 +14,7 @@ from petalnet.cli import main
 
 def _batch(clf, flowers_root):
     transform = clf.backbone_.preprocessing.transform()
-    from petalnet.data import read_image
+    from petalnet.images import read_image
 
     images = [flowers_root / "test" / c / "img_000.jpg" for c in ("1", "10", "7")]
     return images, torch.stack([transform(read_image(p)) for p in images])
@@ -62,7 +62,7 @@ def test_export_efficientnet_lite0_to_onnx(single_folder, tmp_path):
     ).fit(single_folder)
     path = clf.export(tmp_path / "lite.onnx", format="onnx")
     image = single_folder / "3" / "img_001.jpg"
-    from petalnet.data import read_image
+    from petalnet.images import read_image
 
     batch = clf.backbone_.preprocessing.transform()(read_image(image))[None]
     got = ort.InferenceSession(str(path)).run(None, {"images": batch.numpy()})[0]

@@ -25,11 +25,11 @@ from petalnet import (
     PetalnetError,
     PetalnetWarning,
 )
-from petalnet import data as data_module
+from petalnet import images as images_module
 from petalnet.check import check_dataset
-from petalnet.checkpoint import read_checkpoint, write_checkpoint
+from petalnet.checkpoint import FittedModel, read_checkpoint, write_checkpoint
 from petalnet.cli import main
-from petalnet.data import read_image
+from petalnet.images import read_image
 
 FAST = {**QUICK_FIT, "epochs": 3}
 
@@ -94,7 +94,7 @@ def test_predict_on_a_bad_file_names_it(fitted, tmp_path):
 def test_oversized_images_are_refused_before_decoding(tmp_path, monkeypatch):
     path = tmp_path / "big.png"
     Image.new("L", (300, 300)).save(path)
-    monkeypatch.setattr(data_module, "MAX_IMAGE_PIXELS", 250 * 250)
+    monkeypatch.setattr(images_module, "MAX_IMAGE_PIXELS", 250 * 250)
     with pytest.raises(ImageReadError, match=r"300x300 pixels.*decompression bomb"):
         read_image(path)
 
@@ -162,7 +162,7 @@ def test_check_reports_everything_at_once(dirty, capsys):
 def test_nan_loss_stops_with_a_clear_message_and_keeps_best(single_folder, monkeypatch):
     from petalnet import training
 
-    real = training.evaluate_head
+    real = training.evaluate_model
     calls = {"n": 0}
 
     def poison_after_two_epochs(head, *args, **kwargs):
@@ -174,7 +174,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_best(single_folder, monke
             return real(head, *args, **kwargs)
         return real(head, *args, **kwargs)
 
-    monkeypatch.setattr(training, "evaluate_head", poison_after_two_epochs)
+    monkeypatch.setattr(training, "evaluate_model", poison_after_two_epochs)
     clf = FlowerClassifier("tiny_test", **{**FAST, "epochs": 5})
     with pytest.raises(PetalnetError, match="loss became nan in epoch 3"):
         clf.fit(single_folder)
@@ -186,7 +186,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_best(single_folder, monke
 def test_cli_saves_best_weights_when_training_fails(single_folder, tmp_path, monkeypatch, capsys):
     from petalnet import training
 
-    real = training.evaluate_head
+    real = training.evaluate_model
     calls = {"n": 0}
 
     def io_error_in_epoch_three(*args, **kwargs):
@@ -195,7 +195,7 @@ def test_cli_saves_best_weights_when_training_fails(single_folder, tmp_path, mon
             raise OSError(5, "Input/output error")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(training, "evaluate_head", io_error_in_epoch_three)
+    monkeypatch.setattr(training, "evaluate_model", io_error_in_epoch_three)
     code = main(
         [
             "train",
@@ -309,13 +309,10 @@ def test_random_bytes_as_a_checkpoint_raise_only_checkpoint_error(tmp_path, blob
 def test_corrupted_real_checkpoints_raise_only_checkpoint_error(tmp_path, offset, junk):
     path = tmp_path / "real.pt"
     if not path.exists():
-        clf = FlowerClassifier("tiny_test", **FAST)
-        clf.classes_, clf.class_to_idx_ = ["a", "b"], {"a": 0, "b": 1}
-        clf.category_names_, clf.history_ = None, []
-        clf.backbone_ = petalnet.build_backbone("tiny_test")
-        clf.head_ = torch.nn.Sequential(torch.nn.Linear(32, 2), torch.nn.LogSoftmax(dim=1))
-        clf.hidden_units = []
-        clf.dropout = 0.0
+        clf = FlowerClassifier("tiny_test", **{**FAST, "hidden_units": None, "dropout": 0.0})
+        head = torch.nn.Sequential(torch.nn.Linear(32, 2), torch.nn.LogSoftmax(dim=1))
+        backbone = petalnet.build_backbone("tiny_test")
+        clf.model_ = FittedModel(backbone, head, [], 0.0, ["a", "b"], None)
         clf.save(path)
     good = path.read_bytes()
     broken = tmp_path / "broken.pt"

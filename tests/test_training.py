@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from conftest import QUICK_FIT
-from petalnet import Callback, EarlyStopping, FlowerClassifier
-from petalnet.training import TrainResult, train_head
+from petalnet import Callback, EarlyStopping, FlowerClassifier, TrainingState
+from petalnet.batches import TensorBatches
+from petalnet.training import Trainer
 
 FAST = {**QUICK_FIT, "epochs": 6}
 
@@ -44,7 +45,7 @@ def test_callbacks_are_not_saved(single_folder, tmp_path):
 
 def test_early_stopping_counts_epochs_without_improvement():
     stopper = EarlyStopping(patience=2)
-    state = TrainResult(epochs=10)
+    state = TrainingState(epochs=10)
     stopper.on_train_begin(state)
     for loss in (1.0, 0.8, 0.85, 0.9):
         state.history.append({"epoch": len(state.history) + 1.0, "valid_loss": loss})
@@ -61,8 +62,10 @@ def test_early_stopping_in_fit_keeps_best(single_folder, monkeypatch):
     from petalnet import training
 
     losses = iter([1.0, 0.5, 0.7, 0.9, 1.1, 1.2])
-    real = training.evaluate_head
-    monkeypatch.setattr(training, "evaluate_head", lambda *a, **k: (next(losses), real(*a, **k)[1]))
+    real = training.evaluate_model
+    monkeypatch.setattr(
+        training, "evaluate_model", lambda *a, **k: (next(losses), real(*a, **k)[1])
+    )
     clf = FlowerClassifier("tiny_test", early_stopping=2, **FAST).fit(single_folder)
     assert len(clf.history_) == 4 and clf.best_epoch_ == 2
 
@@ -72,18 +75,10 @@ def _train(**kw):
     x = torch.randn(60, 8)
     y = (x[:, 0] > 0).long() + (x[:, 1] > 1).long()
     head = torch.nn.Sequential(torch.nn.Linear(8, 3), torch.nn.LogSoftmax(dim=1))
-    result = train_head(
-        head,
-        (x, y),
-        (x, y),
-        epochs=4,
-        learning_rate=0.05,
-        batch_size=16,
-        device=torch.device("cpu"),
-        seed=0,
-        **kw,
-    )
-    return head, result
+    cpu = torch.device("cpu")
+    trainer = Trainer(epochs=4, learning_rate=0.05, batch_size=16, device=cpu, seed=0, **kw)
+    data = TensorBatches(x, y, cpu)
+    return head, trainer.fit(head, data, data, n_classes=3)
 
 
 def test_cosine_schedule_with_warmup_ends_at_zero():
@@ -104,16 +99,26 @@ def test_label_smoothing_and_weight_decay_change_training():
 def test_class_weight_balanced(single_folder, monkeypatch):
     from petalnet import training
 
-    seen = {}
-    real = training.train_head
+    seen = []
+    real = training.Trainer._class_weights
 
-    def spy(*args, **kwargs):
-        seen["w"] = kwargs["class_weights"]
-        return real(*args, **kwargs)
+    def spy(self, train, n_classes):
+        seen.append(real(self, train, n_classes))
+        return seen[-1]
 
-    monkeypatch.setattr("petalnet.classifier.train_head", spy)
+    monkeypatch.setattr(training.Trainer, "_class_weights", spy)
     FlowerClassifier("tiny_test", class_weight="balanced", **FAST).fit(single_folder)
-    assert torch.allclose(seen["w"], torch.ones(5))  # 5 balanced classes -> all 1
+    assert torch.allclose(seen[-1], torch.ones(5))  # 5 balanced classes -> all 1
+    x = torch.zeros(6, 2)
+    skewed = TensorBatches(x, torch.tensor([0, 0, 0, 0, 1, 2]), torch.device("cpu"))
+    weights = Trainer(
+        epochs=1,
+        learning_rate=0.1,
+        batch_size=2,
+        device=torch.device("cpu"),
+        class_weight="balanced",
+    )._class_weights(skewed, 3)
+    torch.testing.assert_close(weights, torch.tensor([0.5, 2.0, 2.0]))  # n / (C * count)
     with pytest.raises(ValueError, match="class_weight"):
         FlowerClassifier("tiny_test", class_weight="auto", **FAST).fit(single_folder)
     with pytest.raises(ValueError, match="lr_schedule"):
@@ -193,10 +198,10 @@ def test_monitor_picks_the_kept_epoch(single_folder, monkeypatch):
     from petalnet import training
 
     scores = iter([(1.0, 0.5), (0.6, 0.6), (0.7, 0.9), (0.8, 0.8)])  # (loss, accuracy)
-    monkeypatch.setattr(training, "evaluate_head", lambda *a, **k: next(scores))
+    monkeypatch.setattr(training, "evaluate_model", lambda *a, **k: next(scores))
     by_loss = FlowerClassifier("tiny_test", **{**FAST, "epochs": 4}).fit(single_folder)
     assert by_loss.best_epoch_ == 2
     scores = iter([(1.0, 0.5), (0.6, 0.6), (0.7, 0.9), (0.8, 0.8)])
-    monkeypatch.setattr(training, "evaluate_head", lambda *a, **k: next(scores))
+    monkeypatch.setattr(training, "evaluate_model", lambda *a, **k: next(scores))
     by_acc = FlowerClassifier("tiny_test", monitor="valid_accuracy", **{**FAST, "epochs": 4})
     assert by_acc.fit(single_folder).best_epoch_ == 3

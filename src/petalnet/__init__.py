@@ -14,6 +14,7 @@ from petalnet.backbones import (
     list_backbones,
     register_backbone,
 )
+from petalnet.callbacks import Callback, EarlyStopping, EpochRecord, TrainingState
 from petalnet.classifier import FlowerClassifier
 from petalnet.errors import (
     BackboneNotFoundError,
@@ -26,8 +27,7 @@ from petalnet.errors import (
     WeightsUnavailableError,
 )
 from petalnet.preprocessing import Preprocessing
-from petalnet.results import Prediction
-from petalnet.training import Callback, EarlyStopping
+from petalnet.results import EvaluationReport, ImagePrediction, Prediction
 
 __all__ = [
     "BackboneNotFoundError",
@@ -35,14 +35,18 @@ __all__ = [
     "CheckpointError",
     "DataError",
     "EarlyStopping",
+    "EpochRecord",
+    "EvaluationReport",
     "FeatureExtractor",
     "FlowerClassifier",
+    "ImagePrediction",
     "ImageReadError",
     "NotFittedError",
     "PetalnetError",
     "PetalnetWarning",
     "Prediction",
     "Preprocessing",
+    "TrainingState",
     "WeightsUnavailableError",
     "__version__",
     "build_backbone",

@@ -9,22 +9,21 @@ labels they hold, and the batches of a given order of their rows.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import torch
 
 from petalnet.data import Sample
-from petalnet.errors import ImageReadError, PetalnetWarning
-from petalnet.features import default_num_workers, readable_loader, sample_seed
-from petalnet.preprocessing import Preprocessing
+from petalnet.features import sample_seed
+from petalnet.images import Unreadable, image_loader
+from petalnet.preprocessing import Augmentation, Preprocessing
 
 __all__ = ["Batches", "ImageBatches", "TensorBatches"]
 
 
 class Batches(Protocol):
-    """A labelled data source for :func:`~petalnet.training.train_head`."""
+    """A labelled data source for :class:`~petalnet.training.Trainer`."""
 
     labels: torch.Tensor
     """``(N,)`` class indices of the rows, on the training device."""
@@ -67,19 +66,19 @@ class ImageBatches:
     """Image files decoded per epoch: freshly augmented for training, centre-cropped otherwise.
 
     Every (image, epoch) pair has its own augmentation seed, so a run is reproducible and a
-    resumed run draws what the uninterrupted one would have. An unreadable image is skipped
-    with one warning (or raises with ``strict``) and listed in ``skipped``.
+    resumed run draws what the uninterrupted one would have. An unreadable image goes to
+    ``unreadable`` (once per file across epochs) and its row to ``skipped_rows``.
 
     Args:
         samples: ``(path, class index)`` pairs.
         preprocessing: The backbone's preprocessing (and augmentation).
         device: Where the loop computes.
+        unreadable: What to do with an unreadable image.
         augment: Random augmentation (training) instead of the centre crop (validation).
         seed: Seed of the augmentations.
         augmentation: The augmentation policy (see
             :meth:`~petalnet.Preprocessing.augment_transform`).
         num_workers: DataLoader workers; ``None`` picks a default for this machine.
-        strict: Raise on the first unreadable image.
     """
 
     def __init__(
@@ -87,12 +86,12 @@ class ImageBatches:
         samples: Sequence[Sample],
         preprocessing: Preprocessing,
         device: torch.device,
+        unreadable: Unreadable,
         *,
         augment: bool,
         seed: int,
-        augmentation: str = "seed",
+        augmentation: Augmentation = "classic",
         num_workers: int | None = None,
-        strict: bool = False,
     ) -> None:
         self.samples = list(samples)
         self.preprocessing = preprocessing
@@ -101,9 +100,9 @@ class ImageBatches:
         self.augment = augment
         self.seed = int(seed)
         self.augmentation = augmentation
-        self.num_workers = default_num_workers() if num_workers is None else num_workers
-        self.strict = strict
-        self.skipped: list[str] = []
+        self.num_workers = num_workers
+        self.unreadable = unreadable
+        self.skipped_rows: set[int] = set()
 
     def batches(
         self, order: torch.Tensor, batch_size: int, epoch: int
@@ -115,22 +114,19 @@ class ImageBatches:
         seeds = None
         if self.augment:
             seeds = [sample_seed(path, f"epoch{epoch}", self.seed) for path, _ in chosen]
-        loader = readable_loader(
-            chosen,
+        loader = image_loader(
+            [path for path, _ in chosen],
             pre.augment_transform(self.augmentation) if self.augment else pre.transform(),
             draft_size=pre.resize_size,
             seeds=seeds,
             batch_size=batch_size,
             num_workers=self.num_workers,
-            device=self.device,
+            pin_memory=self.device.type == "cuda",
         )
         for images, positions, errors in loader:
-            for message in errors:
-                if self.strict:
-                    raise ImageReadError(message + " (strict=True stops at the first one)")
-                if message not in self.skipped:
-                    warnings.warn(f"Skipped: {message}", PetalnetWarning, stacklevel=2)
-                    self.skipped.append(message)
+            for position, message in errors:
+                self.unreadable(message)
+                self.skipped_rows.add(idx[position])
             if images is None:
                 continue
             x = images.to(self.device, non_blocking=True)

@@ -6,14 +6,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from petalnet.data import (
-    CATEGORY_NAMES_FILE,
-    _class_dirs,
-    _is_image,
-    load_category_names,
-    read_image,
-)
-from petalnet.errors import DataError, ImageReadError
+from petalnet.data import CATEGORY_NAMES_FILE, class_dirs, is_image_file, load_category_names
+from petalnet.errors import DataError
+from petalnet.images import Unreadable, read_image
 
 __all__ = ["DatasetReport", "check_dataset"]
 
@@ -63,26 +58,34 @@ class DatasetReport:
 
 def _scan_split(report: DatasetReport, name: str, folder: Path, decode: bool) -> None:
     per_class: dict[str, int] = {}
-    for class_dir in _class_dirs(folder):
+    unreadable = Unreadable("collect")
+    for class_dir in class_dirs(folder):
         n = 0
         for base, _, files in os.walk(class_dir):
             for f in sorted(files):
                 path = Path(base) / f
-                if not _is_image(path):
+                if not is_image_file(path):
                     report.ignored += 1
                     continue
-                if decode:
-                    try:
-                        read_image(path, draft_size=64)
-                    except ImageReadError as exc:
-                        report.warnings.append(f"unreadable, will be skipped: {exc}")
-                        continue
+                if decode and not _readable(path, unreadable):
+                    continue
                 n += 1
         if n:
             per_class[class_dir.name] = n
         else:
             report.warnings.append(f"class folder {str(class_dir)!r} has no images; ignored")
     report.counts[name] = per_class
+    report.warnings += [f"unreadable, will be skipped: {m}" for m in unreadable.messages]
+
+
+def _readable(path: Path, unreadable: Unreadable) -> bool:
+    """Decode ``path`` (small); hand a failure to ``unreadable``."""
+    try:
+        read_image(path, draft_size=64)
+    except DataError as exc:
+        unreadable(str(exc))
+        return False
+    return True
 
 
 def check_dataset(data_dir: str | os.PathLike[str], *, decode: bool = True) -> DatasetReport:

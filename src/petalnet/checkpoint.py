@@ -5,6 +5,10 @@ plain containers, so a checkpoint can never execute code. Saving writes a tempor
 and renames it over the target, so a crash mid-save never leaves a half-written file in
 place of a good one. Every tensor is stored on the CPU, so a GPU-trained checkpoint loads
 anywhere.
+
+This module owns the format both ways: :func:`to_payload` turns a :class:`FittedModel`
+(what ``fit`` learned) and the classifier's parameters into plain data, :func:`from_payload`
+rebuilds them, and :func:`resume_state` gives a training run what it continues from.
 """
 
 from __future__ import annotations
@@ -14,18 +18,251 @@ import pickle
 import re
 import tempfile
 import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
+from petalnet._version import __version__
+from petalnet.backbones.base import FeatureExtractor
+from petalnet.backbones.registry import build_backbone
+from petalnet.callbacks import EpochRecord, TrainingState
 from petalnet.errors import CheckpointError
+from petalnet.head import build_head
+from petalnet.preprocessing import Preprocessing
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "read_checkpoint", "to_cpu", "write_checkpoint"]
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "FittedModel",
+    "from_payload",
+    "read_checkpoint",
+    "resume_state",
+    "to_cpu",
+    "to_payload",
+    "write_checkpoint",
+]
 
 FORMAT = "petalnet.checkpoint"
 FORMAT_VERSION = 1
 _REQUIRED = ("backbone", "head", "classes", "preprocessing")
+
+
+@dataclass
+class FittedModel:
+    """What ``fit`` learned (or ``load`` read): everything needed to predict, and to resume.
+
+    Attributes:
+        backbone: The feature extractor (fine-tuned when ``meta.source == "trained"``).
+        head: The classifier on its features; outputs log-probabilities.
+        hidden_units: The head's hidden-layer widths.
+        dropout: The head's dropout probability.
+        classes: Class folder names; ``classes[i]`` is output ``i``.
+        category_names: Class folder name to flower name, if known.
+        training: History, best epoch and what a resumed run continues from.
+        n_train: Readable training images used.
+        n_valid: Readable validation images used.
+        skipped: One message per unreadable image left out while fitting.
+    """
+
+    backbone: FeatureExtractor
+    head: nn.Module
+    hidden_units: list[int]
+    dropout: float
+    classes: list[str]
+    category_names: dict[str, str] | None
+    training: TrainingState = field(default_factory=TrainingState)
+    n_train: int = 0
+    n_valid: int = 0
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def class_to_idx(self) -> dict[str, int]:
+        """Class folder name to output index."""
+        return {c: i for i, c in enumerate(self.classes)}
+
+
+def _plain(value: Any) -> Any:
+    """Parameter values as plain data: paths and devices as strings, sequences as lists."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): str(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value)
+
+
+def _training_state(data: Mapping[str, Any]) -> TrainingState:
+    """The training state a checkpoint's content holds."""
+    training = data.get("training") or {}
+    history: list[EpochRecord] = [
+        {
+            "epoch": float(r["epoch"]),
+            "train_loss": float(r["train_loss"]),
+            "valid_loss": float(r["valid_loss"]),
+            "valid_accuracy": float(r["valid_accuracy"]),
+            "seconds": float(r["seconds"]),
+        }
+        for r in data.get("history", [])
+    ]
+    return TrainingState(
+        history=history,
+        best_epoch=int(data.get("best_epoch", 0)),
+        optimizer_state=dict(data.get("optimizer", {})),
+        best_state=training.get("best_state", data["head"]["state_dict"]),
+        last_state=training.get("last_state"),
+        rng_state=training.get("rng_state"),
+    )
+
+
+def to_payload(
+    model: FittedModel, params: Mapping[str, Any], *, include_backbone: bool | None = None
+) -> dict[str, Any]:
+    """The checkpoint content for ``model`` trained with ``params``: tensors and plain values.
+
+    Args:
+        model: The fitted model.
+        params: The classifier's parameters; ``callbacks`` (code) is never stored.
+        include_backbone: Store the backbone's parameters: ``None`` does so only when they
+            cannot be rebuilt from the backbone's name and weights id.
+
+    Returns:
+        The payload for :func:`write_checkpoint`.
+    """
+    meta = model.backbone.meta
+    backbone: dict[str, Any] = {
+        "name": meta.name,
+        "weights": meta.weights,
+        "source": meta.source,
+        "feature_dim": meta.feature_dim,
+    }
+    if include_backbone or (include_backbone is None and not meta.restorable):
+        backbone["state_dict"] = model.backbone.state_dict()
+    state = model.training
+    payload: dict[str, Any] = {
+        "petalnet_version": __version__,
+        "params": {k: _plain(v) for k, v in params.items() if k != "callbacks"},
+        "backbone": backbone,
+        "preprocessing": meta.preprocessing.to_dict(),
+        "head": {
+            "hidden_units": list(model.hidden_units),
+            "dropout": float(model.dropout),
+            "state_dict": model.head.state_dict(),
+        },
+        "classes": list(model.classes),
+        "category_names": model.category_names,
+        "history": [dict(r) for r in state.history],
+        "best_epoch": int(state.best_epoch),
+        "optimizer": state.optimizer_state,
+    }
+    if state.last_state is not None:
+        payload["training"] = {"last_state": state.last_state, "rng_state": state.rng_state}
+        if meta.source == "trained" and state.best_state is not None:
+            # fine-tuned layers and head together, as the training loop holds them
+            payload["training"]["best_state"] = state.best_state
+    return payload
+
+
+def from_payload(data: Mapping[str, Any]) -> tuple[dict[str, Any], FittedModel]:
+    """Rebuild what :func:`to_payload` stored.
+
+    Args:
+        data: A checkpoint's content, from :func:`read_checkpoint`.
+
+    Returns:
+        ``(params, model)``: the stored parameters (those this petalnet knows are the
+        caller's to filter) and the fitted model on the CPU.
+
+    Raises:
+        CheckpointError: The backbone now has another feature size.
+        BackboneNotFoundError: Its backbone is not registered in this process.
+        WeightsUnavailableError: Its pretrained weights are not available here.
+        KeyError: A required entry is missing (the caller names the file).
+    """
+    spec = data["backbone"]
+    stored = spec.get("state_dict")
+    pre = Preprocessing.from_dict(data["preprocessing"])
+    if stored is not None:
+        extractor = build_backbone(spec["name"], weights=None)
+        extractor.load_state_dict(stored)
+        extractor = extractor.derive(
+            weights=spec.get("weights"), source=spec.get("source", "trained"), preprocessing=pre
+        )
+        if extractor.meta.source == "named":  # saved with include_backbone=True
+            extractor = extractor.derive(source="trained")
+    else:
+        extractor = build_backbone(spec["name"], weights=spec["weights"]).derive(preprocessing=pre)
+    if extractor.feature_dim != int(spec["feature_dim"]):
+        raise CheckpointError(
+            f"Backbone {spec['name']!r} now gives {extractor.feature_dim} features but the "
+            f"checkpoint was trained on {spec['feature_dim']}; the backbone changed."
+        )
+    classes = [str(c) for c in data["classes"]]
+    head_spec = data["head"]
+    hidden = [int(h) for h in head_spec["hidden_units"]]
+    head = build_head(extractor.feature_dim, len(classes), hidden, float(head_spec["dropout"]))
+    head.load_state_dict(head_spec["state_dict"])
+    names = data.get("category_names")
+    state = _training_state(data)
+    model = FittedModel(
+        backbone=extractor,
+        head=head.eval(),
+        hidden_units=hidden,
+        dropout=float(head_spec["dropout"]),
+        classes=classes,
+        category_names=dict(names) if names is not None else None,
+        training=state,
+    )
+    return dict(data.get("params", {})), model
+
+
+def resume_state(
+    data: Mapping[str, Any],
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    *,
+    classes: list[str],
+    backbone: str,
+) -> TrainingState:
+    """Load the last epoch of a saved run into ``model``; return the state to continue from.
+
+    Args:
+        data: The content of a checkpoint written by an earlier, shorter or interrupted
+            ``fit`` (see :func:`read_checkpoint`).
+        path: Its file, named in errors.
+        model: What this run trains (the head, with fine-tuned backbone layers before it).
+        classes: This run's classes.
+        backbone: This run's backbone name.
+
+    Returns:
+        The history, best epoch and weights, optimizer and random state of that run.
+
+    Raises:
+        CheckpointError: The file is unreadable, holds no training state, or was trained
+            with another backbone, classes or trained layers.
+    """
+    training = data.get("training") or {}
+    if list(data["classes"]) != list(classes) or data["backbone"]["name"] != backbone:
+        raise CheckpointError(
+            f"Cannot resume from {str(path)!r}: it was trained with backbone "
+            f"{data['backbone']['name']!r} on {len(data['classes'])} classes, this run uses "
+            f"{backbone!r} on {len(classes)}."
+        )
+    if "last_state" not in training:
+        raise CheckpointError(f"{str(path)!r} holds no training state to resume from.")
+    try:
+        model.load_state_dict(training["last_state"])
+    except RuntimeError:
+        raise CheckpointError(
+            f"Cannot resume from {str(path)!r}: its classifier has other layer sizes or "
+            "trains other layers; use the same hidden_units, strategy and unfreeze_blocks "
+            "as the run that wrote it."
+        ) from None
+    return _training_state(data)
 
 
 def to_cpu(obj: Any) -> Any:

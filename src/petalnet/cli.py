@@ -12,21 +12,34 @@ import json
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NoReturn
 
 from petalnet._version import __version__
 from petalnet.data import IMG_EXTENSIONS
 from petalnet.errors import PetalnetError
+from petalnet.params import add_arguments
+from petalnet.results import Prediction
 
-__all__ = ["build_parser", "main"]
+__all__ = ["UsageError", "build_parser", "main"]
 
 _PREDICT_CHUNK = 64  # images per predict() call when streaming to --output
 
 
+class UsageError(PetalnetError):
+    """A flag has a value the command cannot use (exit status 2)."""
+
+
 def _device(args: argparse.Namespace) -> str:
     if args.device:
-        return args.device
-    return "auto" if args.gpu else "cpu"
+        return str(args.device)
+    if args.gpu:
+        import torch
+
+        mps = getattr(torch.backends, "mps", None)
+        if not torch.cuda.is_available() and not (mps is not None and mps.is_available()):
+            raise UsageError("--gpu was given but this machine has no CUDA or MPS GPU.")
+        return "auto"
+    return "cpu"
 
 
 def _verbose(args: argparse.Namespace) -> int:
@@ -41,39 +54,24 @@ def _plots_available() -> bool:
     return True
 
 
+def _classifier_params(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``FlowerClassifier`` keywords the ``train`` flags set (see :mod:`petalnet.params`)."""
+    from petalnet.params import param_specs
+
+    params = {s.name: getattr(args, s.name) for s in param_specs() if hasattr(args, s.name)}
+    params["device"] = _device(args)
+    params["verbose"] = _verbose(args)
+    return params
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from petalnet.classifier import FlowerClassifier
 
-    clf = FlowerClassifier(
-        args.arch,
-        weights=None if args.weights.lower() == "none" else args.weights,
-        hidden_units=args.hidden_units,
-        dropout=args.dropout,
-        learning_rate=args.learning_rate,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        device=_device(args),
-        category_names=args.category_names,
-        random_state=args.seed,
-        valid_fraction=args.valid_fraction,
-        amp={"auto": "auto", "on": True, "off": False}[args.amp],
-        augment_views=args.augment_views,
-        augmentation=args.augmentation,
-        cache=not args.no_cache,
-        cache_dir=args.cache_dir,
-        weight_decay=args.weight_decay,
-        label_smoothing=args.label_smoothing,
-        lr_schedule=args.lr_schedule,
-        warmup_epochs=args.warmup_epochs,
-        early_stopping=args.early_stopping,
-        class_weight=args.class_weight,
-        monitor=args.monitor,
-        strategy=args.strategy,
-        unfreeze_blocks=args.unfreeze_blocks or None,
-        freeze_epochs=args.freeze_epochs,
-        backbone_lr_scale=args.backbone_lr_scale,
-        verbose=_verbose(args),
-    )
+    clf = FlowerClassifier(**_classifier_params(args))
+    try:
+        clf.validate()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     save_dir = Path(args.save_dir)
     try:
         clf.fit(args.data_dir, resume_from=args.resume)
@@ -151,9 +149,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from petalnet.classifier import FlowerClassifier
     from petalnet.data import load_category_names
 
-    clf = FlowerClassifier.load(args.checkpoint, device=_device(args))
-    clf.verbose = 0
-    clf.tta = args.tta
+    if args.top_k < 1:
+        raise UsageError(f"--top_k must be at least 1; got {args.top_k}.")
+    clf = FlowerClassifier.load(args.checkpoint, device=_device(args), verbose=0, tta=args.tta)
     if args.category_names:
         clf.category_names_ = load_category_names(args.category_names)
     images = _expand_images(args.images)
@@ -163,26 +161,38 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     fmt = "jsonl" if args.json or (out_path and out_path.suffix in (".jsonl", ".json")) else "csv"
     stream = out_path.open("w", newline="", encoding="utf-8") if out_path else None
     writer = _Writer(stream, fmt, args.top_k) if stream else None
-    first: tuple[Path, Sequence[Any]] | None = None
+    first: tuple[Path, Sequence[Prediction]] | None = None
+    written, bad = 0, 0
     try:
-        for chunk in _chunks(images, _PREDICT_CHUNK):  # bounded memory for any number
-            for image, top in zip(chunk, clf.predict(list(chunk), topk=args.top_k), strict=True):
-                first = first or (image, top)
-                if writer is not None:
-                    writer.write(image, top)
-                elif args.json:
-                    print(json.dumps({"image": str(image), "top": [p.to_dict() for p in top]}))
-                else:
-                    print(image)
-                    for rank, p in enumerate(top, 1):
-                        print(f"  {rank}. {p.label:<32} {p.probability:7.2%}  (class {p.class_id})")
-            if stream is not None:
+        for n, result in enumerate(
+            clf.iter_predictions(images, args.top_k, chunk_size=_PREDICT_CHUNK), 1
+        ):
+            image, top = images[n - 1], result.predictions
+            if result.error is not None:
+                bad += 1
+                print(f"petalnet: skipped: {result.error}", file=sys.stderr)
+                if args.strict:
+                    raise PetalnetError(f"stopped at an unreadable image (--strict): {image}")
+                continue
+            first = first or (image, top)
+            written += 1
+            if writer is not None:
+                writer.write(image, top)
+            elif args.json:
+                print(json.dumps({"image": str(image), "top": [p.to_dict() for p in top]}))
+            else:
+                print(image)
+                for rank, p in enumerate(top, 1):
+                    print(f"  {rank}. {p.label:<32} {p.probability:7.2%}  (class {p.class_id})")
+            if stream is not None and n % _PREDICT_CHUNK == 0:
                 stream.flush()
     finally:
         if stream is not None:
             stream.close()
     if out_path:
-        print(f"wrote {len(images)} predictions to {out_path}")
+        print(f"wrote {written} predictions to {out_path}")
+    if bad:
+        print(f"petalnet: {bad} unreadable image(s) skipped (named above)", file=sys.stderr)
     if args.plot and first is not None:
         from petalnet import plot
 
@@ -194,9 +204,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from petalnet.classifier import FlowerClassifier
 
-    clf = FlowerClassifier.load(args.checkpoint, device=_device(args))
-    clf.verbose = _verbose(args)
-    clf.tta = args.tta
+    clf = FlowerClassifier.load(
+        args.checkpoint, device=_device(args), verbose=_verbose(args), tta=args.tta
+    )
     report = clf.evaluate(args.data_dir)
     if args.json:
         print(json.dumps({k: v for k, v in report.items() if k != "confusion_matrix"}))
@@ -272,68 +282,32 @@ def _device_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="explicit device, e.g. cpu or cuda:1 (overrides --gpu)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Reports a usage error as one ``petalnet: error: ...`` line, exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``message`` on one line and exit with status 2."""
+        self.exit(2, f"petalnet: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """Build the argument parser."""
-    parser = argparse.ArgumentParser(
-        prog="petalnet", description="Train and use flower-photo classifiers."
-    )
+    """Build the argument parser.
+
+    Returns:
+        The parser of every command; the ``train`` flags come from the parameter spec.
+    """
+    parser = _Parser(prog="petalnet", description="Train and use flower-photo classifiers.")
     parser.add_argument("--version", action="version", version=f"petalnet {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
 
     t = sub.add_parser("train", help="train a classifier on an image folder")
     t.add_argument("data_dir", help="root with train/ valid/ class folders, or one class folder")
     t.add_argument("--save_dir", default=".", help="folder for the checkpoint (default: .)")
     t.add_argument("--checkpoint_name", default="checkpoint.pt")
-    t.add_argument("--arch", default="vgg16", help="backbone (see `petalnet backbones`)")
-    t.add_argument("--weights", default="DEFAULT", help="DEFAULT, a weights name, a file, none")
-    t.add_argument("--learning_rate", type=float, default=1e-3)
-    t.add_argument("--hidden_units", type=int, nargs="*", default=[512])
-    t.add_argument("--dropout", type=float, default=0.2)
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--batch_size", type=int, default=64)
-    t.add_argument("--valid_fraction", type=float, default=0.2)
-    t.add_argument("--category_names", help="JSON mapping class folders to flower names")
-    t.add_argument("--seed", type=int, default=None)
-    t.add_argument("--amp", choices=["auto", "on", "off"], default="auto")
-    t.add_argument("--augment_views", type=int, default=0)
-    t.add_argument("--augmentation", choices=["seed", "trivialaugment"], default="seed")
-    t.add_argument("--weight_decay", type=float, default=0.0)
-    t.add_argument("--label_smoothing", type=float, default=0.0)
-    t.add_argument("--lr_schedule", choices=["constant", "cosine", "onecycle"], default="constant")
-    t.add_argument("--warmup_epochs", type=int, default=0)
-    t.add_argument(
-        "--early_stopping", type=int, metavar="PATIENCE", help="stop after N flat epochs"
-    )
-    t.add_argument("--class_weight", choices=["balanced"], help="weigh classes by 1/frequency")
-    t.add_argument(
-        "--monitor",
-        choices=["valid_loss", "valid_accuracy"],
-        default="valid_loss",
-        help="what picks the epoch that is kept",
-    )
-    t.add_argument(
-        "--strategy",
-        choices=["freeze", "freeze_unfreeze", "full"],
-        default="freeze",
-        help="what trains: the head only (freeze), the head then the last backbone blocks "
-        "(freeze_unfreeze), or everything (full)",
-    )
-    t.add_argument(
-        "--unfreeze_blocks",
-        type=int,
-        default=2,
-        help="blocks freeze_unfreeze trains, from the end (0: all; see `petalnet backbones NAME`)",
-    )
-    t.add_argument("--freeze_epochs", type=int, help="head-only epochs (default: half)")
-    t.add_argument(
-        "--backbone_lr_scale",
-        type=float,
-        default=0.1,
-        help="fine-tuned backbone layers learn at learning_rate times this",
-    )
+    add_arguments(t)
     t.add_argument("--resume", metavar="CHECKPOINT", help="continue a run saved earlier")
-    t.add_argument("--no_cache", action="store_true", help="do not cache backbone features")
-    t.add_argument("--cache_dir", help="feature cache folder")
     t.add_argument("--quiet", action="store_true", help="no progress output")
     _device_flags(t)
     t.set_defaults(func=_cmd_train)
@@ -347,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON lines instead of text")
     p.add_argument("--plot", help="PNG of the (first) image beside its top-k chart")
     p.add_argument("--tta", action="store_true", help="average the image and its mirror")
+    p.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
     _device_flags(p)
     p.set_defaults(func=_cmd_predict)
 
@@ -394,6 +369,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except UsageError as exc:
+        print(f"petalnet: error: {exc}", file=sys.stderr)
+        return 2
     except PetalnetError as exc:
         print(f"petalnet: error: {exc}", file=sys.stderr)
         return 1

@@ -1,4 +1,4 @@
-"""Image folders: layouts, splits, class lists, category names and reading one image.
+"""Image folders: layouts, splits, class lists and category names.
 
 Two layouts are understood:
 
@@ -19,43 +19,37 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from petalnet.errors import DataError, ImageReadError
+from petalnet.errors import DataError
 
 __all__ = [
     "CATEGORY_NAMES_FILE",
     "IMG_EXTENSIONS",
-    "MAX_IMAGE_PIXELS",
-    "ImageDataset",
-    "ImageInput",
     "Sample",
     "TrainingData",
-    "collate_readable",
+    "class_dirs",
     "find_classes",
-    "image_to_tensor",
+    "is_image_file",
     "list_samples",
     "load_category_names",
     "load_training_data",
-    "read_image",
     "resolve_eval_folder",
 ]
 
 CATEGORY_NAMES_FILE = "cat_to_name.json"
-MAX_IMAGE_PIXELS = 89_478_485
-"""Images with more pixels are refused before decoding (Pillow's decompression-bomb limit)."""
 Sample = tuple[Path, int]
 """An image path and the index of its class in the training class list."""
 
 
-def _is_image(path: Path) -> bool:
+def is_image_file(path: Path) -> bool:
+    """Tell whether ``path`` is an image petalnet reads: not hidden, an image extension."""
     return not path.name.startswith(".") and path.suffix.lower() in IMG_EXTENSIONS
 
 
-def _class_dirs(folder: Path) -> list[Path]:
+def class_dirs(folder: Path) -> list[Path]:
+    """The visible sub-folders of ``folder``, sorted by name as strings."""
     return sorted(
         (p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")),
         key=lambda p: p.name,
@@ -63,7 +57,7 @@ def _class_dirs(folder: Path) -> list[Path]:
 
 
 def _has_images(folder: Path) -> bool:
-    return any(_is_image(Path(r) / f) for r, _, files in os.walk(folder) for f in files)
+    return any(is_image_file(Path(r) / f) for r, _, files in os.walk(folder) for f in files)
 
 
 def find_classes(folder: str | os.PathLike[str]) -> list[str]:
@@ -81,7 +75,7 @@ def find_classes(folder: str | os.PathLike[str]) -> list[str]:
     path = Path(folder)
     if not path.is_dir():
         raise DataError(f"Data folder {str(path)!r} does not exist; check the path.")
-    classes = [d.name for d in _class_dirs(path) if _has_images(d)]
+    classes = [d.name for d in class_dirs(path) if _has_images(d)]
     if not classes:
         raise DataError(
             f"{str(path)!r} holds no class folders with images; expected "
@@ -119,7 +113,7 @@ def list_samples(folder: str | os.PathLike[str], class_to_idx: Mapping[str, int]
             samples += [
                 (Path(root) / f, class_to_idx[name])
                 for f in sorted(files)
-                if _is_image(Path(root) / f)
+                if is_image_file(Path(root) / f)
             ]
     return samples
 
@@ -271,161 +265,3 @@ def resolve_eval_folder(path: str | os.PathLike[str]) -> Path:
         if (root / sub).is_dir():
             return root / sub
     return root
-
-
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to RGB; transparency is composited on white."""
-    if image.mode == "RGB":
-        return image
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGB", rgba.size, (255, 255, 255))
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
-    if image.mode.startswith("I") or image.mode == "F":  # 16/32-bit integer or float gray
-        arr = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I") and arr.max(initial=0) > 255 else 255.0
-        arr = np.clip(arr / top * 255.0, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, mode="L").convert("RGB")
-    return image.convert("RGB")
-
-
-def read_image(path: str | os.PathLike[str], draft_size: int | None = None) -> Image.Image:
-    """Read an image file as RGB, applying its EXIF orientation.
-
-    Args:
-        path: The image file.
-        draft_size: For JPEG files, let the decoder shrink by a power of two while both sides
-            stay at least this many pixels (much faster for large photos).
-
-    Returns:
-        The decoded RGB image.
-
-    Raises:
-        ImageReadError: The file is missing, not an image, truncated or corrupt, or larger
-            than :data:`MAX_IMAGE_PIXELS` (checked from the header, before decoding).
-    """
-    try:
-        with Image.open(path) as im:  # reads the header only
-            width, height = im.size
-            if width * height > MAX_IMAGE_PIXELS:
-                raise ImageReadError(
-                    f"Image {str(path)!r} is {width}x{height} pixels, more than the "
-                    f"{MAX_IMAGE_PIXELS:,}-pixel limit (a decompression bomb?); shrink it, or "
-                    "raise petalnet.data.MAX_IMAGE_PIXELS if you trust it."
-                )
-            if draft_size and im.format == "JPEG":
-                im.draft("RGB", (draft_size, draft_size))
-            im.load()
-            return _to_rgb(ImageOps.exif_transpose(im))
-    except ImageReadError:
-        raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageReadError(
-            f"Cannot read image {str(path)!r} ({type(exc).__name__}: {exc}); "
-            "remove or replace the file."
-        ) from None
-
-
-ImageInput = str | os.PathLike[str] | Image.Image | np.ndarray | torch.Tensor
-"""One image: a file path, a ``PIL.Image``, an HxWxC uint8 array or a CxHxW tensor."""
-
-
-def image_to_tensor(image: ImageInput, transform: Any, draft_size: int | None = None) -> Any:
-    """Apply ``transform`` to any supported kind of image.
-
-    Args:
-        image: A file path, a ``PIL.Image`` (any mode), an ``HxW``/``HxWxC`` array (uint8),
-            or a ``CxHxW`` tensor (uint8, or float in ``[0, 1]``; 1 or 3 channels).
-        transform: A transform accepting RGB ``PIL.Image``s and ``CxHxW`` tensors.
-        draft_size: Passed to :func:`read_image` for file paths.
-
-    Returns:
-        What ``transform`` returns.
-
-    Raises:
-        ImageReadError: A file cannot be read.
-        ValueError: An array or tensor has an unsupported shape.
-        TypeError: ``image`` is none of the supported kinds.
-    """
-    if isinstance(image, (str, os.PathLike)):
-        return transform(read_image(image, draft_size))
-    if isinstance(image, Image.Image):
-        return transform(_to_rgb(image))
-    if isinstance(image, np.ndarray):
-        if image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4)):
-            return transform(_to_rgb(Image.fromarray(np.ascontiguousarray(image).squeeze())))
-        raise ValueError(f"Expected an HxW or HxWxC image array, got shape {image.shape}.")
-    if isinstance(image, torch.Tensor):
-        if image.ndim == 3 and image.shape[0] in (1, 3):
-            return transform(image.expand(3, -1, -1) if image.shape[0] == 1 else image)
-        raise ValueError(f"Expected a CxHxW image tensor, got shape {tuple(image.shape)}.")
-    raise TypeError(
-        f"Cannot predict on {type(image).__name__}; pass a file path, a PIL.Image, "
-        "an HxWxC uint8 array, a CxHxW tensor, or a list of those."
-    )
-
-
-class ImageDataset(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
-    """``(image tensor, class index)`` pairs for a list of samples.
-
-    Args:
-        samples: ``(path, class index)`` pairs.
-        transform: Maps an RGB ``PIL.Image`` to a tensor.
-        draft_size: Passed to :func:`read_image`.
-        seeds: One seed per sample for a random ``transform``, making each sample's random
-            draw reproducible whatever the worker or order.
-        skip_unreadable: Instead of raising :class:`ImageReadError`, return
-            ``(None, index, message)`` for an unreadable file and ``(tensor, index, None)``
-            otherwise, so that a loader can carry on past bad files (see
-            :func:`collate_readable`).
-    """
-
-    def __init__(
-        self,
-        samples: Sequence[Sample],
-        transform: Any,
-        draft_size: int | None = None,
-        seeds: Sequence[int] | None = None,
-        skip_unreadable: bool = False,
-    ):
-        self.samples = list(samples)
-        self.transform = transform
-        self.draft_size = draft_size
-        self.seeds = list(seeds) if seeds is not None else None
-        self.skip_unreadable = skip_unreadable
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int) -> Any:
-        path, target = self.samples[index]
-        try:
-            image = read_image(path, self.draft_size)
-        except ImageReadError as exc:
-            if not self.skip_unreadable:
-                raise
-            return None, index, str(exc)
-        if self.seeds is None:
-            tensor = self.transform(image)
-        else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.seeds[index])
-                tensor = self.transform(image)
-        return (tensor, index, None) if self.skip_unreadable else (tensor, target)
-
-
-def collate_readable(
-    batch: Sequence[tuple[torch.Tensor | None, int, str | None]],
-) -> tuple[torch.Tensor | None, list[int], list[str]]:
-    """Collate ``ImageDataset(skip_unreadable=True)`` items.
-
-    Args:
-        batch: ``(tensor or None, index, error message or None)`` items.
-
-    Returns:
-        ``(stacked tensors or None, their dataset indices, error messages)``.
-    """
-    kept = [(t, i) for t, i, _ in batch if t is not None]
-    images = torch.stack([t for t, _ in kept]) if kept else None
-    return images, [i for _, i in kept], [e for _, _, e in batch if e is not None]

@@ -14,20 +14,20 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
 
 from petalnet._version import __version__
+from petalnet.checkpoint import FittedModel
 from petalnet.errors import PetalnetError
 
-if TYPE_CHECKING:
-    from petalnet.classifier import FlowerClassifier
+__all__ = ["FORMATS", "ExportFormat", "export_metadata", "export_model"]
 
-__all__ = ["FORMATS", "export_classifier", "export_metadata"]
-
-FORMATS = ("torchscript", "onnx")
+ExportFormat = Literal["torchscript", "onnx"]
+"""Formats :func:`export_model` writes."""
+FORMATS: tuple[ExportFormat, ...] = get_args(ExportFormat)
 
 
 class _Probabilities(nn.Module):
@@ -39,35 +39,46 @@ class _Probabilities(nn.Module):
         self.head = head
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(images)).exp()
+        log_probs: torch.Tensor = self.head(self.backbone(images))
+        return log_probs.exp()
 
 
-def export_metadata(clf: FlowerClassifier, fmt: str) -> dict[str, Any]:
-    """What a deployment needs besides the network: classes, names, preprocessing, input."""
-    pre = clf.backbone_.preprocessing
+def export_metadata(model: FittedModel, fmt: str) -> dict[str, Any]:
+    """What a deployment needs besides the network: classes, names, preprocessing, input.
+
+    Args:
+        model: The fitted model.
+        fmt: The export format.
+
+    Returns:
+        JSON-compatible metadata.
+    """
+    pre = model.backbone.preprocessing
     return {
         "petalnet_version": __version__,
         "format": fmt,
-        "backbone": clf.backbone,
-        "classes": list(clf.classes_),
-        "category_names": clf.category_names_,
+        "backbone": model.backbone.meta.name,
+        "classes": list(model.classes),
+        "category_names": model.category_names,
         "preprocessing": pre.to_dict(),
         "input": {
             "name": "images",
             "shape": ["N", 3, pre.crop_size, pre.crop_size],
             "dtype": "float32",
         },
-        "output": {"name": "probabilities", "shape": ["N", len(clf.classes_)]},
+        "output": {"name": "probabilities", "shape": ["N", len(model.classes)]},
     }
 
 
-def export_classifier(
-    clf: FlowerClassifier, path: str | os.PathLike[str], format: str = "torchscript"
+def export_model(
+    model: FittedModel, path: str | os.PathLike[str], format: str = "torchscript"
 ) -> Path:
-    """Write ``clf`` as a TorchScript or ONNX model, plus ``<path>.json`` with its metadata.
+    """Write ``model`` as a TorchScript or ONNX model, plus ``<path>.json`` with its metadata.
+
+    The exported network always computes in float32, whatever precision ``predict`` uses.
 
     Args:
-        clf: A fitted classifier.
+        model: A fitted model.
         path: Target file (``.pt`` for TorchScript, ``.onnx`` for ONNX by convention).
         format: ``"torchscript"`` or ``"onnx"``.
 
@@ -81,24 +92,24 @@ def export_classifier(
         raise PetalnetError(f"format must be one of {', '.join(FORMATS)}, got {format!r}.")
     target = Path(path).expanduser()
     target.parent.mkdir(parents=True, exist_ok=True)
-    model = _Probabilities(
-        copy.deepcopy(clf.backbone_).float().cpu().eval(),
-        copy.deepcopy(clf.head_).float().cpu().eval(),
+    network = _Probabilities(
+        copy.deepcopy(model.backbone).float().cpu().eval(),
+        copy.deepcopy(model.head).float().cpu().eval(),
     )
-    model.requires_grad_(False)  # an inference graph: no autograd in the exported model
-    crop = clf.backbone_.preprocessing.crop_size
+    network.requires_grad_(False)  # an inference graph: no autograd in the exported model
+    crop = model.backbone.preprocessing.crop_size
     example = torch.zeros(2, 3, crop, crop)
-    meta = export_metadata(clf, format)
+    meta = export_metadata(model, format)
     blob = json.dumps(meta, indent=1)
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer notes about shape arithmetic, deprecations
             if format == "torchscript":
-                traced = torch.jit.trace(model, example)
+                traced = torch.jit.trace(network, example)  # type: ignore[no-untyped-call]
                 torch.jit.save(traced, str(target), _extra_files={"petalnet.json": blob})
             else:
                 torch.onnx.export(
-                    model,
+                    network,
                     (example,),
                     str(target),
                     dynamo=False,

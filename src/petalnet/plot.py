@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from petalnet.data import _to_rgb, read_image
 from petalnet.errors import PetalnetError
+from petalnet.images import read_image, to_rgb
 from petalnet.results import Prediction
 
 if TYPE_CHECKING:
@@ -63,7 +63,7 @@ def prediction(
         PetalnetError: matplotlib is not installed.
         ImageReadError: The image file cannot be read.
     """
-    pil = read_image(image) if isinstance(image, (str, os.PathLike)) else _to_rgb(image)
+    pil = read_image(image) if isinstance(image, (str, os.PathLike)) else to_rgb(image)
     fig, (ax_img, ax_bar) = _figure((9.5, 4.2), ncols=2)
     ax_img.imshow(np.asarray(pil))
     ax_img.set_axis_off()

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
-AUGMENTATIONS = ("seed", "trivialaugment")
+Augmentation = Literal["classic", "trivialaugment"]
 """Training augmentation policies (see :meth:`Preprocessing.augment_transform`)."""
+AUGMENTATIONS: tuple[Augmentation, ...] = get_args(Augmentation)
 
-__all__ = ["AUGMENTATIONS", "IMAGENET_MEAN", "IMAGENET_STD", "Preprocessing"]
+__all__ = ["AUGMENTATIONS", "IMAGENET_MEAN", "IMAGENET_STD", "Augmentation", "Preprocessing"]
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -88,10 +89,10 @@ class Preprocessing:
             interpolation=str(data.get("interpolation", "bilinear")),
         )
 
-    def augment_transform(self, policy: str = "seed") -> Callable[[Any], torch.Tensor]:
+    def augment_transform(self, policy: Augmentation = "classic") -> Callable[[Any], torch.Tensor]:
         """Build a random training augmentation, ending like :meth:`transform`.
 
-        ``"seed"``: the classic recipe's random rotation (up to 30 degrees), random resized
+        ``"classic"``: the classic recipe's random rotation (up to 30 degrees), random resized
         crop to ``crop_size`` and random horizontal flip. ``"trivialaugment"`` adds
         torchvision's ``TrivialAugmentWide`` (one random colour or geometry operation of
         random strength per image) after them, a stronger, tuning-free policy.
@@ -124,9 +125,9 @@ class Preprocessing:
         ]
         return v2.Compose(steps)
 
-    def augmentation_id(self, policy: str = "seed") -> str:
+    def augmentation_id(self, policy: Augmentation = "classic") -> str:
         """Short id of :meth:`augment_transform`'s recipe, part of feature-cache keys."""
-        return "rot30-rrc-flip-v2" if policy == "seed" else f"rot30-rrc-flip-{policy}-v1"
+        return "rot30-rrc-flip-v2" if policy == "classic" else f"rot30-rrc-flip-{policy}-v1"
 
     def transform(self) -> Callable[[Any], torch.Tensor]:
         """Build the evaluation transform.

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from torch import nn
 
-__all__ = ["Prediction", "evaluation_report", "top_predictions"]
+from petalnet.images import ImageInput
+
+__all__ = [
+    "EvaluationReport",
+    "ImagePrediction",
+    "Prediction",
+    "evaluation_report",
+    "top_predictions",
+]
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,46 @@ class Prediction:
     def to_dict(self) -> dict[str, Any]:
         """Return the fields as a plain dict."""
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class ImagePrediction:
+    """The outcome for one image of :meth:`~petalnet.FlowerClassifier.iter_predictions`.
+
+    Attributes:
+        image: The image as given.
+        predictions: Its top-k predictions; empty when it could not be read.
+        error: Why it could not be read (naming the file), else ``None``.
+    """
+
+    image: ImageInput
+    predictions: list[Prediction]
+    error: str | None = None
+
+
+class EvaluationReport(TypedDict):
+    """What :meth:`~petalnet.FlowerClassifier.evaluate` returns."""
+
+    accuracy: float
+    """Top-1 accuracy (``nan`` without readable images)."""
+    top5_accuracy: float
+    """Share of images whose class is among the five most likely."""
+    loss: float
+    """Mean negative log-likelihood."""
+    n_images: int
+    """Readable images evaluated."""
+    per_class_accuracy: dict[str, float]
+    """Top-1 accuracy per class folder name (classes with images only)."""
+    per_class_count: dict[str, int]
+    """Images per class folder name."""
+    confusion_matrix: list[list[int]]
+    """Counts; rows true classes, columns predictions, in ``classes_`` order."""
+    folder: str
+    """The folder evaluated."""
+    n_skipped: int
+    """Unreadable images left out."""
+    skipped: list[str]
+    """One message per unreadable image, naming it."""
 
 
 def top_predictions(
@@ -68,20 +116,28 @@ def top_predictions(
 
 
 def evaluation_report(
-    log_probs: torch.Tensor, labels: torch.Tensor, classes: Sequence[str]
-) -> dict[str, Any]:
+    log_probs: torch.Tensor,
+    labels: torch.Tensor,
+    classes: Sequence[str],
+    *,
+    folder: str = "",
+    skipped: Sequence[str] = (),
+) -> EvaluationReport:
     """Compute the metrics :meth:`FlowerClassifier.evaluate` returns.
 
     Args:
         log_probs: ``(N, C)`` model outputs.
         labels: ``(N,)`` true class indices.
         classes: Class folder names by output index.
+        folder: The folder evaluated.
+        skipped: Messages of the unreadable images left out.
 
     Returns:
         ``accuracy``, ``top5_accuracy``, ``loss`` (mean NLL), ``n_images``,
         ``per_class_accuracy`` / ``per_class_count`` keyed by class folder name (classes
         without images are left out), and ``confusion_matrix``: ``C x C`` counts as nested
-        lists, rows true classes and columns predictions, in ``classes`` order.
+        lists, rows true classes and columns predictions, in ``classes`` order; and
+        ``folder``, ``n_skipped``, ``skipped``.
     """
     n = len(labels)
     if n == 0:
@@ -94,6 +150,9 @@ def evaluation_report(
             "per_class_accuracy": {},
             "per_class_count": {},
             "confusion_matrix": [[0] * len(classes) for _ in classes],
+            "folder": folder,
+            "n_skipped": len(skipped),
+            "skipped": list(skipped),
         }
     pred = log_probs.argmax(1)
     top5 = log_probs.topk(min(5, log_probs.shape[1]), dim=1).indices
@@ -116,4 +175,7 @@ def evaluation_report(
         )
         .reshape(len(classes), len(classes))
         .tolist(),
+        "folder": folder,
+        "n_skipped": len(skipped),
+        "skipped": list(skipped),
     }

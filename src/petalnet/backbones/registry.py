@@ -7,16 +7,19 @@ Backbones come from two places:
   points are discovered lazily (the first time a name is not found or the list is asked
   for), once per process; a plugin that fails to import is a warning, never a crash.
 
-A builder is a callable ``builder(weights="DEFAULT") -> FeatureExtractor``.
+A builder is a callable ``builder(weights="DEFAULT") -> FeatureExtractor``. A registration
+may also say where the builder's default weights come from (:data:`WeightsStatus`), so that
+``petalnet backbones`` can tell without building anything.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from importlib.metadata import EntryPoint, entry_points
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from petalnet.backbones.base import FeatureExtractor, WeightsArg
 from petalnet.errors import BackboneNotFoundError, PetalnetError, PetalnetWarning
@@ -24,22 +27,43 @@ from petalnet.errors import BackboneNotFoundError, PetalnetError, PetalnetWarnin
 __all__ = [
     "ENTRY_POINT_GROUP",
     "BackboneBuilder",
+    "WeightsStatus",
     "build_backbone",
     "get_backbone",
     "list_backbones",
     "register_backbone",
+    "registered",
+    "weights_status",
 ]
 
 ENTRY_POINT_GROUP = "petalnet.backbones"
 
-BackboneBuilder = Callable[..., FeatureExtractor]
+
+class BackboneBuilder(Protocol):
+    """A function building a backbone: ``builder(weights="DEFAULT") -> FeatureExtractor``."""
+
+    def __call__(self, weights: WeightsArg = ...) -> FeatureExtractor:
+        """Build the backbone with ``weights`` (a named set, a file path, or ``None``)."""
+        ...
+
+
+WeightsStatus = Callable[[], str]
+"""Tells, without building anything, where a backbone's default weights would come from:
+``"bundled"``, ``"cached"``, ``"download"`` or an install hint."""
+
 B = TypeVar("B", bound=BackboneBuilder)
 
 _REGISTRY: dict[str, BackboneBuilder] = {}
+_WEIGHTS_STATUS: dict[str, WeightsStatus] = {}
 _PLUGINS: dict[str, EntryPoint] | None = None  # discovered, not yet loaded
 
 
-def register_backbone(name: str | None = None, *, overwrite: bool = False) -> Callable[[B], B]:
+def register_backbone(
+    name: str | None = None,
+    *,
+    overwrite: bool = False,
+    weights_status: WeightsStatus | None = None,
+) -> Callable[[B], B]:
     """Register a backbone builder under ``name`` (a decorator).
 
     Example::
@@ -51,6 +75,8 @@ def register_backbone(name: str | None = None, *, overwrite: bool = False) -> Ca
     Args:
         name: Registry name; defaults to the function's ``__name__``.
         overwrite: Replace an existing registration of the same name instead of failing.
+        weights_status: Where the default weights come from (see :data:`WeightsStatus`);
+            ``petalnet backbones`` shows ``"unknown"`` without it.
 
     Returns:
         A decorator that registers its argument and returns it unchanged.
@@ -60,16 +86,60 @@ def register_backbone(name: str | None = None, *, overwrite: bool = False) -> Ca
     """
 
     def decorator(builder: B) -> B:
-        key = name or builder.__name__
+        key = name or getattr(builder, "__name__", "")
         if key in _REGISTRY and _REGISTRY[key] is not builder and not overwrite:
             raise PetalnetError(
                 f"A backbone named {key!r} is already registered; choose another name "
                 "or pass register_backbone(..., overwrite=True)."
             )
         _REGISTRY[key] = builder
+        if weights_status is not None:
+            _WEIGHTS_STATUS[key] = weights_status
+        else:
+            _WEIGHTS_STATUS.pop(key, None)
         return builder
 
     return decorator
+
+
+@contextmanager
+def registered(name: str, builder: BackboneBuilder) -> Iterator[BackboneBuilder]:
+    """Register ``builder`` under ``name`` for the duration of a ``with`` block.
+
+    Whatever was registered under ``name`` before comes back afterwards, so tests and
+    notebooks can try a backbone without leaving it in the process-wide registry.
+
+    Args:
+        name: The registry name.
+        builder: The builder.
+
+    Yields:
+        ``builder``.
+    """
+    before, status = _REGISTRY.get(name), _WEIGHTS_STATUS.get(name)
+    _REGISTRY[name] = builder
+    try:
+        yield builder
+    finally:
+        if before is None:
+            _REGISTRY.pop(name, None)
+        else:
+            _REGISTRY[name] = before
+        if status is not None:
+            _WEIGHTS_STATUS[name] = status
+
+
+def weights_status(name: str) -> str:
+    """Where the default weights of backbone ``name`` would come from, without building it.
+
+    Args:
+        name: A registered backbone name.
+
+    Returns:
+        What its registration's :data:`WeightsStatus` says, or ``"unknown"``.
+    """
+    status = _WEIGHTS_STATUS.get(name)
+    return status() if status is not None else "unknown"
 
 
 def _discover_plugins() -> dict[str, EntryPoint]:
@@ -157,7 +227,7 @@ def get_backbone(name: str) -> BackboneBuilder:
             f"Unknown backbone {name!r}.{hint} Available: {', '.join(available)}. "
             "To add one, decorate a builder with @petalnet.register_backbone('name') or "
             f"expose it from an installed package under the {ENTRY_POINT_GROUP!r} entry-point "
-            "group (see docs/plugins.md)."
+            "group (see docs/backbones.md)."
         )
     return builder
 
@@ -171,19 +241,19 @@ def build_backbone(name: str, weights: WeightsArg = "DEFAULT") -> FeatureExtract
             for a random initialisation.
 
     Returns:
-        The feature extractor.
+        The feature extractor; its :attr:`~FeatureExtractor.meta` names ``name``.
 
     Raises:
         BackboneNotFoundError: ``name`` is not registered.
         PetalnetError: The builder did not return a :class:`FeatureExtractor`.
     """
-    extractor = get_backbone(name)(weights=weights)
+    extractor: object = get_backbone(name)(weights=weights)
     if not isinstance(extractor, FeatureExtractor):
         raise PetalnetError(
             f"Backbone builder {name!r} returned {type(extractor).__name__}; "
             "it must return a petalnet.FeatureExtractor."
         )
-    return extractor
+    return extractor.derive(name=name)
 
 
 def list_backbones(

@@ -240,11 +240,19 @@ def build_torchvision_backbone(name: str, weights: WeightsArg = "DEFAULT") -> Fe
     )
 
 
+def _download_status(name: str) -> str:
+    """``"cached"`` when the default weights are in torch's cache, else ``"download"``."""
+    url = get_model_weights(name).DEFAULT.url
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    return "cached" if cached.is_file() else "download"
+
+
 def _register_all() -> None:
     for model_name in TORCHVISION_BACKBONES:
         builder = functools.partial(build_torchvision_backbone, model_name)
         functools.update_wrapper(builder, build_torchvision_backbone)
-        register_backbone(model_name)(builder)
+        status = functools.partial(_download_status, model_name)
+        register_backbone(model_name, weights_status=status)(builder)
 
 
 _register_all()
