@@ -104,7 +104,7 @@ class FeatureCache:
         """Return the cached vector, or ``None`` (also for an unreadable entry)."""
         f = self._file(key)
         try:
-            arr = np.load(f, allow_pickle=False)
+            arr: np.ndarray = np.load(f, allow_pickle=False)
             os.utime(f)  # mark as recently used
         except (OSError, ValueError):
             self.misses += 1

@@ -209,7 +209,7 @@ class FlowerClassifier(ClassifierParams):
             head = build_head(backbone.feature_dim, len(data.classes), hidden, self.dropout)
         trained: nn.Module = head.to(pipeline.device)
         if plan.back is not None:  # fine-tuned backbone layers run before the head
-            plan.back.to(device=pipeline.device, memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch stubs lack memory_format with device
+            plan.back.to(pipeline.device).to(memory_format=torch.channels_last)
             trained = nn.Sequential(plan.back, head)
         state = TrainingState()
         if resume is not None:
@@ -272,7 +272,7 @@ class FlowerClassifier(ClassifierParams):
             use_cache=False,
             quiet=True,
         )
-        return head_log_probs(self._model().head, feats.features, pipe.device), feats.index
+        return head_log_probs(self._model().head, feats.features, pipe.device), feats.positions
 
     @staticmethod
     def _as_list(images: ImageInput | Sequence[ImageInput]) -> tuple[list[ImageInput], bool]:
@@ -300,8 +300,8 @@ class FlowerClassifier(ClassifierParams):
         result: np.ndarray = self._log_probs(batch, Unreadable("raise"))[0].exp().numpy()
         return result
 
-    @overload
-    def predict(self, images: OneImage, topk: int = 5) -> list[Prediction]: ...
+    @overload  # str is a Sequence too; this first overload wins for it, as at run time
+    def predict(self, images: OneImage, topk: int = 5) -> list[Prediction]: ...  # type: ignore[overload-overlap]
     @overload
     def predict(
         self, images: torch.Tensor, topk: int = 5

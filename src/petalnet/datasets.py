@@ -26,7 +26,8 @@ _SPLITS = {"train": "train", "valid": "val", "test": "test"}
 def flowers102_names() -> dict[str, str]:
     """Return the 102 flower names keyed by class folder ``"1"`` … ``"102"``."""
     text = resources.files("petalnet").joinpath("flowers102_names.json").read_text("utf-8")
-    return json.loads(text)
+    names: dict[str, str] = json.loads(text)
+    return names
 
 
 def download_flowers102(root: str | os.PathLike[str]) -> Path:

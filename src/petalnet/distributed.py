@@ -62,7 +62,8 @@ def is_main() -> bool:
 
 def local_device(device: torch.device) -> torch.device:
     """On CUDA under ``torchrun``, this rank's own GPU (``LOCAL_RANK``)."""
-    if device.type == "cuda" and _launched() and device.index is None:
+    index: int | None = device.index  # torch's stubs say int; it is None for "cuda"
+    if device.type == "cuda" and _launched() and index is None:
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return device
 

@@ -76,9 +76,12 @@ def prepare_backbone(backbone: FeatureExtractor, device: torch.device) -> Featur
     if _conv_bn_pairs(backbone):
         fast = copy.deepcopy(backbone)
         for seq, i in _conv_bn_pairs(fast):
-            seq[i] = fuse_conv_bn_eval(seq[i], seq[i + 1])
+            conv, bn = seq[i], seq[i + 1]
+            assert isinstance(conv, nn.Conv2d)
+            assert isinstance(bn, nn.BatchNorm2d)
+            seq[i] = fuse_conv_bn_eval(conv, bn)
             seq[i + 1] = nn.Identity()
-    return fast.to(device=device, memory_format=torch.channels_last)
+    return fast.to(device).to(memory_format=torch.channels_last)
 
 
 def run_backbone(
@@ -176,13 +179,13 @@ class Features(NamedTuple):
     Attributes:
         features: ``(N, D)`` float32 rows on the CPU, one per readable image.
         labels: ``(N,)`` int64 labels of those images.
-        index: ``(N,)`` positions of those images in the input list.
+        positions: ``(N,)`` positions of those images in the input list.
         skipped: One message per unreadable image left out.
     """
 
     features: torch.Tensor
     labels: torch.Tensor
-    index: torch.Tensor
+    positions: torch.Tensor
     skipped: list[str]
 
 

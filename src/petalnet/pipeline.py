@@ -165,7 +165,7 @@ class ImagePipeline:
                 Features(
                     torch.cat(distributed.gather([r.features])),
                     torch.cat(distributed.gather([r.labels])),
-                    torch.cat(distributed.gather([r.index * world + rank])),
+                    torch.cat(distributed.gather([r.positions * world + rank])),
                     distributed.gather(r.skipped),
                 )
                 for r in results
@@ -174,7 +174,7 @@ class ImagePipeline:
         if len(results) == 1:
             return first
         return Features(
-            torch.stack([r.features for r in results]), first.labels, first.index, first.skipped
+            torch.stack([r.features for r in results]), first.labels, first.positions, first.skipped
         )
 
 

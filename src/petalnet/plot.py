@@ -8,12 +8,13 @@ given ``path``, writes a PNG there.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from petalnet.callbacks import EpochRecord
 from petalnet.errors import PetalnetError
 from petalnet.images import read_image, to_rgb
 from petalnet.results import Prediction
@@ -83,7 +84,7 @@ def prediction(
 
 
 def training_curves(
-    history: Sequence[Mapping[str, float]], *, path: str | os.PathLike[str] | None = None
+    history: Sequence[EpochRecord], *, path: str | os.PathLike[str] | None = None
 ) -> Figure:
     """Plot train/valid loss and valid accuracy per epoch.
 
@@ -144,7 +145,7 @@ def most_confused(
 
 
 def confusion_matrix(
-    matrix: np.ndarray,
+    matrix: np.ndarray | Sequence[Sequence[int]],
     labels: Sequence[str],
     *,
     top_confused: int = 10,
@@ -175,7 +176,7 @@ def confusion_matrix(
         ax_m.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
         ax_m.set_yticks(range(len(labels)), labels, fontsize=7)
     fig.colorbar(im, ax=ax_m, shrink=0.7, label="share of the true class")
-    pairs = most_confused(matrix, labels, top_confused)
+    pairs = most_confused(np.asarray(matrix), labels, top_confused)
     ax_t.set_axis_off()
     ax_t.set_title("most confused: true → predicted", loc="left")
     text = "\n".join(f"{n:>3}x  {t} → {p}" for t, p, n in pairs) or "no mistakes"

@@ -123,7 +123,8 @@ class Preprocessing:
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(mean=list(self.mean), std=list(self.std)),
         ]
-        return v2.Compose(steps)
+        augment: Callable[[Any], torch.Tensor] = v2.Compose(steps)
+        return augment
 
     def augmentation_id(self, policy: Augmentation = "classic") -> str:
         """Short id of :meth:`augment_transform`'s recipe, part of feature-cache keys."""
@@ -136,7 +137,7 @@ class Preprocessing:
             A callable mapping a ``PIL.Image``, an HxWxC uint8 array or a CxHxW tensor
             (uint8, or float in ``[0, 1]``) to a normalised float32 CxHxW tensor.
         """
-        return v2.Compose(
+        evaluate: Callable[[Any], torch.Tensor] = v2.Compose(
             [
                 v2.ToImage(),
                 v2.Resize(
@@ -149,3 +150,4 @@ class Preprocessing:
                 v2.Normalize(mean=list(self.mean), std=list(self.std)),
             ]
         )
+        return evaluate

@@ -159,7 +159,7 @@ def evaluation_report(
     correct = pred == labels
     per_acc: dict[str, float] = {}
     per_count: dict[str, int] = {}
-    for i in labels.unique().tolist():
+    for i in sorted(set(labels.tolist())):
         mask = labels == i
         per_acc[classes[i]] = float(correct[mask].float().mean())
         per_count[classes[i]] = int(mask.sum())

@@ -191,7 +191,7 @@ class FeatureExtractor(nn.Module):
                 f"trainable_blocks must be between 1 and {self.num_blocks - 1}, "
                 f"got {trainable_blocks}."
             )
-        children = list(self.body)
+        children = list(self.body.children())
         with_params = [i for i, child in enumerate(children) if _has_parameters(child)]
         cut = with_params[-trainable_blocks]
         body = nn.Sequential(*children[:cut])

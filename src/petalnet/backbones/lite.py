@@ -107,7 +107,7 @@ class _MBConv(nn.Module):
         self.residual = stride == 1 and cin == cout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.project(self.depthwise(self.expand(x)))
+        y: torch.Tensor = self.project(self.depthwise(self.expand(x)))
         return x + y if self.residual else y
 
 

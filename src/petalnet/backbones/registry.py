@@ -86,7 +86,7 @@ def register_backbone(
     """
 
     def decorator(builder: B) -> B:
-        key = name or getattr(builder, "__name__", "")
+        key: str = name or str(getattr(builder, "__name__", ""))
         if key in _REGISTRY and _REGISTRY[key] is not builder and not overwrite:
             raise PetalnetError(
                 f"A backbone named {key!r} is already registered; choose another name "

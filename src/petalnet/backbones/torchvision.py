@@ -113,7 +113,7 @@ def _split_at_pools(features: nn.Sequential) -> list[tuple[str, nn.Module]]:
 
 
 def _numbered(prefix: str, modules: nn.Module) -> list[tuple[str, nn.Module]]:
-    return [(f"{prefix}{i}", m) for i, m in enumerate(modules)]
+    return [(f"{prefix}{i}", m) for i, m in enumerate(modules.children())]
 
 
 def _as_chain(family: str, m: Any) -> nn.Module:
@@ -130,8 +130,8 @@ def _as_chain(family: str, m: Any) -> nn.Module:
         blocks = [*_split_at_pools(m.features), ("avgpool", m.avgpool), ("flatten", nn.Flatten(1))]
     elif family == "resnet":
         stem = nn.Sequential(m.conv1, m.bn1, m.relu, m.maxpool)
-        layers = [(f"layer{i}", getattr(m, f"layer{i}")) for i in range(1, 5)]
-        blocks = [("stem", stem), *layers, *pool_flat]
+        stages = [(f"layer{i}", getattr(m, f"layer{i}")) for i in range(1, 5)]
+        blocks = [("stem", stem), *stages, *pool_flat]
     elif family == "densenet":
         f = m.features
         blocks = [("stem", nn.Sequential(f.conv0, f.norm0, f.relu0, f.pool0))]
@@ -148,7 +148,7 @@ def _as_chain(family: str, m: Any) -> nn.Module:
     elif family == "regnet":
         blocks = [("stem", m.stem), *m.trunk_output.named_children(), *pool_flat]
     elif family == "mnasnet":
-        layers = list(m.layers)
+        layers: list[nn.Module] = list(m.layers.children())
         blocks = [("stem", nn.Sequential(*layers[:8]))]
         blocks += [(f"stack{i}", layers[i]) for i in range(8, 14)]
         blocks += [("head", nn.Sequential(*layers[14:])), *pool_flat]
@@ -160,7 +160,8 @@ def _as_chain(family: str, m: Any) -> nn.Module:
         blocks = [*_numbered("block", m.features), ("norm", m.norm), ("permute", m.permute)]
         blocks += [("avgpool", m.avgpool), ("flatten", m.flatten)]
     else:
-        return m
+        unchanged: nn.Module = m
+        return unchanged
     return nn.Sequential(OrderedDict(blocks))
 
 
@@ -169,10 +170,7 @@ def _replace(module: nn.Module, dotted: str, new: nn.Module) -> nn.Module:
     parent_path, _, leaf = dotted.rpartition(".")
     parent = module.get_submodule(parent_path) if parent_path else module
     old = parent.get_submodule(leaf)
-    if leaf.isdigit():
-        parent[int(leaf)] = new  # type: ignore[index]
-    else:
-        setattr(parent, leaf, new)
+    setattr(parent, leaf, new)  # also for a digit: Sequential's children are named "0", "1"
     return old
 
 
