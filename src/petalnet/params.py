@@ -471,8 +471,8 @@ def add_arguments(
 ) -> None:
     """Add one flag per parameter to ``parser`` (dest = the parameter's name).
 
-    A flag is spelled ``--name`` (also ``--name-with-dashes``; the classic recipe's
-    ``--arch`` and ``--seed`` where they differ). Booleans are switches: ``--tta`` for one
+    A flag is spelled ``--name`` (also ``--name-with-dashes``), and the classic recipe's
+    ``--arch`` and ``--seed`` for ``backbone`` and ``random_state``. Booleans are switches: ``--tta`` for one
     that is off by default, ``--no_cache`` for one that is on. Every other flag takes one
     word parsed by the parameter's type; the word ``none`` means ``None`` where allowed.
 
@@ -485,7 +485,7 @@ def add_arguments(
         if spec.flag is None:
             continue
         default = defaults.get(spec.name, spec.default)
-        names = [spec.flag]
+        names = [spec.flag] if spec.flag == f"--{spec.name}" else [spec.flag, f"--{spec.name}"]
         if spec.annotation is bool:
             if default:
                 names = [f"--no_{spec.name}", f"--no-{spec.name.replace('_', '-')}"]
@@ -493,13 +493,14 @@ def add_arguments(
                     *names, dest=spec.name, action="store_false", help=f"do not: {spec.doc}"
                 )
             else:
-                names += [spec.flag.replace("_", "-")] if "_" in spec.flag else []
+                names += [n.replace("_", "-") for n in names if "_" in n]
                 parser.add_argument(*names, dest=spec.name, action="store_true", help=spec.doc)
             continue
-        if "_" in spec.flag:
-            names.append(spec.flag.replace("_", "-"))
-        choices = spec.choices
-        metavar = "|".join(str(c) for c in choices) if choices else spec.name.upper()
+        names += [n.replace("_", "-") for n in names if "_" in n]
+        choices = [str(c) for c in spec.choices]
+        if choices and bool in _members(spec.annotation):
+            choices += ["true", "false"]
+        metavar = "|".join(choices) if choices else spec.name.upper()
         if choices and type(None) in _members(spec.annotation):
             metavar += "|none"
         shown = "none" if default is None else default
