@@ -21,7 +21,7 @@ import torchvision
 
 import petalnet
 from petalnet import FlowerClassifier, WeightsUnavailableError
-from petalnet.backbones.info import weights_status
+from petalnet.backbones.registry import weights_status
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -129,6 +129,15 @@ def make_class_folders(root: Path, per_class: int, seed: int, n_classes: int = N
     return root
 
 
+@pytest.fixture(autouse=True)
+def _isolated_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test leaks a registration: each one works on a copy of the registry."""
+    from petalnet.backbones import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(registry, "_WEIGHTS_STATUS", dict(registry._WEIGHTS_STATUS))
+
+
 @pytest.fixture
 def backbone_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Count the images that really go through a backbone (one entry per batch)."""

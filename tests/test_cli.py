@@ -12,6 +12,7 @@ import sys
 import tarfile
 import threading
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,7 +155,9 @@ def test_evaluate_report_and_confusion_plot(checkpoint, flowers_root, tmp_path, 
     assert (tmp_path / "confusion_matrix.png").stat().st_size > 10_000
     assert main(["evaluate", str(flowers_root), str(checkpoint), "--json", "--quiet"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert report["n_images"] == 24 and 0 <= report["accuracy"] <= 1
+    expected = FlowerClassifier.load(checkpoint, device="cpu", verbose=0).evaluate(flowers_root)
+    assert report["n_images"] == 24 and report["folder"].endswith("test")
+    assert report["accuracy"] == expected["accuracy"] and report["loss"] == expected["loss"]
 
 
 def test_backbones_listing(capsys):
@@ -315,3 +318,54 @@ def test_train_resume_from_a_partial_run(single_folder, tmp_path, capsys):
     )
     clf = FlowerClassifier.load(tmp_path / "b" / "checkpoint.pt", device="cpu")
     assert len(clf.history_) == 3 and clf.get_params()["label_smoothing"] == 0.1
+
+
+@pytest.fixture
+def folder_with_bad_files(flowers_root, tmp_path):
+    """Five photos, an HTML page saved as .jpg and a truncated JPEG (sorted between them)."""
+    import shutil
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, c in enumerate(("1", "4", "7", "9", "12")):
+        shutil.copy(flowers_root / "test" / c / "img_000.jpg", folder / f"{i * 2}_{c}.jpg")
+    (folder / "1_page.jpg").write_text("<html><body>404 Not Found</body></html>")
+    whole = (flowers_root / "test" / "3" / "img_000.jpg").read_bytes()
+    (folder / "3_truncated.jpg").write_bytes(whole[: len(whole) // 3])
+    return folder
+
+
+def test_predict_keeps_every_good_row_and_names_every_bad_file(
+    checkpoint, folder_with_bad_files, tmp_path, capsys
+):
+    out = tmp_path / "p.csv"
+    argv = ["predict", str(folder_with_bad_files), str(checkpoint), "--output", str(out)]
+    assert main(argv) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [Path(r["image"]).name for r in rows] == [
+        "0_1.jpg",
+        "2_4.jpg",
+        "4_7.jpg",
+        "6_9.jpg",
+        "8_12.jpg",
+    ]
+    captured = capsys.readouterr()
+    bad_lines = [
+        line for line in captured.err.splitlines() if line.startswith("petalnet: skipped:")
+    ]
+    assert len(bad_lines) == 2
+    assert "1_page.jpg" in bad_lines[0] and "3_truncated.jpg" in bad_lines[1]
+    assert "2 unreadable image(s) skipped" in captured.err
+    assert "wrote 5 predictions" in captured.out
+
+
+def test_predict_strict_stops_at_the_first_bad_file_after_flushing(
+    checkpoint, folder_with_bad_files, tmp_path, capsys
+):
+    out = tmp_path / "p.jsonl"
+    argv = ["predict", str(folder_with_bad_files), str(checkpoint), "--output", str(out)]
+    assert main([*argv, "--strict"]) == 1
+    err = capsys.readouterr().err
+    assert "1_page.jpg" in err and "--strict" in err and "Traceback" not in err
+    lines = out.read_text().splitlines()
+    assert [Path(json.loads(line)["image"]).name for line in lines] == ["0_1.jpg"]

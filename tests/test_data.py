@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import io
 import json
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from conftest import make_class_folders
-from petalnet import DataError, ImageReadError
+from petalnet import DataError
 from petalnet.data import (
     find_classes,
     list_samples,
@@ -18,7 +15,6 @@ from petalnet.data import (
     load_training_data,
     resolve_eval_folder,
 )
-from petalnet.images import read_image
 
 
 def test_udacity_layout(flowers_root):
@@ -97,54 +93,3 @@ def test_category_names(tmp_path):
         load_category_names(wrong)
     with pytest.raises(DataError, match="does not exist"):
         load_category_names(tmp_path / "missing.json")
-
-
-def _save(tmp_path, image, name, **kw):
-    path = tmp_path / name
-    image.save(path, **kw)
-    return path
-
-
-def test_read_image_modes(tmp_path):
-    rgba = Image.new("RGBA", (8, 8), (255, 0, 0, 0))  # fully transparent red
-    out = read_image(_save(tmp_path, rgba, "a.png"))
-    assert out.mode == "RGB" and out.getpixel((0, 0)) == (255, 255, 255)
-    gray = read_image(_save(tmp_path, Image.new("L", (8, 8), 100), "g.png"))
-    assert gray.getpixel((0, 0)) == (100, 100, 100)
-    sixteen = Image.fromarray(np.full((8, 8), 65535, dtype=np.uint16))
-    assert read_image(_save(tmp_path, sixteen, "s.png")).getpixel((0, 0)) == (255, 255, 255)
-    cmyk = read_image(_save(tmp_path, Image.new("CMYK", (8, 8), (0, 255, 255, 0)), "c.jpg"))
-    r, g, b = cmyk.getpixel((0, 0))
-    assert r > 200 and g < 60 and b < 60
-    pal = Image.new("P", (8, 8), 0)
-    pal.putpalette([0, 128, 0] * 256)
-    assert read_image(_save(tmp_path, pal, "p.png")).getpixel((0, 0)) == (0, 128, 0)
-
-
-def test_read_image_applies_exif_orientation(tmp_path):
-    img = Image.new("RGB", (40, 20), (0, 0, 255))
-    exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
-    path = _save(tmp_path, img, "rot.jpg", exif=exif.tobytes())
-    assert read_image(path).size == (20, 40)
-
-
-def test_read_image_draft_mode_decodes_near_target_size(tmp_path):
-    path = _save(tmp_path, Image.new("RGB", (1600, 1200), (10, 200, 30)), "big.jpg")
-    img = read_image(path, draft_size=256)
-    assert min(img.size) >= 256 and img.size[0] <= 800
-
-
-def test_unreadable_files_name_the_file(tmp_path):
-    bad = tmp_path / "broken.jpg"
-    bad.write_text("<html>404 not found</html>")
-    with pytest.raises(ImageReadError, match="broken.jpg"):
-        read_image(bad)
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 64)).save(buf, format="JPEG")
-    trunc = tmp_path / "trunc.jpg"
-    trunc.write_bytes(buf.getvalue()[:100])
-    with pytest.raises(ImageReadError, match="trunc.jpg"):
-        read_image(trunc)
-    with pytest.raises(ImageReadError, match="missing.jpg"):
-        read_image(tmp_path / "missing.jpg")

@@ -192,3 +192,31 @@ def test_plugin_cannot_shadow_builtin(clean_registry, monkeypatch):
     with pytest.warns(petalnet.PetalnetWarning, match="already has"):
         petalnet.list_backbones()
     assert petalnet.get_backbone("vgg16") is not _builder
+
+
+def test_registered_restores_what_was_there():
+    before = petalnet.get_backbone("tiny_test")
+    with registry.registered("tiny_test", _builder) as builder:
+        assert petalnet.get_backbone("tiny_test") is builder is _builder
+        with registry.registered("brand_new", _builder):
+            assert "brand_new" in petalnet.list_backbones()
+        assert "brand_new" not in petalnet.list_backbones()
+    assert petalnet.get_backbone("tiny_test") is before
+
+
+def test_weights_status_comes_from_the_registration():
+    petalnet.register_backbone("with_status", weights_status=lambda: "bundled")(_builder)
+    assert registry.weights_status("with_status") == "bundled"
+    petalnet.register_backbone("with_status", overwrite=True)(_builder)
+    assert registry.weights_status("with_status") == "unknown"
+    assert registry.weights_status("vgg16") in ("cached", "download")
+
+
+def test_build_backbone_names_its_metadata():
+    fx = petalnet.build_backbone("tiny_test")
+    assert fx.meta.name == "tiny_test" and fx.meta.source == "named" and fx.restorable
+    assert petalnet.build_backbone("tiny_test", weights=None).meta.source == "random"
+    trained = fx.derive(source="trained")
+    assert trained.body is fx.body and not trained.restorable and fx.restorable
+    with pytest.raises(AttributeError):
+        fx.meta.name = "other"  # frozen: a new meta comes from derive()

@@ -8,7 +8,8 @@ from torch import nn
 
 import petalnet
 from conftest import QUICK_FIT
-from petalnet import FeatureExtractor, FlowerClassifier, PetalnetError, register_backbone
+from petalnet import FeatureExtractor, FlowerClassifier, PetalnetError
+from petalnet.backbones.registry import registered
 from petalnet.training import SCHEDULES, _lr_scheduler
 
 FAST = {**QUICK_FIT, "epochs": 4}
@@ -195,7 +196,6 @@ def test_onecycle_rises_to_the_learning_rate_then_anneals():
 
 
 def test_a_backbone_without_blocks_explains_what_to_do(single_folder):
-    @register_backbone("tiny_no_blocks", overwrite=True)
     def tiny_no_blocks(weights="DEFAULT"):
         class Body(nn.Module):
             def __init__(self):
@@ -207,6 +207,12 @@ def test_a_backbone_without_blocks_explains_what_to_do(single_folder):
 
         return FeatureExtractor(Body(), feature_dim=4, preprocessing=petalnet.Preprocessing(36, 32))
 
+    with registered("tiny_no_blocks", tiny_no_blocks):
+        _fit_without_blocks(single_folder)
+    assert "tiny_no_blocks" not in petalnet.list_backbones()
+
+
+def _fit_without_blocks(single_folder):
     clf = FlowerClassifier("tiny_no_blocks", strategy="freeze_unfreeze", **FAST)
     with pytest.raises(PetalnetError, match="unfreeze_blocks=None"):
         clf.fit(single_folder)

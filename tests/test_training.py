@@ -185,13 +185,17 @@ def test_tta_averages_centre_and_mirror(fitted, flowers_root):
     try:
         both = fitted.predict_proba(image)
         report = fitted.evaluate(flowers_root)
+        test_images = sorted((flowers_root / "test").rglob("*.jpg"))
+        probs = fitted.predict_proba(test_images)  # the same path, TTA on
     finally:
         fitted.tta = False
     # so TTA is the mean of the two single-view predictions
     mean = torch.from_numpy((plain + flipped) / 2)
     torch.testing.assert_close(torch.from_numpy(both), mean, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(torch.from_numpy(both), torch.from_numpy(plain), atol=1e-3)
-    assert report["n_images"] == 24 and 0 <= report["accuracy"] <= 1
+    truth = np.array([fitted.class_to_idx_[p.parent.name] for p in test_images])
+    assert report["n_images"] == 24
+    assert report["accuracy"] == pytest.approx(float((probs.argmax(1) == truth).mean()))
 
 
 def test_monitor_picks_the_kept_epoch(single_folder, monkeypatch):

@@ -18,10 +18,10 @@ import pickle
 import re
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar, overload
 
 import torch
 from torch import nn
@@ -30,15 +30,17 @@ from petalnet._version import __version__
 from petalnet.backbones.base import FeatureExtractor
 from petalnet.backbones.registry import build_backbone
 from petalnet.callbacks import EpochRecord, TrainingState
-from petalnet.errors import CheckpointError
+from petalnet.errors import CheckpointError, PetalnetError
 from petalnet.head import build_head
 from petalnet.preprocessing import Preprocessing
 
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "FittedAttribute",
     "FittedModel",
     "from_payload",
+    "load_model",
     "read_checkpoint",
     "resume_state",
     "to_cpu",
@@ -83,6 +85,45 @@ class FittedModel:
     def class_to_idx(self) -> dict[str, int]:
         """Class folder name to output index."""
         return {c: i for i, c in enumerate(self.classes)}
+
+
+T = TypeVar("T")
+
+
+class HoldsModel(Protocol):
+    """Something that holds a :class:`FittedModel` once fitted (the estimator)."""
+
+    def fitted_model(self) -> FittedModel:
+        """The model; raises :class:`~petalnet.NotFittedError` before ``fit``/``load``."""
+        ...
+
+
+class FittedAttribute(Generic[T]):
+    """An attribute of the estimator (``classes_``, ...) read from its fitted model.
+
+    Args:
+        get: Reads the value from the fitted model.
+        settable: The :class:`FittedModel` field that assigning to the attribute sets;
+            read-only when empty.
+    """
+
+    def __init__(self, get: Callable[[FittedModel], T], settable: str = "") -> None:
+        self.get = get
+        self.settable = settable
+
+    def __set__(self, obj: HoldsModel, value: T) -> None:
+        """Set the model's field, where the attribute is settable."""
+        if not self.settable:
+            raise AttributeError("a fitted attribute is read-only; it comes from fit or load")
+        setattr(obj.fitted_model(), self.settable, value)
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> FittedAttribute[T]: ...
+    @overload
+    def __get__(self, obj: HoldsModel, owner: type) -> T: ...
+    def __get__(self, obj: HoldsModel | None, owner: type) -> FittedAttribute[T] | T:
+        """The value, from ``obj``'s fitted model."""
+        return self if obj is None else self.get(obj.fitted_model())
 
 
 def _plain(value: Any) -> Any:
@@ -218,6 +259,32 @@ def from_payload(data: Mapping[str, Any]) -> tuple[dict[str, Any], FittedModel]:
         training=state,
     )
     return dict(data.get("params", {})), model
+
+
+def load_model(path: str | os.PathLike[str]) -> tuple[dict[str, Any], FittedModel]:
+    """Read a checkpoint file and rebuild what it holds, without running code from it.
+
+    Args:
+        path: The checkpoint file.
+
+    Returns:
+        ``(params, model)`` as :func:`from_payload` gives them.
+
+    Raises:
+        CheckpointError: The file is missing, damaged, unsafe or not a petalnet checkpoint.
+        BackboneNotFoundError: Its backbone is not registered in this process.
+        WeightsUnavailableError: Its pretrained weights are not available here.
+    """
+    data = read_checkpoint(path)
+    try:
+        return from_payload(data)
+    except PetalnetError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"Checkpoint {str(path)!r} is damaged or inconsistent "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})."
+        ) from None
 
 
 def resume_state(

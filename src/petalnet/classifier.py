@@ -1,72 +1,34 @@
-"""``FlowerClassifier``: the estimator. It orchestrates; every step lives in its own module.
+"""``FlowerClassifier``: the estimator. It orchestrates; each step has its own module.
 
-folder -> samples (``data``) -> features (``pipeline``) -> trainer (``training``, as
-``strategy`` plans) -> head -> checkpoint (``checkpoint``) -> prediction (``results``).
+See docs/architecture.md for the data path and which module owns what.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, overload
 
 import numpy as np
 import torch
-from PIL import Image
-from torch import nn
 from typing_extensions import Self
 
-from petalnet import distributed
-from petalnet._device import resolve_device
+from petalnet import checkpoint, distributed, results
 from petalnet.backbones.base import FeatureExtractor
-from petalnet.backbones.registry import build_backbone
-from petalnet.batches import ImageBatches
-from petalnet.callbacks import EpochRecord, TrainingState
-from petalnet.checkpoint import (
-    FittedModel,
-    from_payload,
-    read_checkpoint,
-    resume_state,
-    to_payload,
-    write_checkpoint,
-)
-from petalnet.data import list_samples, load_category_names, load_training_data, resolve_eval_folder
-from petalnet.errors import CheckpointError, DataError, NotFittedError, PetalnetError
+from petalnet.callbacks import EpochRecord
+from petalnet.checkpoint import FittedAttribute, FittedModel
+from petalnet.data import list_samples, resolve_eval_folder
+from petalnet.errors import NotFittedError
 from petalnet.export import ExportFormat, export_model
-from petalnet.head import build_head, normalize_hidden_units
-from petalnet.images import ImageInput, Unreadable
+from petalnet.fitting import PIPELINE_PARAMS, fit_model, make_pipeline
+from petalnet.images import FileOrArray, ImageInput, Unreadable, as_image_list
 from petalnet.params import ClassifierParams, param_specs, params_docstring
 from petalnet.pipeline import ImagePipeline, head_log_probs
-from petalnet.precision import resolve_precision
-from petalnet.results import (
-    EvaluationReport,
-    ImagePrediction,
-    Prediction,
-    evaluation_report,
-    top_predictions,
-)
-from petalnet.strategy import plan_training, training_batches
-from petalnet.training import Trainer, seeded
+from petalnet.results import EvaluationReport, ImagePrediction, Prediction
 
 __all__ = ["FlowerClassifier"]
-
-T = TypeVar("T")
-OneImage = str | os.PathLike[str] | Image.Image | np.ndarray
-
-
-class _Fitted(Generic[T]):
-    """A fitted attribute (``classes_``, ...): read from ``model_``, NotFittedError before."""
-
-    def __init__(self, get: Callable[[FittedModel], T]) -> None:
-        self.get = get
-
-    @overload
-    def __get__(self, obj: None, owner: type) -> _Fitted[T]: ...
-    @overload
-    def __get__(self, obj: FlowerClassifier, owner: type) -> T: ...
-    def __get__(self, obj: FlowerClassifier | None, owner: type) -> _Fitted[T] | T:
-        return self if obj is None else self.get(obj._model())
 
 
 class FlowerClassifier(ClassifierParams):
@@ -75,29 +37,21 @@ class FlowerClassifier(ClassifierParams):
     The default is the classic recipe: a frozen, ImageNet-pretrained VGG16, a new classifier
     (hidden layers with ReLU and dropout, ending in LogSoftmax) trained with NLLLoss and Adam
     on the classifier's parameters only, validated after every epoch, keeping the best
-    epoch's weights. ``__init__`` only stores the parameters (scikit-learn style); ``fit``
-    validates them and sets ``model_`` and the attributes ending in ``_``.
+    epoch's weights. ``__init__`` only stores parameters; ``fit`` validates them, sets ``model_``.
     """
 
-    classes_ = _Fitted(lambda m: m.classes)
-    class_to_idx_ = _Fitted(lambda m: m.class_to_idx)
-    history_: _Fitted[list[EpochRecord]] = _Fitted(lambda m: m.training.history)
-    best_epoch_ = _Fitted(lambda m: m.training.best_epoch)
-    optimizer_state_ = _Fitted(lambda m: m.training.optimizer_state)
-    backbone_ = _Fitted(lambda m: m.backbone)
-    head_ = _Fitted(lambda m: m.head)
-    n_train_ = _Fitted(lambda m: m.n_train)
-    n_valid_ = _Fitted(lambda m: m.n_valid)
-    skipped_ = _Fitted(lambda m: m.skipped)
-
-    @property
-    def category_names_(self) -> dict[str, str] | None:
-        """Class folder name to flower name used in predictions (settable)."""
-        return self._model().category_names
-
-    @category_names_.setter
-    def category_names_(self, names: dict[str, str] | None) -> None:
-        self._model().category_names = names
+    model_: FittedModel  # set by fit or load; the attributes below read from it
+    classes_ = FittedAttribute(lambda m: m.classes)
+    class_to_idx_ = FittedAttribute(lambda m: m.class_to_idx)
+    history_: FittedAttribute[list[EpochRecord]] = FittedAttribute(lambda m: m.training.history)
+    best_epoch_ = FittedAttribute(lambda m: m.training.best_epoch)
+    optimizer_state_ = FittedAttribute(lambda m: m.training.optimizer_state)
+    backbone_ = FittedAttribute(lambda m: m.backbone)
+    head_ = FittedAttribute(lambda m: m.head)
+    n_train_ = FittedAttribute(lambda m: m.n_train)
+    n_valid_ = FittedAttribute(lambda m: m.n_valid)
+    skipped_ = FittedAttribute(lambda m: m.skipped)
+    category_names_ = FittedAttribute(lambda m: m.category_names, "category_names")
 
     @property
     def device_(self) -> torch.device:
@@ -106,10 +60,11 @@ class FlowerClassifier(ClassifierParams):
 
     @property
     def pipeline_(self) -> ImagePipeline:
-        """The image pipeline ``evaluate`` and ``predict`` use (features of any images)."""
+        """The image pipeline of ``evaluate`` and ``predict`` (features of any images)."""
         return self._pipeline()
 
-    def _model(self) -> FittedModel:
+    def fitted_model(self) -> FittedModel:
+        """``model_``; raises :class:`~petalnet.NotFittedError` before ``fit``/``load``."""
         model: FittedModel | None = self.__dict__.get("model_")
         if model is None:
             raise NotFittedError(
@@ -120,28 +75,14 @@ class FlowerClassifier(ClassifierParams):
 
     def _pipeline(self, backbone: FeatureExtractor | None = None) -> ImagePipeline:
         """The image pipeline for the current backbone and parameters (rebuilt on change)."""
-        backbone = backbone or self._model().backbone
-        names = ("device", "amp", "cache", "cache_dir", "extract_batch_size", "num_workers")
-        key = (id(backbone), *(str(getattr(self, n)) for n in names), self.random_state)
-        cached: tuple[Any, ImagePipeline] | None = self.__dict__.get("_pipe")
-        if cached is None or cached[0] != (*key, self.augmentation, self.verbose):
-            device = distributed.local_device(resolve_device(self.device))
-            pipe = ImagePipeline(
-                backbone,
-                device=device,
-                precision=resolve_precision(self.amp, device),
-                cache_dir=self.cache_dir,
-                use_cache=self.cache,
-                batch_size=self.extract_batch_size,
-                num_workers=self.num_workers,
-                seed=self.random_state,
-                augmentation=self.augmentation,
-                verbose=self.verbose,
-            )
-            cached = ((*key, self.augmentation, self.verbose), pipe)
+        backbone = backbone or self.fitted_model().backbone
+        key = (id(backbone), *(repr(getattr(self, name)) for name in PIPELINE_PARAMS))
+        cached: tuple[tuple[Any, ...], ImagePipeline] | None = self.__dict__.get("_pipe")
+        if cached is None or cached[0] != key:
+            cached = key, make_pipeline(self, backbone)
             self.__dict__["_pipe"] = cached
             if "model_" in self.__dict__:
-                self.model_.head.to(device)
+                self.model_.head.to(cached[1].device)
         return cached[1]
 
     def fit(
@@ -150,138 +91,29 @@ class FlowerClassifier(ClassifierParams):
         """Train the classifier on a folder of flower photos.
 
         Args:
-            data_dir: A root holding ``train/`` and ``valid/`` (and maybe ``test/``) class
-                folders, or one folder of class folders from which ``valid_fraction`` of
-                each class is held out.
-            resume_from: A checkpoint saved by an earlier, shorter or interrupted ``fit``
-                with the same data and settings: training continues after its last epoch
-                up to ``epochs`` in all, exactly as if it had not stopped.
+            data_dir: A root with ``train/`` and ``valid/`` (and maybe ``test/``) class
+                folders, or one folder of class folders (``valid_fraction`` held out).
+            resume_from: A checkpoint of an earlier, shorter or interrupted ``fit`` with the
+                same data and settings: training goes on exactly as if it had not stopped.
 
         Returns:
-            ``self``, fitted: ``model_`` and ``classes_``, ``class_to_idx_``,
-            ``category_names_``, ``history_``, ``best_epoch_``, ``backbone_``, ``head_``,
-            ``device_``, ``n_train_``, ``n_valid_``, ``skipped_`` are set. After
-            fine-tuning, ``backbone_`` holds the fine-tuned weights.
+            ``self``, with ``model_`` and the attributes ending in ``_`` set.
 
         Raises:
             ValueError: A parameter is out of range (the message names it).
-            DataError: The folder is missing, holds fewer than two classes, or no readable
-                training image.
+            DataError: The folder is missing, has fewer than two classes or no readable image.
             ImageReadError: With ``strict=True``, an image cannot be read.
-            PetalnetError: ``unfreeze_blocks`` asks for blocks of a backbone without any,
-                or the loss became NaN (the best epoch so far is kept).
+            PetalnetError: A plan the backbone cannot follow, or a NaN loss (best epoch kept).
             BackboneNotFoundError: ``backbone`` is not registered.
             WeightsUnavailableError: The pretrained weights cannot be found or downloaded.
             CheckpointError: ``resume_from`` is unreadable or does not match this run.
         """
         self.validate()
-        hidden = normalize_hidden_units(self.hidden_units)
-        resume = read_checkpoint(resume_from) if resume_from is not None else None
         self.__dict__.pop("model_", None)  # a failed refit never mixes old and new parts
-        data = load_training_data(
-            data_dir, valid_fraction=self.valid_fraction, seed=self.random_state
-        )
-        names_file = (
-            self.category_names if self.category_names is not None else data.category_names_file
-        )
-        names = load_category_names(names_file) if names_file is not None else None
-        distributed.init(distributed.local_device(resolve_device(self.device)))
-        backbone = build_backbone(self.backbone, self.weights)
-        plan = plan_training(
-            backbone,
-            self.strategy,
-            unfreeze_blocks=self.unfreeze_blocks,
-            freeze_epochs=self.freeze_epochs,
-            epochs=self.epochs,
-            name=self.backbone,
-        )
-        pipeline = self._pipeline(backbone)
-        unreadable = Unreadable.for_training(self.strict)
-        train, valid = training_batches(
-            plan, pipeline, data, unreadable, augment_views=self.augment_views
-        )
-        if len(train.labels) == 0:
-            raise DataError(
-                f"None of the {len(data.train)} training images under {str(data_dir)!r} could "
-                "be read; see the warnings above."
-            )
-        with seeded(self.random_state):
-            head = build_head(backbone.feature_dim, len(data.classes), hidden, self.dropout)
-        trained: nn.Module = head.to(pipeline.device)
-        if plan.back is not None:  # fine-tuned backbone layers run before the head
-            plan.back.to(pipeline.device).to(memory_format=torch.channels_last)
-            trained = nn.Sequential(plan.back, head)
-        state = TrainingState()
-        if resume is not None:
-            state = resume_state(
-                resume, str(resume_from), trained, classes=data.classes, backbone=self.backbone
-            )
-        self.model_ = FittedModel(
-            backbone,
-            head,
-            hidden,
-            self.dropout,
-            list(data.classes),
-            names,
-            state,
-            len(train.labels),
-            len(valid.labels),
-            unreadable.messages,
-        )
-        trainer = Trainer(
-            epochs=self.epochs,
-            learning_rate=self.learning_rate,
-            batch_size=self.batch_size,
-            device=pipeline.device,
-            seed=self.random_state,
-            weight_decay=self.weight_decay,
-            label_smoothing=self.label_smoothing,
-            schedule=self.lr_schedule,
-            warmup_epochs=self.warmup_epochs,
-            class_weight=self.class_weight,
-            monitor=self.monitor,
-            early_stopping=self.early_stopping,
-            backbone_lr_scale=self.backbone_lr_scale,
-            freeze_epochs=plan.freeze_epochs,
-            callbacks=list(self.callbacks or []),
-            verbose=self.verbose,
-        )
-        try:
-            trainer.fit(
-                trained, train, valid, n_classes=len(data.classes), backbone=plan.back, state=state
-            )
-        finally:  # also after an error: the model holds the best epoch so far, save() works
-            for split, batches in (("n_train", train), ("n_valid", valid)):
-                if isinstance(
-                    batches, ImageBatches
-                ):  # streamed: unreadable images found on the way
-                    setattr(self.model_, split, len(batches.labels) - len(batches.skipped_rows))
-            if plan.back is not None and state.history:  # fine-tuned: a new backbone
-                self.model_.backbone = backbone.derive(source="trained")
+        # the model is kept before training starts, so a failed run keeps its best epoch
+        keep = lambda model: setattr(self, "model_", model)  # noqa: E731
+        fit_model(self, data_dir, pipeline_for=self._pipeline, keep=keep, resume_from=resume_from)
         return self
-
-    def _log_probs(
-        self, images: Sequence[ImageInput], unreadable: Unreadable
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probabilities of the readable ``images`` and their positions."""
-        pipe = self._pipeline()
-        feats = pipe.features(
-            images,
-            unreadable=unreadable,
-            views=pipe.test_views(self.tta),
-            use_cache=False,
-            quiet=True,
-        )
-        return head_log_probs(self._model().head, feats.features, pipe.device), feats.positions
-
-    @staticmethod
-    def _as_list(images: ImageInput | Sequence[ImageInput]) -> tuple[list[ImageInput], bool]:
-        """The images as a list, and whether a single image was given."""
-        if isinstance(images, (list, tuple)) or (
-            isinstance(images, torch.Tensor) and images.ndim == 4
-        ):
-            return list(images), False
-        return [images], True  # type: ignore[list-item]  # a single image of ImageInput
 
     def predict_proba(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
         """Return class probabilities for one image or a list of images.
@@ -296,12 +128,14 @@ class FlowerClassifier(ClassifierParams):
             NotFittedError: Called before ``fit``/``load``.
             ImageReadError: An image file cannot be read (the message names it).
         """
-        batch, _ = self._as_list(images)
-        result: np.ndarray = self._log_probs(batch, Unreadable("raise"))[0].exp().numpy()
+        batch, _ = as_image_list(images)
+        head, pipe = self.fitted_model().head, self._pipeline()
+        log_probs, _ = pipe.log_probs(head, batch, unreadable=Unreadable("raise"), tta=self.tta)
+        result: np.ndarray = log_probs.exp().numpy()
         return result
 
     @overload  # str is a Sequence too; this first overload wins for it, as at run time
-    def predict(self, images: OneImage, topk: int = 5) -> list[Prediction]: ...  # type: ignore[overload-overlap]
+    def predict(self, images: FileOrArray, topk: int = 5) -> list[Prediction]: ...  # type: ignore[overload-overlap]
     @overload
     def predict(
         self, images: torch.Tensor, topk: int = 5
@@ -319,8 +153,8 @@ class FlowerClassifier(ClassifierParams):
             topk: Number of classes to return per image.
 
         Returns:
-            For one image, a list of :class:`~petalnet.Prediction` sorted by probability; for
-            a list, one such list per image.
+            One image: its :class:`~petalnet.Prediction` list, most likely first; a list of
+            images: one such list each.
 
         Raises:
             NotFittedError: Called before ``fit``/``load``.
@@ -329,14 +163,12 @@ class FlowerClassifier(ClassifierParams):
         """
         if int(topk) < 1:
             raise ValueError(f"topk must be at least 1, got {topk}.")
-        batch, single = self._as_list(images)
-        model = self._model()
-        preds = top_predictions(
-            self._log_probs(batch, Unreadable("raise"))[0],
-            topk,
-            model.classes,
-            model.category_names,
+        batch, single = as_image_list(images)
+        model, pipe = self.fitted_model(), self._pipeline()
+        log_probs, _ = pipe.log_probs(
+            model.head, batch, unreadable=Unreadable("raise"), tta=self.tta
         )
+        preds = results.top_predictions(log_probs, topk, model.classes, model.category_names)
         return preds[0] if single else preds
 
     def iter_predictions(
@@ -345,13 +177,13 @@ class FlowerClassifier(ClassifierParams):
         """Predict many images in bounded memory, carrying on past unreadable files.
 
         Args:
-            images: Paths or in-memory images (any iterable, consumed ``chunk_size`` at a time).
+            images: Paths or in-memory images (any iterable, ``chunk_size`` at a time).
             topk: Number of classes to return per image.
             chunk_size: Images held in memory at once.
 
         Yields:
-            One :class:`~petalnet.results.ImagePrediction` per image, in order; an unreadable
-            one has no predictions and an ``error`` naming it.
+            One :class:`~petalnet.ImagePrediction` per image, in order (an unreadable one:
+            no predictions, an ``error`` naming it).
 
         Raises:
             NotFittedError: Called before ``fit``/``load``.
@@ -359,51 +191,43 @@ class FlowerClassifier(ClassifierParams):
         """
         if int(topk) < 1:
             raise ValueError(f"topk must be at least 1, got {topk}.")
-        model, chunk, source = self._model(), [], iter(images)
-        while chunk := [im for _, im in zip(range(chunk_size), source, strict=False)]:
-            unreadable = Unreadable("collect")
-            log_probs, index = self._log_probs(chunk, unreadable)
-            preds = dict(
-                zip(
-                    index.tolist(),
-                    top_predictions(log_probs, topk, model.classes, model.category_names),
-                    strict=True,
-                )
+        model, pipe, source = self.fitted_model(), self._pipeline(), iter(images)
+        while chunk := list(itertools.islice(source, chunk_size)):
+            policy = Unreadable("collect")
+            log_probs, positions = pipe.log_probs(
+                model.head, chunk, unreadable=policy, tta=self.tta
             )
-            errors = iter(unreadable.messages)  # in input order, like the missing positions
-            for i, image in enumerate(chunk):
-                yield (
-                    ImagePrediction(image, preds[i])
-                    if i in preds
-                    else ImagePrediction(image, [], next(errors, "unreadable"))
-                )
+            yield from results.image_predictions(
+                chunk,
+                log_probs,
+                positions,
+                policy.messages,
+                topk,
+                model.classes,
+                model.category_names,
+            )
 
     def evaluate(self, path: str | os.PathLike[str]) -> EvaluationReport:
         """Measure the classifier on a labelled folder.
 
         Args:
-            path: A folder of class folders, or a root holding ``test/`` (used first) or
-                ``valid/``.
+            path: Class folders, or a root holding ``test/`` (used first) or ``valid/``.
 
         Returns:
-            The metrics (see :class:`~petalnet.results.EvaluationReport`).
+            The metrics (see :class:`~petalnet.EvaluationReport`).
 
         Raises:
             NotFittedError: Called before ``fit``/``load``.
             DataError: The folder is missing, empty, or has classes the model does not know.
         """
-        model, pipe = self._model(), self._pipeline()
+        model, pipe = self.fitted_model(), self._pipeline()
         folder = resolve_eval_folder(path)
         samples = list_samples(folder, model.class_to_idx)
-        feats = pipe.features(
-            [p for p, _ in samples],
-            [t for _, t in samples],
-            unreadable=Unreadable.for_training(self.strict),
-            views=pipe.test_views(self.tta),
-            desc="evaluate",
-        )
+        paths, labels = [s[0] for s in samples], [s[1] for s in samples]
+        unreadable, views = Unreadable.for_training(self.strict), pipe.test_views(self.tta)
+        feats = pipe.features(paths, labels, unreadable=unreadable, views=views, desc="evaluate")
         log_probs = head_log_probs(model.head, feats.features, pipe.device)
-        return evaluation_report(
+        return results.evaluation_report(
             log_probs, feats.labels, model.classes, folder=str(folder), skipped=feats.skipped
         )
 
@@ -412,9 +236,8 @@ class FlowerClassifier(ClassifierParams):
 
         Args:
             path: Target file (``.pt`` by convention); written atomically.
-            include_backbone: Also store the backbone's parameters. ``None`` does so only
-                when they cannot be rebuilt from their name (random init, a local file,
-                fine-tuned); ``True`` makes the file usable offline without the weights.
+            include_backbone: Also store the backbone's parameters; ``None``: only when its
+                name cannot rebuild them (random init, a file, fine-tuned).
 
         Returns:
             The path written (under ``torchrun``, only rank 0 writes it).
@@ -423,8 +246,10 @@ class FlowerClassifier(ClassifierParams):
             NotFittedError: Called before ``fit``/``load``.
             CheckpointError: The file cannot be written.
         """
-        payload = to_payload(self._model(), self.get_params(), include_backbone=include_backbone)
-        return write_checkpoint(payload, path) if distributed.is_main() else Path(path)
+        payload = checkpoint.to_payload(
+            self.fitted_model(), self.get_params(), include_backbone=include_backbone
+        )
+        return checkpoint.write_checkpoint(payload, path) if distributed.is_main() else Path(path)
 
     def export(self, path: str | os.PathLike[str], format: ExportFormat = "torchscript") -> Path:
         """Export for deployment: a float32 model from preprocessed images to probabilities.
@@ -440,7 +265,7 @@ class FlowerClassifier(ClassifierParams):
             NotFittedError: Called before ``fit``/``load``.
             PetalnetError: Unknown format or a failed export.
         """
-        return export_model(self._model(), path, format)
+        return export_model(self.fitted_model(), path, format)
 
     @classmethod
     def load(
@@ -450,29 +275,19 @@ class FlowerClassifier(ClassifierParams):
 
         Args:
             path: The checkpoint file.
-            device: Where to run it; ``None`` picks the best device of this machine, so a
-                GPU-trained file loads on a CPU-only one.
-            **params: Parameters to change from the saved ones (e.g. ``amp=False``, ``tta=True``).
+            device: Where to run it; ``None``: this machine's best device.
+            **params: Saved parameters to change (e.g. ``amp=False``, ``tta=True``).
 
         Returns:
             A fitted classifier.
 
         Raises:
-            CheckpointError: The file is missing, damaged, unsafe or not a petalnet checkpoint.
+            CheckpointError: The file is missing, damaged, unsafe or not a checkpoint.
             BackboneNotFoundError: Its backbone is not registered in this process.
             WeightsUnavailableError: Its pretrained weights are not available here.
-            ValueError: ``params`` holds an unknown name or an invalid value.
+            ValueError: An unknown or invalid name in ``params``.
         """
-        data = read_checkpoint(path)
-        try:
-            saved, model = from_payload(data)
-        except PetalnetError:
-            raise
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise CheckpointError(
-                f"Checkpoint {str(path)!r} is damaged or inconsistent "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})."
-            ) from None
+        saved, model = checkpoint.load_model(path)
         known = {s.name for s in param_specs()}
         clf = cls(**{k: v for k, v in saved.items() if k in known})
         clf.set_params(device="auto" if device is None else device, **params)

@@ -17,6 +17,7 @@ from typing import IO, Any, NoReturn
 from petalnet._version import __version__
 from petalnet.data import IMG_EXTENSIONS
 from petalnet.errors import PetalnetError
+from petalnet.export import FORMATS
 from petalnet.params import add_arguments
 from petalnet.results import Prediction
 
@@ -347,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="export a checkpoint to TorchScript or ONNX")
     x.add_argument("checkpoint")
     x.add_argument("output", help="model file to write")
-    x.add_argument("--format", choices=["torchscript", "onnx"], default="torchscript")
+    x.add_argument("--format", choices=list(FORMATS), default=FORMATS[0])
     x.set_defaults(func=_cmd_export)
 
     d = sub.add_parser("download", help="download a data set in the train/valid/test layout")

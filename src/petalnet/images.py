@@ -22,10 +22,12 @@ from petalnet.errors import ImageReadError, PetalnetWarning
 
 __all__ = [
     "MAX_IMAGE_PIXELS",
+    "FileOrArray",
     "ImageInput",
     "LoadedBatch",
     "Transform",
     "Unreadable",
+    "as_image_list",
     "default_num_workers",
     "image_loader",
     "image_to_tensor",
@@ -38,6 +40,9 @@ MAX_IMAGE_PIXELS = 89_478_485
 
 ImageInput = str | os.PathLike[str] | Image.Image | np.ndarray | torch.Tensor
 """One image: a file path, a ``PIL.Image``, an HxWxC array or a CxHxW tensor."""
+
+FileOrArray = str | os.PathLike[str] | Image.Image | np.ndarray
+"""One image that is never a batch: a path, a ``PIL.Image`` or an array."""
 
 Transform = Callable[[Any], torch.Tensor]
 """Maps an RGB ``PIL.Image`` (or a CxHxW tensor) to a normalised CxHxW float tensor."""
@@ -192,6 +197,20 @@ def image_to_tensor(image: ImageInput, transform: Transform, draft_size: int | N
         f"Cannot predict on {type(image).__name__}; pass a file path, a PIL.Image, "
         "an HxWxC uint8 array, a CxHxW tensor, or a list of those."
     )
+
+
+def as_image_list(images: ImageInput | Sequence[ImageInput]) -> tuple[list[ImageInput], bool]:
+    """One image or several as a list, and whether one image was given.
+
+    Args:
+        images: An image, a list or tuple of them, or a 4-D tensor (a batch).
+
+    Returns:
+        ``(images as a list, single)``.
+    """
+    if isinstance(images, (list, tuple)) or (isinstance(images, torch.Tensor) and images.ndim == 4):
+        return list(images), False
+    return [images], True  # type: ignore[list-item]  # not a sequence: one ImageInput
 
 
 _Item = tuple[torch.Tensor | None, int, str | None]

@@ -472,9 +472,10 @@ def add_arguments(
     """Add one flag per parameter to ``parser`` (dest = the parameter's name).
 
     A flag is spelled ``--name`` (also ``--name-with-dashes``), and the classic recipe's
-    ``--arch`` and ``--seed`` for ``backbone`` and ``random_state``. Booleans are switches: ``--tta`` for one
-    that is off by default, ``--no_cache`` for one that is on. Every other flag takes one
-    word parsed by the parameter's type; the word ``none`` means ``None`` where allowed.
+    ``--arch`` and ``--seed`` for ``backbone`` and ``random_state``. Booleans are switches:
+    ``--tta`` for one that is off by default, ``--no_cache`` for one that is on. Every
+    other flag takes one word parsed by the parameter's type; the word ``none`` means
+    ``None`` where allowed.
 
     Args:
         parser: The parser (or argument group) to extend.

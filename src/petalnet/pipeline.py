@@ -177,6 +177,26 @@ class ImagePipeline:
             torch.stack([r.features for r in results]), first.labels, first.positions, first.skipped
         )
 
+    def log_probs(
+        self, head: nn.Module, images: Sequence[ImageInput], *, unreadable: Unreadable, tta: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Class log-probabilities of images never seen before (no cache, no progress).
+
+        Args:
+            head: Maps this backbone's features to log-probabilities.
+            images: File paths or in-memory images.
+            unreadable: What to do with an unreadable file.
+            tta: Average the centre crop and its mirror.
+
+        Returns:
+            ``(N, C)`` log-probabilities of the readable images and their ``(N,)`` positions.
+        """
+        views = self.test_views(tta)
+        feats = self.features(
+            images, unreadable=unreadable, views=views, use_cache=False, quiet=True
+        )
+        return head_log_probs(head, feats.features, self.device), feats.positions
+
 
 @torch.inference_mode()
 def head_log_probs(head: nn.Module, views: torch.Tensor, device: torch.device) -> torch.Tensor:

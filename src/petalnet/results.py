@@ -16,6 +16,7 @@ __all__ = [
     "ImagePrediction",
     "Prediction",
     "evaluation_report",
+    "image_predictions",
     "top_predictions",
 ]
 
@@ -112,6 +113,39 @@ def top_predictions(
             for p, i in zip(row_p.tolist(), row_i.tolist(), strict=True)
         ]
         for row_p, row_i in zip(probs, idx, strict=True)
+    ]
+
+
+def image_predictions(
+    images: Sequence[ImageInput],
+    log_probs: torch.Tensor,
+    positions: torch.Tensor,
+    errors: Sequence[str],
+    topk: int,
+    classes: Sequence[str],
+    names: Mapping[str, str] | None,
+) -> list[ImagePrediction]:
+    """One :class:`ImagePrediction` per image, for images of which some could not be read.
+
+    Args:
+        images: The images, in order.
+        log_probs: ``(N, C)`` outputs for the readable ones.
+        positions: ``(N,)`` their positions in ``images``.
+        errors: One message per unreadable image, in the order of ``images``.
+        topk: How many classes per image.
+        classes: Class folder names by output index.
+        names: Class folder name to display name.
+
+    Returns:
+        The outcomes, in the order of ``images``.
+    """
+    found = dict(
+        zip(positions.tolist(), top_predictions(log_probs, topk, classes, names), strict=True)
+    )
+    unread = iter(errors)
+    return [
+        ImagePrediction(image, found[i]) if i in found else ImagePrediction(image, [], next(unread))
+        for i, image in enumerate(images)
     ]
 
 

@@ -1,0 +1,208 @@
+"""How one ``fit`` runs: parameters and a folder in, a :class:`FittedModel` out.
+
+folder -> samples (:mod:`~petalnet.data`) -> plan (:mod:`~petalnet.strategy`) -> rows
+(:mod:`~petalnet.pipeline`) -> head -> :class:`~petalnet.training.Trainer`. This module also
+turns parameters into the runtime objects they describe (the image pipeline, the trainer),
+so that each parameter is read in one place.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from petalnet import distributed
+from petalnet._device import resolve_device
+from petalnet.backbones.base import FeatureExtractor
+from petalnet.backbones.registry import build_backbone
+from petalnet.batches import Batches, ImageBatches
+from petalnet.callbacks import TrainingState
+from petalnet.checkpoint import FittedModel, read_checkpoint, resume_state
+from petalnet.data import load_category_names, load_training_data
+from petalnet.errors import DataError
+from petalnet.head import build_head, normalize_hidden_units
+from petalnet.images import Unreadable
+from petalnet.params import ClassifierParams
+from petalnet.pipeline import ImagePipeline
+from petalnet.precision import resolve_precision
+from petalnet.strategy import plan_training, training_batches
+from petalnet.training import Trainer, seeded
+
+__all__ = ["PIPELINE_PARAMS", "fit_model", "make_pipeline", "make_trainer"]
+
+PIPELINE_PARAMS = (
+    "device",
+    "amp",
+    "cache",
+    "cache_dir",
+    "extract_batch_size",
+    "num_workers",
+    "random_state",
+    "augmentation",
+    "verbose",
+)
+"""The parameters :func:`make_pipeline` reads: a change to one means a new pipeline."""
+
+
+def make_pipeline(params: ClassifierParams, backbone: FeatureExtractor) -> ImagePipeline:
+    """The image pipeline ``params`` describe, over ``backbone``.
+
+    Args:
+        params: The classifier's parameters (device, amp, cache, batch size, ...).
+        backbone: The feature extractor.
+
+    Returns:
+        The pipeline, on this process's device (its own GPU under ``torchrun``).
+
+    Raises:
+        PetalnetError: The device asked for is not available here.
+    """
+    device = distributed.local_device(resolve_device(params.device))
+    return ImagePipeline(
+        backbone,
+        device=device,
+        precision=resolve_precision(params.amp, device),
+        cache_dir=params.cache_dir,
+        use_cache=params.cache,
+        batch_size=params.extract_batch_size,
+        num_workers=params.num_workers,
+        seed=params.random_state,
+        augmentation=params.augmentation,
+        verbose=params.verbose,
+    )
+
+
+def make_trainer(params: ClassifierParams, device: torch.device, freeze_epochs: int) -> Trainer:
+    """The trainer ``params`` describe.
+
+    Args:
+        params: The classifier's parameters.
+        device: Where training computes.
+        freeze_epochs: Head-only epochs, as the strategy planned them.
+
+    Returns:
+        The trainer.
+    """
+    return Trainer(
+        epochs=params.epochs,
+        learning_rate=params.learning_rate,
+        batch_size=params.batch_size,
+        device=device,
+        seed=params.random_state,
+        weight_decay=params.weight_decay,
+        label_smoothing=params.label_smoothing,
+        schedule=params.lr_schedule,
+        warmup_epochs=params.warmup_epochs,
+        class_weight=params.class_weight,
+        monitor=params.monitor,
+        early_stopping=params.early_stopping,
+        backbone_lr_scale=params.backbone_lr_scale,
+        freeze_epochs=freeze_epochs,
+        callbacks=list(params.callbacks or []),
+        verbose=params.verbose,
+    )
+
+
+def fit_model(
+    params: ClassifierParams,
+    data_dir: str | os.PathLike[str],
+    *,
+    pipeline_for: Callable[[FeatureExtractor], ImagePipeline],
+    keep: Callable[[FittedModel], None],
+    resume_from: str | os.PathLike[str] | None = None,
+) -> FittedModel:
+    """Train a classifier on a folder, as ``params`` say.
+
+    ``keep`` receives the model as soon as it exists, before the first epoch: if training
+    then fails (NaN loss, Ctrl-C before the end is handled by the trainer), the caller
+    still holds the model, with the best epoch's weights so far.
+
+    Args:
+        params: Validated parameters.
+        data_dir: A root with ``train/`` (and ``valid/``) class folders, or one folder of
+            class folders.
+        pipeline_for: Gives the image pipeline for a backbone (the caller keeps it for
+            evaluation and prediction).
+        keep: Called with the model before training starts.
+        resume_from: A checkpoint of an earlier, shorter or interrupted run to continue.
+
+    Returns:
+        The fitted model (fine-tuned backbone, head, classes, names, history).
+
+    Raises:
+        DataError: No usable training images.
+        CheckpointError: ``resume_from`` is unreadable or does not match this run.
+        PetalnetError: The plan cannot be made, or the loss became NaN.
+    """
+    hidden = normalize_hidden_units(params.hidden_units)
+    resume = read_checkpoint(resume_from) if resume_from is not None else None
+    data = load_training_data(
+        data_dir, valid_fraction=params.valid_fraction, seed=params.random_state
+    )
+    names_file = params.category_names
+    names_file = names_file if names_file is not None else data.category_names_file
+    names = load_category_names(names_file) if names_file is not None else None
+    distributed.init(distributed.local_device(resolve_device(params.device)))
+    backbone = build_backbone(params.backbone, params.weights)
+    plan = plan_training(
+        backbone,
+        params.strategy,
+        unfreeze_blocks=params.unfreeze_blocks,
+        freeze_epochs=params.freeze_epochs,
+        epochs=params.epochs,
+        name=params.backbone,
+    )
+    pipeline = pipeline_for(backbone)
+    unreadable = Unreadable.for_training(params.strict)
+    train, valid = training_batches(
+        plan, pipeline, data, unreadable, augment_views=params.augment_views
+    )
+    if len(train.labels) == 0:
+        raise DataError(
+            f"None of the {len(data.train)} training images under {str(data_dir)!r} could "
+            "be read; see the warnings above."
+        )
+    with seeded(params.random_state):
+        head = build_head(backbone.feature_dim, len(data.classes), hidden, params.dropout)
+    trained: nn.Module = head.to(pipeline.device)
+    if plan.back is not None:  # fine-tuned backbone layers run before the head
+        plan.back.to(pipeline.device).to(memory_format=torch.channels_last)
+        trained = nn.Sequential(plan.back, head)
+    state = TrainingState()
+    if resume is not None:
+        classes = data.classes
+        state = resume_state(
+            resume, str(resume_from), trained, classes=classes, backbone=params.backbone
+        )
+    model = FittedModel(
+        backbone,
+        head,
+        hidden,
+        params.dropout,
+        list(data.classes),
+        names,
+        state,
+        n_train=len(train.labels),
+        n_valid=len(valid.labels),
+        skipped=unreadable.messages,
+    )
+    keep(model)
+    trainer = make_trainer(params, pipeline.device, plan.freeze_epochs)
+    try:
+        trainer.fit(
+            trained, train, valid, n_classes=len(data.classes), backbone=plan.back, state=state
+        )
+    finally:  # also after an error: the model holds the best epoch so far
+        model.n_train, model.n_valid = _readable(train), _readable(valid)
+        if plan.back is not None and state.history:  # fine-tuned: a new backbone
+            model.backbone = backbone.derive(source="trained")
+    return model
+
+
+def _readable(rows: Batches) -> int:
+    """Rows used: streamed images found unreadable during training do not count."""
+    skipped = len(rows.skipped_rows) if isinstance(rows, ImageBatches) else 0
+    return len(rows.labels) - skipped

@@ -1,0 +1,86 @@
+"""The one image pipeline: the same features for paths and in-memory images, views, skips,
+and the predict paths (one image, a list, many with bad files) built on it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import petalnet
+from petalnet.features import CENTER, MIRROR, View
+from petalnet.images import Unreadable, read_image
+from petalnet.pipeline import ImagePipeline, head_log_probs
+
+
+@pytest.fixture
+def pipeline():
+    return ImagePipeline(
+        petalnet.build_backbone("tiny_test"), device=torch.device("cpu"), use_cache=False
+    )
+
+
+def test_paths_and_in_memory_images_give_the_same_features(pipeline, flowers_root):
+    paths = sorted((flowers_root / "test" / "3").glob("*.jpg"))
+    from_files = pipeline.features(paths, unreadable=Unreadable("raise"))
+    in_memory = [read_image(p) for p in paths]
+    as_arrays = [np.asarray(im) for im in in_memory]
+    for images in (in_memory, as_arrays):
+        got = pipeline.features(images, unreadable=Unreadable("raise"))
+        torch.testing.assert_close(got.features, from_files.features)
+    assert from_files.features.shape == (len(paths), 32)
+    assert from_files.labels.tolist() == list(range(len(paths)))  # positions without labels
+
+
+def test_mirror_view_is_the_flipped_centre_crop(pipeline, flowers_root):
+    path = flowers_root / "test" / "5" / "img_000.jpg"
+    both = pipeline.features([path], unreadable=Unreadable(), views=[CENTER, MIRROR])
+    assert both.features.shape == (2, 1, 32)
+    flipped = read_image(path).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    # flipping before or after the (symmetric) centre crop gives the same pixels
+    mirror = pipeline.features([flipped], unreadable=Unreadable()).features
+    torch.testing.assert_close(both.features[1], mirror, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(both.features[0], both.features[1])
+    assert ImagePipeline.test_views(tta=True) == [CENTER, MIRROR]
+    assert ImagePipeline.test_views(tta=False) == [CENTER]
+    assert View.augmented(2) == [View("augmented", 1), View("augmented", 2)]
+    assert View.augmented(0) == [CENTER]
+
+
+def test_unreadable_files_are_skipped_with_their_positions(pipeline, flowers_root, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8\xff not really")
+    good = flowers_root / "test" / "1" / "img_000.jpg"
+    policy = Unreadable("collect")
+    got = pipeline.features([good, bad, good], [7, 8, 9], unreadable=policy)
+    assert got.positions.tolist() == [0, 2] and got.labels.tolist() == [7, 9]
+    assert len(got.skipped) == 1 and "bad.jpg" in got.skipped[0] == policy.messages[0]
+
+
+def test_head_log_probs_average_probabilities_over_views():
+    head = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.LogSoftmax(dim=1))
+    views = torch.randn(2, 4, 2)
+    got = head_log_probs(head, views, torch.device("cpu"))
+    with torch.no_grad():
+        expected = ((head(views[0]).exp() + head(views[1]).exp()) / 2).log()
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(head_log_probs(head, views[0], torch.device("cpu")), head(views[0]))
+
+
+def test_predict_one_list_and_many_share_the_path(fitted, flowers_root, tmp_path):
+    paths = [flowers_root / "test" / c / "img_001.jpg" for c in ("2", "9", "12")]
+    one = fitted.predict(paths[0], topk=3)
+    listed = fitted.predict(paths, topk=3)
+    assert listed[0] == one
+    html = tmp_path / "page.jpg"
+    html.write_text("<html></html>")
+    with pytest.raises(petalnet.ImageReadError, match="page.jpg"):
+        fitted.predict(html)
+    with pytest.raises(petalnet.ImageReadError, match="page.jpg"):
+        fitted.predict([paths[0], html])
+    results = list(fitted.iter_predictions([paths[0], html, *paths[1:]], topk=3, chunk_size=2))
+    assert [r.image for r in results] == [paths[0], html, *paths[1:]]
+    assert [r.predictions for r in results] == [listed[0], [], listed[1], listed[2]]
+    assert results[1].error is not None and "page.jpg" in results[1].error
+    assert all(r.error is None for r in results if r.image != html)
