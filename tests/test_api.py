@@ -63,3 +63,56 @@ def test_errors_share_one_base():
         obj = getattr(petalnet, name)
         if inspect.isclass(obj) and name.endswith("Error"):
             assert issubclass(obj, petalnet.PetalnetError)
+
+
+def _internal_imports() -> dict[str, set[tuple[str, str]]]:
+    """Module -> {(imported petalnet module, imported name)} for every import in src/."""
+    import ast
+
+    root = Path(petalnet.__file__).parent
+    graph: dict[str, set[tuple[str, str]]] = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        found: set[tuple[str, str]] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                if node.module.startswith("petalnet"):
+                    for alias in node.names:
+                        sub = f"{node.module}.{alias.name}"
+                        is_module = (root.parent / Path(*sub.split("."))).with_suffix(".py")
+                        target = sub if is_module.exists() else node.module
+                        found.add((target, alias.name))
+            elif isinstance(node, ast.Import):
+                found |= {(a.name, "") for a in node.names if a.name.startswith("petalnet")}
+        graph[name] = found
+    return graph
+
+
+def test_no_import_cycles_and_no_private_imports():
+    graph = _internal_imports()
+    private = sorted(
+        f"{mod} imports {target}.{name}"
+        for mod, edges in graph.items()
+        for target, name in edges
+        if name.startswith("_") and name != "__version__" and not target.endswith("._version")
+    )
+    assert private == []
+    edges = {m: {t for t, _ in e if t in graph and t != m} for m, e in graph.items()}
+    # the package's __init__ files re-export: only modules below them can form a cycle
+    edges = {
+        m: {t for t in ts if t not in ("petalnet", "petalnet.backbones")} for m, ts in edges.items()
+    }
+    state: dict[str, int] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(edges.get(module, ())):
+            assert state.get(target) != 1, f"import cycle: {' -> '.join([*path, target])}"
+            if target not in state:
+                visit(target, [*path, target])
+        state[module] = 2
+
+    for module in sorted(edges):
+        if module not in state:
+            visit(module, [module])

@@ -33,6 +33,18 @@ def test_torchscript_matches_pytorch(fitted, flowers_root, tmp_path):
     assert json.loads((tmp_path / "model.pt.json").read_text()) == meta
 
 
+def test_export_is_float32_and_close_to_bfloat16_predictions(fitted, flowers_root, tmp_path):
+    """On a CPU with bfloat16 (amp="auto" there, forced here) predict runs the backbone in
+    bfloat16 while the export stays float32: they agree to the documented tolerance."""
+    path = fitted.export(tmp_path / "model.pt")
+    images, batch = _batch(fitted, flowers_root)
+    exported = torch.jit.load(str(path))(batch).numpy()
+    mixed = FlowerClassifier.load(fitted.save(tmp_path / "m.pt"), device="cpu", amp=True)
+    assert mixed.pipeline_.precision == torch.bfloat16
+    np.testing.assert_allclose(exported, mixed.predict_proba(images), atol=2e-2)
+    np.testing.assert_allclose(exported, fitted.predict_proba(images), rtol=1e-4, atol=1e-6)
+
+
 def test_onnx_matches_pytorch(fitted, flowers_root, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     onnx = pytest.importorskip("onnx")

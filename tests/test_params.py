@@ -4,7 +4,9 @@ sklearn's clone, the ``petalnet train`` flags and the benchmark flags."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
+import re
 import sys
 from pathlib import Path
 
@@ -82,7 +84,7 @@ BAD_VALUES = {
 @pytest.mark.parametrize(("name", "value"), [(n, v) for n, vs in BAD_VALUES.items() for v in vs])
 def test_every_bad_value_names_its_parameter(name, value):
     clf = FlowerClassifier("tiny_test", **{name: value})
-    with pytest.raises(ValueError, match=f"^{name} must be .*got {value!r}"):
+    with pytest.raises(ValueError, match=f"^{name} must be .*got {re.escape(repr(value))}"):
         clf.validate()
 
 
@@ -163,4 +165,4 @@ def test_benchmark_flags_come_from_the_same_spec(monkeypatch):
 
 
 def test_params_class_is_a_dataclass_of_the_parameters():
-    assert set(ClassifierParams.__dataclass_fields__) == set(SPECS) | {"_"}
+    assert [f.name for f in dataclasses.fields(ClassifierParams)] == list(SPECS)

@@ -6,10 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import petalnet
-from petalnet.features import CENTER, MIRROR, View
+from petalnet.features import CENTER, MIRROR, View, run_backbone
 from petalnet.images import Unreadable, read_image
 from petalnet.pipeline import ImagePipeline, head_log_probs
 
@@ -37,10 +36,9 @@ def test_mirror_view_is_the_flipped_centre_crop(pipeline, flowers_root):
     path = flowers_root / "test" / "5" / "img_000.jpg"
     both = pipeline.features([path], unreadable=Unreadable(), views=[CENTER, MIRROR])
     assert both.features.shape == (2, 1, 32)
-    flipped = read_image(path).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    # flipping before or after the (symmetric) centre crop gives the same pixels
-    mirror = pipeline.features([flipped], unreadable=Unreadable()).features
-    torch.testing.assert_close(both.features[1], mirror, atol=1e-5, rtol=1e-4)
+    crop = pipeline.backbone.preprocessing.transform()(read_image(path))
+    mirror = run_backbone(pipeline.runner, crop.flip(-1)[None], pipeline.device)
+    torch.testing.assert_close(both.features[1], mirror)
     assert not torch.allclose(both.features[0], both.features[1])
     assert ImagePipeline.test_views(tta=True) == [CENTER, MIRROR]
     assert ImagePipeline.test_views(tta=False) == [CENTER]
@@ -68,11 +66,19 @@ def test_head_log_probs_average_probabilities_over_views():
     torch.testing.assert_close(head_log_probs(head, views[0], torch.device("cpu")), head(views[0]))
 
 
+def same(a, b):
+    """The same classes in the same order, probabilities equal up to float rounding (one
+    image and a batch of several take different BLAS paths)."""
+    return [(p.class_id, p.index) for p in a] == [(p.class_id, p.index) for p in b] and all(
+        p.probability == pytest.approx(q.probability, rel=1e-5) for p, q in zip(a, b, strict=True)
+    )
+
+
 def test_predict_one_list_and_many_share_the_path(fitted, flowers_root, tmp_path):
     paths = [flowers_root / "test" / c / "img_001.jpg" for c in ("2", "9", "12")]
     one = fitted.predict(paths[0], topk=3)
     listed = fitted.predict(paths, topk=3)
-    assert listed[0] == one
+    assert same(listed[0], one)
     html = tmp_path / "page.jpg"
     html.write_text("<html></html>")
     with pytest.raises(petalnet.ImageReadError, match="page.jpg"):
@@ -81,6 +87,7 @@ def test_predict_one_list_and_many_share_the_path(fitted, flowers_root, tmp_path
         fitted.predict([paths[0], html])
     results = list(fitted.iter_predictions([paths[0], html, *paths[1:]], topk=3, chunk_size=2))
     assert [r.image for r in results] == [paths[0], html, *paths[1:]]
-    assert [r.predictions for r in results] == [listed[0], [], listed[1], listed[2]]
+    expected = [listed[0], [], listed[1], listed[2]]
+    assert all(same(r.predictions, e) for r, e in zip(results, expected, strict=True))
     assert results[1].error is not None and "page.jpg" in results[1].error
     assert all(r.error is None for r in results if r.image != html)

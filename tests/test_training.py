@@ -8,7 +8,7 @@ import torch
 from conftest import QUICK_FIT
 from petalnet import Callback, EarlyStopping, FlowerClassifier, TrainingState
 from petalnet.batches import TensorBatches
-from petalnet.training import Trainer
+from petalnet.fitting import make_trainer
 
 FAST = {**QUICK_FIT, "epochs": 6}
 
@@ -76,13 +76,14 @@ def _train(**kw):
     y = (x[:, 0] > 0).long() + (x[:, 1] > 1).long()
     head = torch.nn.Sequential(torch.nn.Linear(8, 3), torch.nn.LogSoftmax(dim=1))
     cpu = torch.device("cpu")
-    trainer = Trainer(epochs=4, learning_rate=0.05, batch_size=16, device=cpu, seed=0, **kw)
+    params = FlowerClassifier(epochs=4, learning_rate=0.05, batch_size=16, random_state=0, **kw)
+    trainer = make_trainer(params, cpu, freeze_epochs=0)
     data = TensorBatches(x, y, cpu)
     return head, trainer.fit(head, data, data, n_classes=3)
 
 
 def test_cosine_schedule_with_warmup_ends_at_zero():
-    _, result = _train(schedule="cosine", warmup_epochs=1)
+    _, result = _train(lr_schedule="cosine", warmup_epochs=1)
     assert result.optimizer_state["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-9)
     _, constant = _train()
     assert constant.optimizer_state["param_groups"][0]["lr"] == pytest.approx(0.05)
@@ -111,13 +112,8 @@ def test_class_weight_balanced(single_folder, monkeypatch):
     assert torch.allclose(seen[-1], torch.ones(5))  # 5 balanced classes -> all 1
     x = torch.zeros(6, 2)
     skewed = TensorBatches(x, torch.tensor([0, 0, 0, 0, 1, 2]), torch.device("cpu"))
-    weights = Trainer(
-        epochs=1,
-        learning_rate=0.1,
-        batch_size=2,
-        device=torch.device("cpu"),
-        class_weight="balanced",
-    )._class_weights(skewed, 3)
+    trainer = make_trainer(FlowerClassifier(class_weight="balanced"), torch.device("cpu"), 0)
+    weights = trainer._class_weights(skewed, 3)
     torch.testing.assert_close(weights, torch.tensor([0.5, 2.0, 2.0]))  # n / (C * count)
     with pytest.raises(ValueError, match="class_weight"):
         FlowerClassifier("tiny_test", class_weight="auto", **FAST).fit(single_folder)

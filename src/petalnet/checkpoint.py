@@ -32,6 +32,7 @@ from petalnet.backbones.registry import build_backbone
 from petalnet.callbacks import EpochRecord, TrainingState
 from petalnet.errors import CheckpointError, PetalnetError
 from petalnet.head import build_head
+from petalnet.params import ClassifierParams, param_specs
 from petalnet.preprocessing import Preprocessing
 
 __all__ = [
@@ -268,16 +269,21 @@ def load_model(path: str | os.PathLike[str]) -> tuple[dict[str, Any], FittedMode
         path: The checkpoint file.
 
     Returns:
-        ``(params, model)`` as :func:`from_payload` gives them.
+        ``(params, model)``: the saved parameters this petalnet knows, checked, and the model.
 
     Raises:
-        CheckpointError: The file is missing, damaged, unsafe or not a petalnet checkpoint.
+        CheckpointError: The file is missing, damaged, unsafe or not a petalnet checkpoint,
+            or holds an invalid parameter value.
         BackboneNotFoundError: Its backbone is not registered in this process.
         WeightsUnavailableError: Its pretrained weights are not available here.
     """
     data = read_checkpoint(path)
     try:
-        return from_payload(data)
+        saved, model = from_payload(data)
+        known = {spec.name for spec in param_specs()}
+        params = {k: v for k, v in saved.items() if k in known}
+        ClassifierParams(**params).validate()
+        return params, model
     except PetalnetError:
         raise
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:

@@ -24,7 +24,7 @@ from petalnet.errors import NotFittedError
 from petalnet.export import ExportFormat, export_model
 from petalnet.fitting import PIPELINE_PARAMS, fit_model, make_pipeline
 from petalnet.images import FileOrArray, ImageInput, Unreadable, as_image_list
-from petalnet.params import ClassifierParams, param_specs, params_docstring
+from petalnet.params import ClassifierParams, params_docstring
 from petalnet.pipeline import ImagePipeline, head_log_probs
 from petalnet.results import EvaluationReport, ImagePrediction, Prediction
 
@@ -288,9 +288,7 @@ class FlowerClassifier(ClassifierParams):
             ValueError: An unknown or invalid name in ``params``.
         """
         saved, model = checkpoint.load_model(path)
-        known = {s.name for s in param_specs()}
-        clf = cls(**{k: v for k, v in saved.items() if k in known})
-        clf.set_params(device="auto" if device is None else device, **params)
+        clf = cls(**saved).set_params(device="auto" if device is None else device, **params)
         clf.validate()
         clf.model_ = model
         clf._pipeline()  # resolve the device now; the head moves there

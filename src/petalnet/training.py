@@ -14,6 +14,7 @@ import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 import torch
@@ -124,6 +125,7 @@ def _lr_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor, last_epoch=done_steps - 1)
 
 
+@dataclass(kw_only=True)
 class Trainer:
     """Trains a model returning log-probabilities; keeps the best validation epoch.
 
@@ -133,6 +135,9 @@ class Trainer:
     than accuracy on small validation sets; ``monitor="valid_accuracy"`` picks the most
     accurate epoch instead (ties: lower loss), which suits label smoothing. Without
     validation data the last epoch is kept.
+
+    Its options have no defaults here: :func:`petalnet.fitting.make_trainer` fills them
+    from the classifier's parameters, where the defaults are declared.
 
     Args:
         epochs: Epochs of the whole run (a resumed run counts the earlier ones).
@@ -150,47 +155,35 @@ class Trainer:
         early_stopping: Stop after this many epochs without a lower validation loss.
         backbone_lr_scale: Fine-tuned backbone layers learn at ``learning_rate`` times this.
         freeze_epochs: Epochs at the start during which fine-tuned layers stay frozen.
-        callbacks: The user's callbacks, called after petalnet's own.
+        callbacks: The user's callbacks, called after petalnet's own (epoch lines when
+            ``verbose``, early stopping).
         verbose: ``0`` prints nothing; ``1`` one line per epoch (rank 0 under torchrun).
     """
 
-    def __init__(
-        self,
-        *,
-        epochs: int,
-        learning_rate: float,
-        batch_size: int,
-        device: torch.device,
-        seed: int | None = None,
-        weight_decay: float = 0.0,
-        label_smoothing: float = 0.0,
-        schedule: Schedule = "constant",
-        warmup_epochs: int = 0,
-        class_weight: Literal["balanced"] | None = None,
-        monitor: Monitor = "valid_loss",
-        early_stopping: int | None = None,
-        backbone_lr_scale: float = 0.1,
-        freeze_epochs: int = 0,
-        callbacks: Sequence[Callback] = (),
-        verbose: int = 0,
-    ) -> None:
-        self.epochs = epochs
-        self.learning_rate = learning_rate
-        self.batch_size = batch_size
-        self.device = device
-        self.seed = seed
-        self.weight_decay = weight_decay
-        self.label_smoothing = label_smoothing
-        self.schedule = schedule
-        self.warmup_epochs = warmup_epochs
-        self.class_weight = class_weight
-        self.monitor = monitor
-        self.backbone_lr_scale = backbone_lr_scale
-        self.freeze_epochs = freeze_epochs
-        own: list[Callback] = [EpochLogger()] if verbose > 0 and distributed.is_main() else []
-        if early_stopping is not None:
-            own.append(EarlyStopping(early_stopping))
-        self.callbacks = [*own, *callbacks]
+    epochs: int
+    learning_rate: float
+    batch_size: int
+    device: torch.device
+    seed: int | None
+    weight_decay: float
+    label_smoothing: float
+    schedule: Schedule
+    warmup_epochs: int
+    class_weight: Literal["balanced"] | None
+    monitor: Monitor
+    early_stopping: int | None
+    backbone_lr_scale: float
+    freeze_epochs: int
+    callbacks: Sequence[Callback] = ()
+    verbose: int = 0
+
+    def __post_init__(self) -> None:
+        own: list[Callback] = []
+        if self.verbose > 0 and distributed.is_main():
+            own.append(EpochLogger())
+        if self.early_stopping is not None:
+            own.append(EarlyStopping(self.early_stopping))
+        self.callbacks = [*own, *self.callbacks]
 
     def _optimizer(self, model: nn.Module, backbone: nn.Module | None) -> torch.optim.Optimizer:
         """Adam (AdamW with weight decay); fine-tuned layers in their own parameter group."""
