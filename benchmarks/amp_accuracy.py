@@ -26,7 +26,9 @@ from _shared import DEFAULT_DATA
 
 import petalnet
 from petalnet.data import list_samples, resolve_eval_folder
-from petalnet.features import extract_features, resolve_precision
+from petalnet.images import Unreadable
+from petalnet.pipeline import ImagePipeline, head_log_probs
+from petalnet.precision import resolve_precision
 from petalnet.results import evaluation_report
 
 
@@ -62,19 +64,15 @@ def main(argv: list[str] | None = None) -> dict:
     clf = petalnet.FlowerClassifier(args.backbone, amp=False, **common).fit(args.data)
     samples = list_samples(resolve_eval_folder(args.data / "valid"), clf.class_to_idx_)
     for name, dtype in (("fp32", torch.float32), ("amp", amp_dtype)):
-        start = time.perf_counter()
-        feats, labels, _ = extract_features(
-            clf._runner,
-            samples,
-            device=clf.device_,
-            batch_size=args.batch_size,
-            precision=dtype,
-            verbose=0,
+        pipe = ImagePipeline(
+            clf.backbone_, device=clf.device_, precision=dtype, use_cache=False, batch_size=8
         )
+        start = time.perf_counter()
+        paths, labels = [p for p, _ in samples], [t for _, t in samples]
+        feats = pipe.features(paths, labels, unreadable=Unreadable(), quiet=True)
         seconds = time.perf_counter() - start
-        with torch.inference_mode():
-            log_probs = clf.head_(feats.to(clf.device_)).float().cpu()
-        acc = evaluation_report(log_probs, labels, clf.classes_)["accuracy"]
+        log_probs = head_log_probs(clf.head_, feats.features, clf.device_)
+        acc = evaluation_report(log_probs, feats.labels, clf.classes_)["accuracy"]
         result[f"same_head_{name}"] = {"valid_accuracy": acc, "extract_seconds": round(seconds, 1)}
         print(f"same head, {name} features: valid accuracy {acc:.2%} ({seconds:.1f}s)", flush=True)
     result["same_head_difference_points"] = round(

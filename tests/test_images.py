@@ -90,7 +90,7 @@ def test_unreadable_policy_raise_warn_collect():
 
 def test_in_memory_images_of_every_kind():
     def to_tensor(im):
-        return torch.as_tensor(np.asarray(im)).permute(2, 0, 1)
+        return torch.as_tensor(np.array(im)).permute(2, 0, 1)
 
     gray = np.full((4, 5), 200, np.uint8)
     assert image_to_tensor(gray, to_tensor).shape == (3, 4, 5)
