@@ -116,7 +116,7 @@ def test_loader_carries_on_past_bad_files_and_says_where(tmp_path):
     html.write_text("<html>not an image</html>")
     items = [good, html, Image.new("RGB", (6, 6)), tmp_path / "missing.jpg", good]
     loader = image_loader(
-        items, lambda im: torch.as_tensor(np.asarray(im)).float(), draft_size=None, batch_size=2
+        items, lambda im: torch.as_tensor(np.array(im)).float(), draft_size=None, batch_size=2
     )
     kept, bad = [], []
     for batch, positions, errors in loader:
