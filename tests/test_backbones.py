@@ -113,9 +113,10 @@ def offline(monkeypatch, tmp_path):
     return tmp_path / "torch_home" / "hub" / "checkpoints"
 
 
-def test_offline_error_is_one_sentence_with_the_fixes(offline):
+def test_offline_error_is_one_sentence_with_the_fixes(offline, capsys):
     with pytest.raises(petalnet.WeightsUnavailableError) as err:
         petalnet.build_backbone("mobilenet_v3_small")
+    assert capsys.readouterr().err == ""  # no "Downloading: ..." line before the error
     message = str(err.value)
     assert "\n" not in message
     assert "mobilenet_v3_small-047dcff4.pth" in message

@@ -369,3 +369,84 @@ def test_predict_strict_stops_at_the_first_bad_file_after_flushing(
     assert "1_page.jpg" in err and "--strict" in err and "Traceback" not in err
     lines = out.read_text().splitlines()
     assert [Path(json.loads(line)["image"]).name for line in lines] == ["0_1.jpg"]
+
+
+def _invalid_train_words():
+    """(flag, word, exit status) for every train flag that takes a value, from the spec."""
+    from petalnet.params import param_specs
+
+    for spec in param_specs():
+        if spec.flag is None or spec.annotation is bool:
+            continue
+        if "str" not in spec.describe():  # str ones take any word: STRING_FLAGS below
+            yield spec.flag, "x!", 2  # a word of none of its types
+        if spec.choices:
+            yield spec.flag, "bogus", 2
+        elif spec.check is not None:
+            yield spec.flag, "-5", 2  # parses, out of range
+
+
+STRING_FLAGS = {
+    "--arch": "no_such_net",
+    "--weights": "no/such/file.pth",
+    "--category_names": "no_such.json",
+}
+
+
+@pytest.mark.parametrize(
+    ("argv", "status"),
+    [
+        *((["train", "DATA", flag, word], status) for flag, word, status in _invalid_train_words()),
+        *((["train", "DATA", flag, word], 1) for flag, word in STRING_FLAGS.items()),
+        (["train", "DATA", "--freeze_epochs", "3", "--epochs", "1"], 2),
+        (["train", "DATA", "--hidden_units"], 2),
+        (["train", "DATA", "--gpu"], 2),
+        (["predict", "IMG", "CKPT", "--top_k", "0"], 2),
+        (["predict", "IMG", "CKPT", "--top_k", "x"], 2),
+        (["predict", "IMG", "CKPT", "--amp", "bogus"], 2),
+        (["evaluate", "DATA", "CKPT", "--amp", "bogus"], 2),
+        (["export", "CKPT", "out.x", "--format", "bogus"], 2),
+        (["download", "bogus", "dir"], 2),
+        (["frobnicate"], 2),
+    ],
+)
+def test_every_bad_value_is_one_line_without_traceback(
+    argv, status, single_folder, checkpoint, flowers_root, tmp_path, capsys, monkeypatch
+):
+    if argv[-1] == "--gpu":
+        monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+        monkeypatch.setattr("torch.backends.mps.is_available", lambda: False)
+    where = {"DATA": str(single_folder), "CKPT": str(checkpoint)}
+    where["IMG"] = str(flowers_root / "test" / "1" / "img_000.jpg")
+    argv = [where.get(a, a) for a in argv]
+    try:
+        code = main([*argv, "--save_dir", str(tmp_path)] if argv[0] == "train" else argv)
+    except SystemExit as exit_:  # argparse's own exit, through our one-line error()
+        code = exit_.code
+    err = capsys.readouterr().err
+    assert code == status, err
+    assert err.startswith("petalnet: error:") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+
+
+def test_ctrl_c_saves_the_best_epoch_and_exits_130(single_folder, tmp_path, monkeypatch, capsys):
+    from petalnet import training
+
+    calls = {"n": 0}
+    real = training.evaluate_model
+
+    def interrupt_on_third(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "evaluate_model", interrupt_on_third)
+    argv = ["train", str(single_folder), "--arch", "tiny_test", "--epochs", "5", "--quiet"]
+    code = main([*argv, "--save_dir", str(tmp_path), "--no_cache", "--amp", "false"])
+    err = capsys.readouterr().err
+    assert code == 130
+    assert "petalnet: warning: Training interrupted after 2 epoch(s)" in err
+    assert "call save" not in err and "warnings.warn" not in err  # no source line echoed
+    assert "the best epoch (" in err and str(tmp_path / "checkpoint.pt") in err
+    assert len(FlowerClassifier.load(tmp_path / "checkpoint.pt").history_) == 2

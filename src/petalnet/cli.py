@@ -10,6 +10,7 @@ import argparse
 import csv
 import json
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any, NoReturn
@@ -18,7 +19,7 @@ from petalnet._version import __version__
 from petalnet.data import IMG_EXTENSIONS
 from petalnet.errors import PetalnetError
 from petalnet.export import FORMATS
-from petalnet.params import add_arguments
+from petalnet.params import add_arguments, param_specs
 from petalnet.results import Prediction
 
 __all__ = ["UsageError", "build_parser", "main"]
@@ -91,7 +92,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return 0
     best = clf.history_[clf.best_epoch_ - 1]
     print(f"best epoch {clf.best_epoch_}: valid accuracy {best['valid_accuracy']:.2%}")
+    if clf.tta:
+        print(
+            "(accuracies during training are of the centre crop; evaluate and predict with "
+            "--tta average it with its mirror, so their figures differ a little)"
+        )
     print(f"saved {path}")
+    if clf.model_.training.interrupted:
+        print(
+            f"petalnet: interrupted after {len(clf.history_)} epoch(s); the best epoch "
+            f"({clf.best_epoch_}) is saved in {path}",
+            file=sys.stderr,
+        )
+        return 130
     if _plots_available():
         from petalnet import plot
 
@@ -152,7 +165,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     if args.top_k < 1:
         raise UsageError(f"--top_k must be at least 1; got {args.top_k}.")
-    clf = FlowerClassifier.load(args.checkpoint, device=_device(args), verbose=0, tta=args.tta)
+    clf = FlowerClassifier.load(
+        args.checkpoint, device=_device(args), verbose=0, tta=args.tta, amp=args.amp
+    )
     if args.category_names:
         clf.category_names_ = load_category_names(args.category_names)
     images = _expand_images(args.images)
@@ -206,9 +221,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from petalnet.classifier import FlowerClassifier
 
     clf = FlowerClassifier.load(
-        args.checkpoint, device=_device(args), verbose=_verbose(args), tta=args.tta
+        args.checkpoint, device=_device(args), verbose=_verbose(args), tta=args.tta, amp=args.amp
     )
     report = clf.evaluate(args.data_dir)
+    if Path(report["folder"]).name in ("valid", "val"):
+        print(
+            f"note: {args.data_dir} has no test/ split, so this is {report['folder']}, the split "
+            "that picked the kept epoch: expect untouched photos to score a little lower.",
+            file=sys.stderr,
+        )
     if args.json:
         print(json.dumps({k: v for k, v in report.items() if k != "confusion_matrix"}))
     else:
@@ -218,14 +239,21 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             f"on {report['n_images']} images"
         )
         worst = sorted(report["per_class_accuracy"].items(), key=lambda kv: kv[1])[:5]
-        names = clf.category_names_ or {}
-        print("weakest classes: " + ", ".join(f"{names.get(c, c)} {a:.0%}" for c, a in worst))
+        names, counts = clf.category_names_ or {}, report["per_class_count"]
+        print(
+            "weakest classes: "
+            + ", ".join(
+                f"{names.get(c, c)} {a:.0%} ({round(a * counts[c])}/{counts[c]})" for c, a in worst
+            )
+        )
     if args.plots:
         from petalnet import plot
 
         labels = [(clf.category_names_ or {}).get(c, c) for c in clf.classes_]
         target = Path(args.plots) / "confusion_matrix.png"
-        plot.confusion_matrix(report["confusion_matrix"], labels, path=target)
+        plot.confusion_matrix(
+            report["confusion_matrix"], labels, class_ids=clf.classes_, path=target
+        )
         print(f"confusion matrix: {target}")
     return 0
 
@@ -278,9 +306,14 @@ def _cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
-def _device_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--gpu", action="store_true", help="use a GPU (cuda or mps) if available")
+def _device_flags(p: argparse.ArgumentParser, *, amp: bool = True) -> None:
+    p.add_argument("--gpu", action="store_true", help="use a GPU (cuda or mps); an error without")
     p.add_argument("--device", help="explicit device, e.g. cpu or cuda:1 (overrides --gpu)")
+    if amp:  # the same flag as train's, from the parameter spec
+        spec = next(s for s in param_specs() if s.name == "amp")
+        p.add_argument(
+            "--amp", type=spec.parse, default=spec.default, metavar="auto|true|false", help=spec.doc
+        )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -310,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(t)
     t.add_argument("--resume", metavar="CHECKPOINT", help="continue a run saved earlier")
     t.add_argument("--quiet", action="store_true", help="no progress output")
-    _device_flags(t)
+    _device_flags(t, amp=False)  # train has --amp from the parameter spec
     t.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("predict", help="top-k flower names for images")
@@ -349,13 +382,25 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("checkpoint")
     x.add_argument("output", help="model file to write")
     x.add_argument("--format", choices=list(FORMATS), default=FORMATS[0])
-    x.set_defaults(func=_cmd_export)
+    x.set_defaults(func=_cmd_export)  # the exported model computes in float32: no --amp
 
     d = sub.add_parser("download", help="download a data set in the train/valid/test layout")
     d.add_argument("dataset", choices=["flowers102"])
     d.add_argument("dir", help="destination folder")
     d.set_defaults(func=_cmd_download)
     return parser
+
+
+def _one_line_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: IO[str] | None = None,
+    line: str | None = None,
+) -> None:
+    """Warnings as ``petalnet: warning: ...`` lines, without a source line."""
+    print(f"petalnet: warning: {message}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -369,7 +414,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            return int(args.func(args))
     except UsageError as exc:
         print(f"petalnet: error: {exc}", file=sys.stderr)
         return 2

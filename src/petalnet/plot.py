@@ -144,10 +144,16 @@ def most_confused(
     return [(labels[t], labels[p], int(off[t, p])) for t, p in pairs if off[t, p] > 0]
 
 
+def _natural(text: str) -> tuple[int, int | str]:
+    """Sort key putting numeric class ids in number order, before other names."""
+    return (0, int(text)) if text.isdigit() else (1, text)
+
+
 def confusion_matrix(
     matrix: np.ndarray | Sequence[Sequence[int]],
     labels: Sequence[str],
     *,
+    class_ids: Sequence[str] | None = None,
     top_confused: int = 10,
     path: str | os.PathLike[str] | None = None,
 ) -> Figure:
@@ -156,7 +162,10 @@ def confusion_matrix(
     Args:
         matrix: ``(C, C)`` counts, rows true classes, columns predictions (see
             ``FlowerClassifier.evaluate``'s ``confusion_matrix``).
-        labels: Names of the classes; tick labels are shown for up to 40 classes.
+        labels: Names of the classes, in the matrix's order.
+        class_ids: Their class folder names. Given, the classes are drawn in natural
+            order (``"2"`` before ``"10"``), and beyond 40 classes the ticks show every
+            few class ids instead of names.
         top_confused: Length of the most-confused list.
         path: Write a PNG here.
 
@@ -167,6 +176,9 @@ def confusion_matrix(
         PetalnetError: matplotlib is not installed.
     """
     m = np.asarray(matrix, dtype=np.float64)
+    ids = list(class_ids) if class_ids is not None else [str(i) for i in range(len(labels))]
+    order = sorted(range(len(labels)), key=lambda i: _natural(ids[i]))
+    m, labels, ids = m[np.ix_(order, order)], [labels[i] for i in order], [ids[i] for i in order]
     rows = m.sum(axis=1, keepdims=True)
     norm = np.divide(m, rows, out=np.zeros_like(m), where=rows > 0)
     fig, (ax_m, ax_t) = _figure((12, 7), ncols=2, width_ratios=[2.2, 1])
@@ -175,8 +187,14 @@ def confusion_matrix(
     if len(labels) <= 40:
         ax_m.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
         ax_m.set_yticks(range(len(labels)), labels, fontsize=7)
+    else:  # too many names to read: every few class ids
+        step = max(1, len(ids) // 20)
+        ticks = list(range(0, len(ids), step))
+        ax_m.set_xticks(ticks, [ids[i] for i in ticks], rotation=90, fontsize=7)
+        ax_m.set_yticks(ticks, [ids[i] for i in ticks], fontsize=7)
+        ax_m.set(xlabel="predicted class", ylabel="true class")
     fig.colorbar(im, ax=ax_m, shrink=0.7, label="share of the true class")
-    pairs = most_confused(np.asarray(matrix), labels, top_confused)
+    pairs = most_confused(m, labels, top_confused)
     ax_t.set_axis_off()
     ax_t.set_title("most confused: true → predicted", loc="left")
     text = "\n".join(f"{n:>3}x  {t} → {p}" for t, p, n in pairs) or "no mistakes"

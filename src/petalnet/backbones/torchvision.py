@@ -9,10 +9,14 @@ and normalisation it was trained with.
 from __future__ import annotations
 
 import functools
+import io
+import sys
 import urllib.error
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stderr
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 import torchvision
@@ -174,6 +178,39 @@ def _replace(module: nn.Module, dotted: str, new: nn.Module) -> nn.Module:
     return old
 
 
+class _HeldLine(io.TextIOBase):
+    """Passes writes to ``target``, holding back torch.hub's ``Downloading: ...`` line.
+
+    The line is shown as soon as anything else is written (the download started).
+    """
+
+    def __init__(self, target: TextIO) -> None:
+        self.target = target
+        self.held = ""
+
+    def write(self, text: str) -> int:
+        if not self.held and text.startswith("Downloading: "):
+            self.held = text
+            return len(text)
+        if self.held:
+            self.target.write(self.held)
+            self.held = ""
+        return self.target.write(text)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+
+@contextmanager
+def _quiet_failed_download() -> Iterator[None]:
+    """Let a download that fails before its first byte (offline) print nothing.
+
+    The error raised then says what to do, in one sentence.
+    """
+    with redirect_stderr(_HeldLine(sys.stderr)):
+        yield
+
+
 def _offline_message(name: str, weights: Any) -> str:
     filename = Path(weights.url).name
     cache = Path(torch.hub.get_dir()) / "checkpoints"
@@ -222,7 +259,8 @@ def build_torchvision_backbone(name: str, weights: WeightsArg = "DEFAULT") -> Fe
                 "a local file path, or None."
             ) from None
         try:
-            model = torchvision.models.get_model(name, weights=tv_weights)
+            with _quiet_failed_download():
+                model = torchvision.models.get_model(name, weights=tv_weights)
         except (urllib.error.URLError, OSError, ConnectionError) as exc:
             raise WeightsUnavailableError(_offline_message(name, tv_weights)) from exc
         weights_id = tv_weights.name
