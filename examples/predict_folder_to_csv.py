@@ -1,6 +1,6 @@
 """Predict every image of a folder (recursively) into a CSV file, in bounded memory.
 
-    python examples/predict_folder_to_csv.py CHECKPOINT IMAGE_FOLDER preds.csv [--top-k 3]
+    python examples/predict_folder_to_csv.py CHECKPOINT IMAGE_FOLDER preds.csv [--top_k 3]
 
 The same as ``petalnet predict IMAGE_FOLDER CHECKPOINT --output preds.csv``, written out
 with the Python API: images are predicted in chunks and each chunk is written before the
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("checkpoint", type=Path)
     ap.add_argument("folder", type=Path)
     ap.add_argument("output", type=Path)
-    ap.add_argument("--top-k", type=int, default=3)
+    ap.add_argument("--top_k", "--top-k", type=int, default=3)  # as `petalnet predict`
     args = ap.parse_args(argv)
 
     clf = FlowerClassifier.load(args.checkpoint)

@@ -166,3 +166,12 @@ def test_benchmark_flags_come_from_the_same_spec(monkeypatch):
 
 def test_params_class_is_a_dataclass_of_the_parameters():
     assert [f.name for f in dataclasses.fields(ClassifierParams)] == list(SPECS)
+
+
+def test_train_exposes_every_parameter():
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    dests = {a.dest for a in train._actions}
+    # device has --device/--gpu and verbose --quiet, shared with the other commands;
+    # callbacks are code, not a command-line value
+    assert set(FlowerClassifier().get_params()) - {"callbacks"} <= dests | {"verbose"}
+    assert {"device", "gpu", "quiet"} <= dests

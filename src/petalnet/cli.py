@@ -39,7 +39,8 @@ def _device(args: argparse.Namespace) -> str:
 
         mps = getattr(torch.backends, "mps", None)
         if not torch.cuda.is_available() and not (mps is not None and mps.is_available()):
-            raise UsageError("--gpu was given but this machine has no CUDA or MPS GPU.")
+            print("petalnet: notice: --gpu, but this machine has no CUDA or MPS GPU: using cpu")
+            return "cpu"
         return "auto"
     return "cpu"
 

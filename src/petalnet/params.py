@@ -505,11 +505,33 @@ def add_arguments(
         if choices and type(None) in _members(spec.annotation):
             metavar += "|none"
         shown = "none" if default is None else default
+        several = any(get_origin(t) is Sequence for t in _members(spec.annotation))
         parser.add_argument(
             *names,
             dest=spec.name,
-            type=spec.parse,
+            type=spec.parse if not several else str,
+            nargs="+" if several else None,
+            action=_Joined if several else "store",
             default=default,
             metavar=metavar,
             help=f"{spec.doc} (default: {shown})",
         )
+
+
+class _Joined(argparse.Action):
+    """A list flag: ``--hidden_units 512 256`` and ``--hidden_units 512,256`` alike."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        words = [values] if isinstance(values, str) else [str(v) for v in values or []]
+        spec = next(s for s in param_specs() if s.name == self.dest)
+        try:
+            value = spec.parse(",".join(words))
+        except argparse.ArgumentTypeError as exc:
+            parser.error(f"argument {option_string}: {exc}")
+        setattr(namespace, self.dest, value)
