@@ -468,3 +468,12 @@ def test_list_flags_take_words_or_commas_and_none():
         (["64"], 64),
     ):
         assert parser.parse_args(["train", "d", "--hidden_units", *words]).hidden_units == value
+
+
+def test_with_tta_the_epoch_lines_say_which_view_they_measure(flowers_root, tmp_path, capsys):
+    argv = ["train", str(flowers_root), "--arch", "tiny_test", "--epochs", "2", "--tta"]
+    assert main([*argv, "--save_dir", str(tmp_path), "--no_cache"]) == 0
+    out = capsys.readouterr().out
+    epoch_lines = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert all("(centre crop; --tta evaluates centre + mirror)" in line for line in epoch_lines)
+    assert "evaluate and predict with --tta average it with its mirror" in out

@@ -83,15 +83,22 @@ class Callback:
 
 
 class EpochLogger(Callback):
-    """Prints one line per epoch: losses, validation accuracy, seconds."""
+    """Prints one line per epoch: losses, validation accuracy, seconds.
+
+    Args:
+        accuracy_note: Said after the accuracy, e.g. which view of the images it is of.
+    """
+
+    def __init__(self, accuracy_note: str = "") -> None:
+        self.accuracy_note = f" ({accuracy_note})" if accuracy_note else ""
 
     def on_epoch_end(self, state: TrainingState) -> None:
         """Print the epoch just finished."""
         r = state.history[-1]
         print(
             f"epoch {int(r['epoch'])}/{state.epochs}  train loss {r['train_loss']:.4f}  "
-            f"valid loss {r['valid_loss']:.4f}  valid accuracy {r['valid_accuracy']:.2%}  "
-            f"({r['seconds']:.1f}s)"
+            f"valid loss {r['valid_loss']:.4f}  valid accuracy {r['valid_accuracy']:.2%}"
+            f"{self.accuracy_note}  ({r['seconds']:.1f}s)"
         )
 
     def on_train_end(self, state: TrainingState) -> None:

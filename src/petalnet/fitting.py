@@ -103,6 +103,8 @@ def make_trainer(params: ClassifierParams, device: torch.device, freeze_epochs: 
         freeze_epochs=freeze_epochs,
         callbacks=list(params.callbacks or []),
         verbose=params.verbose,
+        # validation during training sees the centre crop; evaluate and predict use tta
+        accuracy_note="centre crop; --tta evaluates centre + mirror" if params.tta else "",
     )
 
 

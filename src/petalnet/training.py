@@ -158,6 +158,7 @@ class Trainer:
         callbacks: The user's callbacks, called after petalnet's own (epoch lines when
             ``verbose``, early stopping).
         verbose: ``0`` prints nothing; ``1`` one line per epoch (rank 0 under torchrun).
+        accuracy_note: Said after the accuracy in those lines (which view it is of).
     """
 
     epochs: int
@@ -176,11 +177,12 @@ class Trainer:
     freeze_epochs: int
     callbacks: Sequence[Callback] = ()
     verbose: int = 0
+    accuracy_note: str = ""
 
     def __post_init__(self) -> None:
         own: list[Callback] = []
         if self.verbose > 0 and distributed.is_main():
-            own.append(EpochLogger())
+            own.append(EpochLogger(self.accuracy_note))
         if self.early_stopping is not None:
             own.append(EarlyStopping(self.early_stopping))
         self.callbacks = [*own, *self.callbacks]
