@@ -36,7 +36,8 @@ def test_top_predictions_sorted_named_and_capped():
 def test_evaluation_report_numbers():
     log_probs = _log_probs([0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.1, 0.8, 0.1], [0.5, 0.3, 0.2])
     labels = torch.tensor([0, 1, 1, 2])
-    report = evaluation_report(log_probs, labels, CLASSES, folder="f", skipped=["bad"])
+    images = ["a.jpg", "b.jpg", "c.jpg", "d.jpg"]
+    report = evaluation_report(log_probs, labels, CLASSES, "f", ["bad"], images)
     assert report["accuracy"] == 0.5  # images 0 and 2
     assert report["top5_accuracy"] == 1.0  # three classes: always in the top 5
     expected_loss = -(math.log(0.7) + math.log(0.3) + math.log(0.8) + math.log(0.2)) / 4
@@ -45,6 +46,10 @@ def test_evaluation_report_numbers():
     assert report["per_class_count"] == {"1": 1, "10": 2, "2": 1}
     assert report["confusion_matrix"] == [[1, 0, 0], [0, 1, 1], [1, 0, 0]]
     assert (report["folder"], report["n_images"], report["n_skipped"]) == ("f", 4, 1)
+    assert report["misclassified"] == [  # most confident mistake first
+        {"image": "b.jpg", "true": "10", "predicted": "2", "probability": pytest.approx(0.6)},
+        {"image": "d.jpg", "true": "2", "predicted": "1", "probability": pytest.approx(0.5)},
+    ]
 
 
 def test_evaluation_report_without_images():

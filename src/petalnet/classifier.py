@@ -222,13 +222,13 @@ class FlowerClassifier(ClassifierParams):
         """
         model, pipe = self.fitted_model(), self._pipeline()
         folder = resolve_eval_folder(path)
-        samples = list_samples(folder, model.class_to_idx)
-        paths, labels = [s[0] for s in samples], [s[1] for s in samples]
+        paths, labels = zip(*list_samples(folder, model.class_to_idx), strict=True)
         unreadable, views = Unreadable.for_training(self.strict), pipe.test_views(self.tta)
         feats = pipe.features(paths, labels, unreadable=unreadable, views=views, desc="evaluate")
         log_probs = head_log_probs(model.head, feats.features, pipe.device)
+        files = [str(paths[i]) for i in feats.positions.tolist()]
         return results.evaluation_report(
-            log_probs, feats.labels, model.classes, folder=str(folder), skipped=feats.skipped
+            log_probs, feats.labels, model.classes, str(folder), feats.skipped, files
         )
 
     def save(self, path: str | os.PathLike[str], *, include_backbone: bool | None = None) -> Path:

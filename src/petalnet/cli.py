@@ -256,6 +256,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             report["confusion_matrix"], labels, class_ids=clf.classes_, path=target
         )
         print(f"confusion matrix: {target}")
+        grid = Path(args.plots) / "misclassified.png"
+        plot.misclassified(report["misclassified"], clf.category_names_, path=grid)
+        print(f"misclassified images: {grid}")
     return 0
 
 

@@ -8,7 +8,7 @@ given ``path``, writes a PNG there.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,23 +17,32 @@ import numpy as np
 from petalnet.callbacks import EpochRecord
 from petalnet.errors import PetalnetError
 from petalnet.images import read_image, to_rgb
-from petalnet.results import Prediction
+from petalnet.results import Misclassified, Prediction
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["confusion_matrix", "most_confused", "prediction", "training_curves"]
+__all__ = [
+    "confusion_matrix",
+    "misclassified",
+    "most_confused",
+    "prediction",
+    "training_curves",
+]
 
 
 def _figure(
-    figsize: tuple[float, float], ncols: int = 1, width_ratios: Sequence[float] | None = None
+    figsize: tuple[float, float],
+    ncols: int = 1,
+    width_ratios: Sequence[float] | None = None,
+    nrows: int = 1,
 ) -> tuple[Figure, Any]:
     try:
         from matplotlib.figure import Figure
     except ModuleNotFoundError:
         raise PetalnetError("Plotting needs matplotlib: pip install 'petalnet[plot]'.") from None
     fig = Figure(figsize=figsize, layout="constrained")
-    return fig, fig.subplots(1, ncols, width_ratios=width_ratios)
+    return fig, fig.subplots(nrows, ncols, width_ratios=width_ratios)
 
 
 def _save(fig: Figure, path: str | os.PathLike[str] | None) -> None:
@@ -208,5 +217,46 @@ def confusion_matrix(
         fontsize=9,
         transform=ax_t.transAxes,
     )
+    _save(fig, path)
+    return fig
+
+
+def misclassified(
+    mistakes: Sequence[Misclassified],
+    names: Mapping[str, str] | None = None,
+    *,
+    max_images: int = 24,
+    path: str | os.PathLike[str] | None = None,
+) -> Figure:
+    """A grid of misclassified images, each titled with its true and predicted flower.
+
+    Args:
+        mistakes: ``evaluate(...)["misclassified"]`` (most confident mistake first).
+        names: Class folder name to flower name; folder names are shown without it.
+        max_images: Show at most this many.
+        path: Write a PNG here.
+
+    Returns:
+        The figure.
+
+    Raises:
+        PetalnetError: matplotlib is not installed.
+    """
+    shown = list(mistakes)[:max_images]
+    cols = 6
+    rows = max(1, -(-len(shown) // cols))
+    fig, axes = _figure((2.6 * cols, 2.9 * rows), ncols=cols, nrows=rows)
+    names = names or {}
+    for ax in np.asarray(axes).flat:
+        ax.set_axis_off()
+    for ax, m in zip(np.asarray(axes).flat, shown, strict=False):
+        try:
+            ax.imshow(np.asarray(read_image(m["image"], draft_size=160)))
+        except PetalnetError:
+            continue  # a file removed since: its title still says what was wrong
+        true, predicted = names.get(m["true"], m["true"]), names.get(m["predicted"], m["predicted"])
+        ax.set_title(f"true: {true}\npredicted: {predicted} ({m['probability']:.0%})", fontsize=8)
+    if not shown:
+        fig.suptitle("no misclassified images")
     _save(fig, path)
     return fig

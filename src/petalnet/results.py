@@ -14,6 +14,7 @@ from petalnet.images import ImageInput
 __all__ = [
     "EvaluationReport",
     "ImagePrediction",
+    "Misclassified",
     "Prediction",
     "evaluation_report",
     "image_predictions",
@@ -57,6 +58,19 @@ class ImagePrediction:
     error: str | None = None
 
 
+class Misclassified(TypedDict):
+    """One image :meth:`~petalnet.FlowerClassifier.evaluate` got wrong."""
+
+    image: str
+    """Its file."""
+    true: str
+    """Its class folder name."""
+    predicted: str
+    """The class folder name predicted."""
+    probability: float
+    """The probability given to the predicted class."""
+
+
 class EvaluationReport(TypedDict):
     """What :meth:`~petalnet.FlowerClassifier.evaluate` returns."""
 
@@ -80,6 +94,8 @@ class EvaluationReport(TypedDict):
     """Unreadable images left out."""
     skipped: list[str]
     """One message per unreadable image, naming it."""
+    misclassified: list[Misclassified]
+    """The images got wrong, most confident mistake first."""
 
 
 def top_predictions(
@@ -153,9 +169,9 @@ def evaluation_report(
     log_probs: torch.Tensor,
     labels: torch.Tensor,
     classes: Sequence[str],
-    *,
     folder: str = "",
     skipped: Sequence[str] = (),
+    images: Sequence[str] | None = None,
 ) -> EvaluationReport:
     """Compute the metrics :meth:`FlowerClassifier.evaluate` returns.
 
@@ -165,13 +181,14 @@ def evaluation_report(
         classes: Class folder names by output index.
         folder: The folder evaluated.
         skipped: Messages of the unreadable images left out.
+        images: The file of each row, to list the misclassified ones.
 
     Returns:
         ``accuracy``, ``top5_accuracy``, ``loss`` (mean NLL), ``n_images``,
         ``per_class_accuracy`` / ``per_class_count`` keyed by class folder name (classes
         without images are left out), and ``confusion_matrix``: ``C x C`` counts as nested
         lists, rows true classes and columns predictions, in ``classes`` order; and
-        ``folder``, ``n_skipped``, ``skipped``.
+        ``folder``, ``n_skipped``, ``skipped``, ``misclassified``.
     """
     n = len(labels)
     if n == 0:
@@ -187,8 +204,21 @@ def evaluation_report(
             "folder": folder,
             "n_skipped": len(skipped),
             "skipped": list(skipped),
+            "misclassified": [],
         }
-    pred = log_probs.argmax(1)
+    confidence, pred = log_probs.max(1)
+    wrong = (pred != labels).nonzero().flatten().tolist() if images is not None else []
+    misclassified: list[Misclassified] = [
+        {
+            "image": str(images[i]),
+            "true": classes[int(labels[i])],
+            "predicted": classes[int(pred[i])],
+            "probability": float(confidence[i].exp()),
+        }
+        for i in wrong
+        if images is not None
+    ]
+    misclassified.sort(key=lambda m: -m["probability"])
     top5 = log_probs.topk(min(5, log_probs.shape[1]), dim=1).indices
     correct = pred == labels
     per_acc: dict[str, float] = {}
@@ -212,4 +242,5 @@ def evaluation_report(
         "folder": folder,
         "n_skipped": len(skipped),
         "skipped": list(skipped),
+        "misclassified": misclassified,
     }
