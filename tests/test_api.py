@@ -37,7 +37,7 @@ EXPECTED = {
 def test_all_is_exactly_the_public_api_and_sorted():
     assert set(petalnet.__all__) == EXPECTED
     assert petalnet.__all__ == sorted(petalnet.__all__)
-    public = {n for n in vars(petalnet) if not n.startswith("_")}
+    public = {n for n in dir(petalnet) if not n.startswith("_")}
     # subpackages/modules are reachable but not part of __all__
     modules = {n for n in public if inspect.ismodule(getattr(petalnet, n))}
     assert public - modules == EXPECTED - {"__version__"}
@@ -116,3 +116,18 @@ def test_no_import_cycles_and_no_private_imports():
     for module in sorted(edges):
         if module not in state:
             visit(module, [module])
+
+
+def test_import_and_help_load_no_torch():
+    """`import petalnet` and `petalnet --help` stay fast: torch loads on first real use."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, petalnet, petalnet.cli\n"
+        "petalnet.cli.build_parser().format_help()\n"
+        "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if 'torch' in m)[:5]\n"
+        "petalnet.FlowerClassifier\n"
+        "assert 'torch' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
-import torch
+if TYPE_CHECKING:  # annotations only: importing the callbacks stays free of torch
+    import torch
 
 __all__ = ["Callback", "EarlyStopping", "EpochLogger", "EpochRecord", "TrainingState"]
 

@@ -13,14 +13,15 @@ import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import IO, TYPE_CHECKING, Any, NoReturn, get_args
 
+from petalnet._types import ExportFormat
 from petalnet._version import __version__
-from petalnet.data import IMG_EXTENSIONS
 from petalnet.errors import PetalnetError
-from petalnet.export import FORMATS
 from petalnet.params import add_arguments, param_specs
-from petalnet.results import Prediction
+
+if TYPE_CHECKING:  # torch loads only when a command needs it: --help stays fast
+    from petalnet.results import Prediction
 
 __all__ = ["UsageError", "build_parser", "main"]
 
@@ -116,6 +117,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _expand_images(inputs: Sequence[str]) -> list[Path]:
+    from petalnet.data import IMG_EXTENSIONS
+
     images: list[Path] = []
     for item in inputs:
         p = Path(item)
@@ -385,7 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="export a checkpoint to TorchScript or ONNX")
     x.add_argument("checkpoint")
     x.add_argument("output", help="model file to write")
-    x.add_argument("--format", choices=list(FORMATS), default=FORMATS[0])
+    formats = get_args(ExportFormat)
+    x.add_argument("--format", choices=formats, default=formats[0])
     x.set_defaults(func=_cmd_export)  # the exported model computes in float32: no --amp
 
     d = sub.add_parser("download", help="download a data set in the train/valid/test layout")

@@ -14,19 +14,18 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 import torch
 from torch import nn
 
+from petalnet._types import ExportFormat
 from petalnet._version import __version__
 from petalnet.checkpoint import FittedModel
 from petalnet.errors import PetalnetError
 
 __all__ = ["FORMATS", "ExportFormat", "export_metadata", "export_model"]
 
-ExportFormat = Literal["torchscript", "onnx"]
-"""Formats :func:`export_model` writes."""
 FORMATS: tuple[ExportFormat, ...] = get_args(ExportFormat)
 
 

@@ -19,15 +19,21 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Literal, Union, get_args, get_origin
 
-import torch
 from typing_extensions import Self
 
-from petalnet.backbones.base import WeightsArg
+from petalnet._types import (
+    Amp,
+    Augmentation,
+    ClassWeight,
+    Monitor,
+    Schedule,
+    Strategy,
+    WeightsArg,
+)
 from petalnet.callbacks import Callback
-from petalnet.precision import Amp
-from petalnet.preprocessing import Augmentation
-from petalnet.strategy import Strategy
-from petalnet.training import Monitor, Schedule
+
+if typing.TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "ClassWeight",
@@ -37,9 +43,6 @@ __all__ = [
     "param_specs",
     "params_docstring",
 ]
-
-ClassWeight = Literal["balanced"]
-"""Class weighting of the loss: ``"balanced"`` (or ``None`` for none)."""
 
 _Check = Callable[[Any, "ClassifierParams"], bool]
 
@@ -325,6 +328,8 @@ class ParamSpec:
                 words.append(" or ".join(repr(v) for v in get_args(t)))
             elif t is type(None):
                 words.append("None")
+            elif t is _TorchDevice:
+                words.append("torch.device")
             else:
                 words.append(getattr(t, "__name__", str(t)))
         return " or ".join(words)
@@ -420,12 +425,28 @@ def _matches(value: Any, annotation: Any) -> bool:
             and not isinstance(value, str)
         ):
             return True
-        if t is torch.device and isinstance(value, torch.device):
+        if (
+            t is _TorchDevice
+            and type(value).__module__ == "torch"
+            and type(value).__name__ == "device"
+        ):
             return True
     return False
 
 
 _SPECS: tuple[ParamSpec, ...] | None = None
+
+
+class _TorchDevice:
+    """Stands for ``torch.device`` when the annotations are read.
+
+    torch is not imported for them, so ``petalnet --help`` starts fast; :func:`_matches`
+    recognises a device by its type's name.
+    """
+
+
+class _TorchNames:
+    device = _TorchDevice
 
 
 def params_docstring() -> str:
@@ -447,7 +468,7 @@ def param_specs() -> tuple[ParamSpec, ...]:
     """
     global _SPECS
     if _SPECS is None:
-        hints = typing.get_type_hints(ClassifierParams)
+        hints = typing.get_type_hints(ClassifierParams, localns={"torch": _TorchNames})
         _SPECS = tuple(
             ParamSpec(
                 name=f.name,

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import os
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-__all__ = ["Amp", "autocast", "cpu_has_native_bf16", "resolve_precision"]
+from petalnet._types import Amp
 
-Amp = bool | Literal["auto"]
-"""What an ``amp`` parameter may be."""
+__all__ = ["Amp", "autocast", "cpu_has_native_bf16", "resolve_precision"]
 
 
 def cpu_has_native_bf16() -> bool:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
-Augmentation = Literal["classic", "trivialaugment"]
-"""Training augmentation policies (see :meth:`Preprocessing.augment_transform`)."""
+from petalnet._types import Augmentation
+
 AUGMENTATIONS: tuple[Augmentation, ...] = get_args(Augmentation)
 
 __all__ = ["AUGMENTATIONS", "IMAGENET_MEAN", "IMAGENET_STD", "Augmentation", "Preprocessing"]

@@ -10,11 +10,12 @@ unfreezing every block) trains the whole backbone from decoded, freshly augmente
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import get_args
 
 import torch
 from torch import nn
 
+from petalnet._types import Strategy
 from petalnet.backbones.base import FeatureExtractor
 from petalnet.batches import Batches, ImageBatches, TensorBatches
 from petalnet.data import TrainingData
@@ -25,8 +26,6 @@ from petalnet.pipeline import ImagePipeline
 
 __all__ = ["STRATEGIES", "Strategy", "TrainingPlan", "plan_training", "training_batches"]
 
-Strategy = Literal["freeze", "freeze_unfreeze", "full"]
-"""What trains: the head only, the head then the last backbone blocks, or everything."""
 STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
 
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from petalnet import distributed
+from petalnet._types import Monitor, Schedule
 from petalnet.batches import Batches
 from petalnet.callbacks import Callback, EarlyStopping, EpochLogger, EpochRecord, TrainingState
 from petalnet.errors import PetalnetError, PetalnetWarning
@@ -35,12 +36,8 @@ __all__ = [
     "seeded",
 ]
 
-Schedule = Literal["constant", "cosine", "onecycle"]
-"""Learning-rate schedules: the seed's constant rate, cosine decay to 0, or one-cycle."""
 SCHEDULES: tuple[Schedule, ...] = get_args(Schedule)
 
-Monitor = Literal["valid_loss", "valid_accuracy"]
-"""What picks the epoch whose weights are kept."""
 MONITORS: tuple[Monitor, ...] = get_args(Monitor)
 
 

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from petalnet._types import WeightsArg
 from petalnet.errors import WeightsUnavailableError
 from petalnet.preprocessing import Preprocessing
 
@@ -24,8 +25,6 @@ __all__ = [
     "load_weights_file",
 ]
 
-WeightsArg = str | os.PathLike[str] | None
-"""What a ``weights`` argument may be: a named set (``"DEFAULT"``), a file path, or ``None``."""
 
 WeightsSource = Literal["named", "file", "random", "trained"]
 """Where a backbone's parameters came from: a named set its builder can fetch again

@@ -1,0 +1,46 @@
+"""The choices and aliases of petalnet's parameters, in a module that imports no torch.
+
+Each ``Literal`` type here is the one declaration of a parameter's allowed values; the
+modules that act on them (``strategy``, ``training``, ``preprocessing``, ``precision``,
+``export``) re-export them. Keeping them torch-free lets ``petalnet --help`` start fast.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+__all__ = [
+    "Amp",
+    "Augmentation",
+    "ClassWeight",
+    "ExportFormat",
+    "Monitor",
+    "Schedule",
+    "Strategy",
+    "WeightsArg",
+]
+
+WeightsArg = str | os.PathLike[str] | None
+"""What a ``weights`` argument may be: a named set (``"DEFAULT"``), a file path, or ``None``."""
+
+Amp = bool | Literal["auto"]
+"""What an ``amp`` parameter may be."""
+
+Augmentation = Literal["classic", "trivialaugment"]
+"""Training augmentation policies (see ``Preprocessing.augment_transform``)."""
+
+Strategy = Literal["freeze", "freeze_unfreeze", "full"]
+"""What trains: the head only, the head then the last backbone blocks, or everything."""
+
+Schedule = Literal["constant", "cosine", "onecycle"]
+"""Learning-rate schedules: the seed's constant rate, cosine decay to 0, or one-cycle."""
+
+Monitor = Literal["valid_loss", "valid_accuracy"]
+"""What picks the epoch whose weights are kept."""
+
+ClassWeight = Literal["balanced"]
+"""Class weighting of the loss: ``"balanced"`` (or ``None`` for none)."""
+
+ExportFormat = Literal["torchscript", "onnx"]
+"""Formats ``FlowerClassifier.export`` writes."""
