@@ -319,7 +319,7 @@ def _device_flags(p: argparse.ArgumentParser, *, amp: bool = True) -> None:
     if amp:  # the same flag as train's, from the parameter spec
         spec = next(s for s in param_specs() if s.name == "amp")
         p.add_argument(
-            "--amp", type=spec.parse, default=spec.default, metavar="auto|true|false", help=spec.doc
+            "--amp", type=spec.parse, default=spec.default, metavar="auto|on|off", help=spec.doc
         )
 
 

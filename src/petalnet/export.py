@@ -104,6 +104,7 @@ def export_model(
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer notes about shape arithmetic, deprecations
             if format == "torchscript":
+                # torch.jit.trace is not annotated in torch's sources
                 traced = torch.jit.trace(network, example)  # type: ignore[no-untyped-call]
                 torch.jit.save(traced, str(target), _extra_files={"petalnet.json": blob})
             else:

@@ -521,7 +521,7 @@ def add_arguments(
         names += [n.replace("_", "-") for n in names if "_" in n]
         choices = [str(c) for c in spec.choices]
         if choices and bool in _members(spec.annotation):
-            choices += ["true", "false"]
+            choices += ["on", "off"]  # true/false/yes/no/1/0 parse too
         metavar = "|".join(choices) if choices else spec.name.upper()
         if choices and type(None) in _members(spec.annotation):
             metavar += "|none"

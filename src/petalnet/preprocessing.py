@@ -23,6 +23,12 @@ IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 
+def _triple(values: Any) -> tuple[float, float, float]:
+    """Three per-channel numbers (mean or std) as floats."""
+    red, green, blue = (float(v) for v in values)
+    return red, green, blue
+
+
 def _first(value: Any) -> int:
     """Return an int from torchvision's ``[224]``-style size lists."""
     return int(value[0]) if isinstance(value, (list, tuple)) else int(value)
@@ -60,8 +66,8 @@ class Preprocessing:
         return cls(
             resize_size=_first(t.resize_size),
             crop_size=_first(t.crop_size),
-            mean=tuple(float(m) for m in t.mean),  # type: ignore[arg-type]
-            std=tuple(float(s) for s in t.std),  # type: ignore[arg-type]
+            mean=_triple(t.mean),
+            std=_triple(t.std),
             interpolation=InterpolationMode(t.interpolation).value,
         )
 
@@ -84,8 +90,8 @@ class Preprocessing:
         return cls(
             resize_size=int(data["resize_size"]),
             crop_size=int(data["crop_size"]),
-            mean=tuple(float(m) for m in data["mean"]),  # type: ignore[arg-type]
-            std=tuple(float(s) for s in data["std"]),  # type: ignore[arg-type]
+            mean=_triple(data["mean"]),
+            std=_triple(data["std"]),
             interpolation=str(data.get("interpolation", "bilinear")),
         )
 
