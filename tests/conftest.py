@@ -139,6 +139,23 @@ def _isolated_registry(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
+def interrupt_in_epoch_3(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C (KeyboardInterrupt) during the third epoch's validation."""
+    from petalnet import training
+
+    real = training.evaluate_model
+    calls = {"n": 0}
+
+    def interrupt_on_third(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "evaluate_model", interrupt_on_third)
+
+
+@pytest.fixture
 def backbone_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Count the images that really go through a backbone (one entry per batch)."""
     from petalnet import features

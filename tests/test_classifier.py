@@ -304,19 +304,7 @@ def test_cuda_trained_checkpoint_loads_on_a_cpu_only_process(flowers_root, tmp_p
     np.testing.assert_allclose(np.array(proba), expected, rtol=1e-3, atol=1e-5)
 
 
-def test_interrupted_training_keeps_best_weights(single_folder, monkeypatch):
-    from petalnet import training
-
-    real = training.evaluate_model
-    calls = {"n": 0}
-
-    def interrupt_on_third(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(training, "evaluate_model", interrupt_on_third)
+def test_interrupted_training_keeps_best_weights(single_folder, interrupt_in_epoch_3):
     clf = FlowerClassifier("tiny_test", random_state=0, **FAST)
     with pytest.warns(petalnet.PetalnetWarning, match="interrupted after 2 epoch"):
         clf.fit(single_folder)

@@ -426,19 +426,9 @@ def test_every_bad_value_is_one_line_without_traceback(
     assert "Traceback" not in err
 
 
-def test_ctrl_c_saves_the_best_epoch_and_exits_130(single_folder, tmp_path, monkeypatch, capsys):
-    from petalnet import training
-
-    calls = {"n": 0}
-    real = training.evaluate_model
-
-    def interrupt_on_third(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(training, "evaluate_model", interrupt_on_third)
+def test_ctrl_c_saves_the_best_epoch_and_exits_130(
+    single_folder, tmp_path, interrupt_in_epoch_3, capsys
+):
     argv = ["train", str(single_folder), "--arch", "tiny_test", "--epochs", "5", "--quiet"]
     code = main([*argv, "--save_dir", str(tmp_path), "--no_cache", "--amp", "false"])
     err = capsys.readouterr().err
