@@ -8,6 +8,7 @@ and sharding under ``torchrun``. Unreadable files go to the
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Sequence
@@ -67,17 +68,25 @@ class ImagePipeline:
         self.backbone = backbone
         self.device = device
         self.precision = precision
-        self.runner: nn.Module = prepare_backbone(backbone, device)
         self.cache_dir = cache_dir
         self.use_cache = use_cache
-        self.cache: FeatureCache | None = (
-            feature_cache(backbone, precision, cache_dir) if use_cache else None
-        )
         self.batch_size = batch_size or (8 if device.type == "cpu" else 64)
         self.num_workers = num_workers
         self.seed = seed
         self.augmentation: Augmentation = augmentation
         self.verbose = verbose if distributed.is_main() else 0
+
+    @functools.cached_property
+    def runner(self) -> nn.Module:
+        """The frozen, BN-folded copy that runs the backbone (made on first use)."""
+        return prepare_backbone(self.backbone, self.device)
+
+    @functools.cached_property
+    def cache(self) -> FeatureCache | None:
+        """The feature cache of this backbone (its parameters hashed on first use)."""
+        if not self.use_cache:
+            return None
+        return feature_cache(self.backbone, self.precision, self.cache_dir)
 
     def for_backbone(self, backbone: FeatureExtractor) -> ImagePipeline:
         """The same settings over another backbone (a frozen front, a fine-tuned one).
