@@ -187,7 +187,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         for n, result in enumerate(
             clf.iter_predictions(images, args.top_k, chunk_size=_PREDICT_CHUNK), 1
         ):
-            image, top = Path(result.image), result.predictions
+            image, top = images[n - 1], result.predictions  # the same file, typed as a Path
             if result.error is not None:
                 bad += 1
                 print(f"petalnet: skipped: {result.error}", file=sys.stderr)
