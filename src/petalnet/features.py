@@ -158,6 +158,11 @@ class View:
         """The first ``count`` augmented views; the centre crop alone when ``count`` is 0."""
         return [cls("augmented", k) for k in range(1, count + 1)] or [cls()]
 
+    @property
+    def label(self) -> str:
+        """How progress output names this view."""
+        return f"augmented {self.index}" if self.kind == "augmented" else self.kind
+
     def transform(self, pre: Preprocessing, augmentation: Augmentation) -> Transform:
         """The transform producing this view."""
         return pre.augment_transform(augmentation) if self.kind == "augmented" else pre.transform()

@@ -8,6 +8,7 @@ and sharding under ``torchrun``. Unreadable files go to the
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import os
@@ -97,18 +98,11 @@ class ImagePipeline:
         Returns:
             A new pipeline with its own prepared copy and cache namespace.
         """
-        return ImagePipeline(
-            backbone,
-            device=self.device,
-            precision=self.precision,
-            cache_dir=self.cache_dir,
-            use_cache=self.use_cache,
-            batch_size=self.batch_size,
-            num_workers=self.num_workers,
-            seed=self.seed,
-            augmentation=self.augmentation,
-            verbose=self.verbose,
-        )
+        other = copy.copy(self)
+        other.backbone = backbone
+        for lazy in ("runner", "cache"):  # made again, for the other backbone
+            other.__dict__.pop(lazy, None)
+        return other
 
     @staticmethod
     def test_views(tta: bool) -> list[View]:
@@ -164,7 +158,7 @@ class ImagePipeline:
                 view=view,
                 seed=self.seed,
                 augmentation=self.augmentation,
-                desc=desc if len(views) == 1 else f"{desc} ({view.kind} {view.index or ''})",
+                desc=desc if len(views) == 1 else f"{desc} ({view.label})",
                 verbose=0 if quiet else self.verbose,
             )
             for view in views
