@@ -360,6 +360,14 @@ def test_predict_keeps_every_good_row_and_names_every_bad_file(
     assert "wrote 5 predictions" in captured.out
 
 
+def test_predict_with_no_readable_image_fails(checkpoint, folder_with_bad_files, capsys):
+    page = folder_with_bad_files / "1_page.jpg"
+    assert main(["predict", str(page), str(checkpoint)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("petalnet: skipped: Cannot read image") and "1_page.jpg" in err[0]
+    assert err[-1] == "petalnet: error: none of the 1 image(s) could be read (named above)."
+
+
 def test_predict_strict_stops_at_the_first_bad_file_after_flushing(
     checkpoint, folder_with_bad_files, tmp_path, capsys
 ):

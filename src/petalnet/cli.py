@@ -211,6 +211,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             stream.close()
     if out_path:
         print(f"wrote {written} predictions to {out_path}")
+    if bad and not written:
+        raise PetalnetError(f"none of the {bad} image(s) could be read (named above).")
     if bad:
         print(f"petalnet: {bad} unreadable image(s) skipped (named above)", file=sys.stderr)
     if args.plot and first is not None:
