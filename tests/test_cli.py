@@ -153,12 +153,20 @@ def test_evaluate_report_and_confusion_plot(checkpoint, flowers_root, tmp_path, 
     out = capsys.readouterr().out
     assert "accuracy" in out and "on 24 images" in out and "weakest classes" in out
     assert (tmp_path / "confusion_matrix.png").stat().st_size > 10_000
-    assert (tmp_path / "misclassified.png").stat().st_size > 5_000
+    from PIL import Image
+
+    with Image.open(tmp_path / "misclassified.png") as grid:
+        assert grid.format == "PNG" and grid.width > 200
     assert main(["evaluate", str(flowers_root), str(checkpoint), "--json", "--quiet"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     expected = FlowerClassifier.load(checkpoint, device="cpu", verbose=0).evaluate(flowers_root)
     assert report["n_images"] == 24 and report["folder"].endswith("test")
     assert report["accuracy"] == expected["accuracy"] and report["loss"] == expected["loss"]
+    wrong = round((1 - report["accuracy"]) * 24)
+    assert (
+        len(report["misclassified"]) == wrong
+        and report["misclassified"] == expected["misclassified"]
+    )
 
 
 def test_backbones_listing(capsys):

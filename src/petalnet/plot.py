@@ -243,7 +243,7 @@ def misclassified(
         PetalnetError: matplotlib is not installed.
     """
     shown = list(mistakes)[:max_images]
-    cols = 6
+    cols = max(1, min(6, len(shown)))
     rows = max(1, -(-len(shown) // cols))
     fig, axes = _figure((2.6 * cols, 2.9 * rows), ncols=cols, nrows=rows)
     names = names or {}
