@@ -205,3 +205,14 @@ def test_monitor_picks_the_kept_epoch(single_folder, monkeypatch):
     monkeypatch.setattr(training, "evaluate_model", lambda *a, **k: next(scores))
     by_acc = FlowerClassifier("tiny_test", monitor="valid_accuracy", **{**FAST, "epochs": 4})
     assert by_acc.fit(single_folder).best_epoch_ == 3
+
+
+def test_monitor_last_keeps_the_last_epoch_and_only_reports(single_folder, monkeypatch):
+    from petalnet import training
+
+    scores = iter([(1.0, 0.5), (0.6, 0.9), (0.7, 0.6), (0.8, 0.7)])  # (loss, accuracy)
+    monkeypatch.setattr(training, "evaluate_model", lambda *a, **k: next(scores))
+    clf = FlowerClassifier("tiny_test", monitor="last", **{**FAST, "epochs": 4})
+    clf.fit(single_folder)
+    assert clf.best_epoch_ == 4  # not epoch 2, the best on the validation split
+    assert [r["valid_accuracy"] for r in clf.history_] == [0.5, 0.9, 0.6, 0.7]

@@ -36,8 +36,9 @@ Strategy = Literal["freeze", "freeze_unfreeze", "full"]
 Schedule = Literal["constant", "cosine", "onecycle"]
 """Learning-rate schedules: the seed's constant rate, cosine decay to 0, or one-cycle."""
 
-Monitor = Literal["valid_loss", "valid_accuracy"]
-"""What picks the epoch whose weights are kept."""
+Monitor = Literal["valid_loss", "valid_accuracy", "last"]
+"""What picks the epoch whose weights are kept: the lowest validation loss, the highest
+validation accuracy, or the last epoch (the validation split then only reports)."""
 
 ClassWeight = Literal["balanced"]
 """Class weighting of the loss: ``"balanced"`` (or ``None`` for none)."""

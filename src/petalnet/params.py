@@ -196,7 +196,9 @@ class ClassifierParams:
     class_weight: ClassWeight | None = _param(
         None, "balanced: weigh each class's loss by 1/its frequency"
     )
-    monitor: Monitor = _param("valid_loss", "what picks the epoch whose weights are kept")
+    monitor: Monitor = _param(
+        "valid_loss", "what picks the kept epoch (last: the last one; validation only reports)"
+    )
     strategy: Strategy = _param(
         "freeze",
         "what trains: head (freeze), head then last blocks (freeze_unfreeze), everything (full)",

@@ -130,8 +130,9 @@ class Trainer:
     ``NLLLoss``), optionally with label smoothing and class weights. The best epoch is the
     one with the lowest validation loss (ties: higher accuracy), a finer and steadier signal
     than accuracy on small validation sets; ``monitor="valid_accuracy"`` picks the most
-    accurate epoch instead (ties: lower loss), which suits label smoothing. Without
-    validation data the last epoch is kept.
+    accurate epoch instead (ties: lower loss), which suits label smoothing. With
+    ``monitor="last"`` (an epoch count chosen beforehand on other data) or without
+    validation data the last epoch is kept; validation is then only reported.
 
     Its options have no defaults here: :func:`petalnet.fitting.make_trainer` fills them
     from the classifier's parameters, where the defaults are declared.
@@ -287,8 +288,8 @@ class Trainer:
 
         def rank(r: EpochRecord) -> tuple[float, float]:
             """Larger is better: the monitored metric first, the other one breaks ties."""
-            if not n_valid:
-                return (r["epoch"], 0.0)  # no validation data: the last epoch wins
+            if not n_valid or self.monitor == "last":
+                return (r["epoch"], 0.0)  # the last epoch wins
             if self.monitor == "valid_accuracy":
                 return (r["valid_accuracy"], -r["valid_loss"])
             return (-r["valid_loss"], r["valid_accuracy"])

@@ -1,0 +1,112 @@
+"""The honest protocol: choose on a hold-out carved from train, report valid once.
+
+Usage (from the repository root)::
+
+    python benchmarks/protocol.py                         # the default recipe, efficientnet_lite0
+    python benchmarks/protocol.py --epochs 24 --augment-views 2 --label-smoothing 0.1 ...
+
+1. A stratified hold-out (``--holdout``, 15 % of each class, seed 0) is carved from
+   ``train/``; a temporary root of symbolic links holds the rest as ``train/`` and the
+   hold-out as ``valid/``.
+2. **Selection**: the recipe is fitted there; the hold-out picks the kept epoch ``e*`` (the
+   recipe's ``monitor``) and gives the accuracy the choice was made on.
+3. **Final**: the recipe is fitted on the whole ``train/`` for ``e*`` epochs with
+   ``monitor="last"``, so ``valid/`` picks nothing; ``valid/`` is evaluated once.
+
+Both fits share one feature cache (keys follow symbolic links to the image files), so the
+final fit's training features come from the selection fit. A schedule that spans the run
+(cosine, one-cycle) is shorter in the final fit when ``e*`` is below ``--epochs``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+from _shared import DEFAULT_DATA
+
+import petalnet
+from petalnet.data import load_training_data
+from petalnet.params import add_arguments, param_specs
+from petalnet.precision import cpu_has_native_bf16
+
+
+def _link_split(data: Path, holdout: float, root: Path) -> tuple[int, int]:
+    """Symbolic links: root/train (train minus the hold-out), root/valid (the hold-out)."""
+    split = load_training_data(data / "train", valid_fraction=holdout, seed=0)
+    for name, samples in (("train", split.train), ("valid", split.valid)):
+        for path, label in samples:
+            target = root / name / split.classes[label] / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(path.resolve())
+    names = data / "cat_to_name.json"
+    if names.is_file():
+        (root / "cat_to_name.json").symlink_to(names.resolve())
+    return len(split.train), len(split.valid)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--holdout", type=float, default=0.15, help="share of train held out")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    add_arguments(ap, defaults={"backbone": "efficientnet_lite0", "random_state": 0})
+    args = ap.parse_args(argv)
+    if not (args.data / "train").is_dir() or not (args.data / "valid").is_dir():
+        sys.exit(f"No train/ and valid/ under {args.data}; pass --data DIR.")
+    params = {s.name: getattr(args, s.name) for s in param_specs() if hasattr(args, s.name)}
+    params["device"] = args.device
+    if params["cache_dir"] is None:  # one new cache for both fits: cold, then shared
+        params["cache_dir"] = Path(tempfile.mkdtemp(prefix="petalnet-protocol-cache-"))
+
+    with tempfile.TemporaryDirectory(prefix="petalnet-holdout-") as tmp:
+        root = Path(tmp)
+        n_fit, n_holdout = _link_split(args.data, args.holdout, root)
+        start = time.perf_counter()
+        selection = petalnet.FlowerClassifier(**params).fit(root)
+        selection_s = time.perf_counter() - start
+        chosen = selection.best_epoch_
+        holdout_acc = selection.history_[chosen - 1]["valid_accuracy"]
+
+    start = time.perf_counter()
+    final = petalnet.FlowerClassifier(**{**params, "epochs": chosen, "monitor": "last"})
+    final.fit(args.data)
+    fit_s = time.perf_counter() - start
+    start = time.perf_counter()
+    report = final.evaluate(args.data / "valid")
+    eval_s = time.perf_counter() - start
+    result = {
+        "date": date.today().isoformat(),
+        "torch": torch.__version__,
+        "cpu_bf16": cpu_has_native_bf16(),
+        "precision": str(final.pipeline_.precision),
+        "command": " ".join(["python benchmarks/protocol.py", *(argv or sys.argv[1:])]),
+        "backbone": final.backbone,
+        "holdout_images": n_holdout,
+        "selection_train_images": n_fit,
+        "selection_history": [round(r["valid_accuracy"], 4) for r in selection.history_],
+        "chosen_epochs": chosen,
+        "holdout_accuracy": holdout_acc,
+        "final_train_images": final.n_train_,
+        "valid_accuracy": report["accuracy"],
+        "valid_top5_accuracy": report["top5_accuracy"],
+        "valid_images": report["n_images"],
+        "selection_seconds": round(selection_s, 1),
+        "final_fit_seconds": round(fit_s, 1),
+        "evaluate_seconds": round(eval_s, 1),
+    }
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
