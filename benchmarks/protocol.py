@@ -76,7 +76,11 @@ def main(argv: list[str] | None = None) -> dict:
         holdout_acc = selection.history_[chosen - 1]["valid_accuracy"]
 
     start = time.perf_counter()
-    final = petalnet.FlowerClassifier(**{**params, "epochs": chosen, "monitor": "last"})
+    final_params = {**params, "epochs": chosen, "monitor": "last"}
+    for name in ("freeze_epochs", "warmup_epochs"):  # they must fit in the shorter run
+        if final_params[name] is not None:
+            final_params[name] = min(final_params[name], chosen)
+    final = petalnet.FlowerClassifier(**final_params)
     final.fit(args.data)
     fit_s = time.perf_counter() - start
     start = time.perf_counter()
