@@ -216,3 +216,32 @@ def test_monitor_last_keeps_the_last_epoch_and_only_reports(single_folder, monke
     clf.fit(single_folder)
     assert clf.best_epoch_ == 4  # not epoch 2, the best on the validation split
     assert [r["valid_accuracy"] for r in clf.history_] == [0.5, 0.9, 0.6, 0.7]
+
+
+def test_refit_trains_the_chosen_epoch_count_on_train_and_valid(single_folder, tmp_path):
+    plain = FlowerClassifier("tiny_test", **{**FAST, "epochs": 5}).fit(single_folder)
+    clf = FlowerClassifier("tiny_test", refit=True, **{**FAST, "epochs": 5}).fit(single_folder)
+    chosen = plain.best_epoch_
+    # the selection run is the plain run; the refit trains that many epochs on all 30 images
+    assert [r["valid_loss"] for r in clf.selection_history_] == [
+        r["valid_loss"] for r in plain.history_
+    ]
+    assert len(clf.history_) == chosen and clf.best_epoch_ == chosen
+    assert (clf.n_train_, clf.n_valid_) == (30, 0)
+    assert all(r["valid_loss"] != r["valid_loss"] for r in clf.history_)  # NaN: no validation
+    again = FlowerClassifier.load(clf.save(tmp_path / "refit.pt"))
+    assert len(again.selection_history_) == 5 and again.refit
+    with pytest.raises(ValueError, match="refit=True cannot resume"):
+        FlowerClassifier("tiny_test", refit=True, **FAST).fit(
+            single_folder, resume_from=tmp_path / "refit.pt"
+        )
+
+
+def test_without_validation_images_the_last_epoch_is_kept(single_folder):
+    clf = FlowerClassifier("tiny_test", valid_fraction=0.0, **{**FAST, "epochs": 3})
+    clf.fit(single_folder)
+    assert clf.n_valid_ == 0 and clf.best_epoch_ == 3
+    untrained = FlowerClassifier("tiny_test", valid_fraction=0.0, **{**FAST, "epochs": 1})
+    untrained.fit(single_folder)
+    # the kept weights are the trained ones, not the initial head's
+    assert not torch.equal(clf.head_[0].weight, untrained.head_[0].weight)

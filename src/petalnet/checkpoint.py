@@ -69,6 +69,8 @@ class FittedModel:
         n_train: Readable training images used.
         n_valid: Readable validation images used.
         skipped: One message per unreadable image left out while fitting.
+        selection_history: With ``refit=True``: the history of the run whose validation
+            split chose the epoch count (``training`` is then the refit's).
     """
 
     backbone: FeatureExtractor
@@ -81,6 +83,7 @@ class FittedModel:
     n_train: int = 0
     n_valid: int = 0
     skipped: list[str] = field(default_factory=list)
+    selection_history: list[EpochRecord] = field(default_factory=list)
 
     @property
     def class_to_idx(self) -> dict[str, int]:
@@ -138,10 +141,9 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def _training_state(data: Mapping[str, Any]) -> TrainingState:
-    """The training state a checkpoint's content holds."""
-    training = data.get("training") or {}
-    history: list[EpochRecord] = [
+def _history(rows: Any) -> list[EpochRecord]:
+    """History rows read back as typed records."""
+    return [
         {
             "epoch": float(r["epoch"]),
             "train_loss": float(r["train_loss"]),
@@ -149,10 +151,15 @@ def _training_state(data: Mapping[str, Any]) -> TrainingState:
             "valid_accuracy": float(r["valid_accuracy"]),
             "seconds": float(r["seconds"]),
         }
-        for r in data.get("history", [])
+        for r in rows
     ]
+
+
+def _training_state(data: Mapping[str, Any]) -> TrainingState:
+    """The training state a checkpoint's content holds."""
+    training = data.get("training") or {}
     return TrainingState(
-        history=history,
+        history=_history(data.get("history", [])),
         best_epoch=int(data.get("best_epoch", 0)),
         optimizer_state=dict(data.get("optimizer", {})),
         best_state=training.get("best_state", data["head"]["state_dict"]),
@@ -198,6 +205,7 @@ def to_payload(
         "classes": list(model.classes),
         "category_names": model.category_names,
         "history": [dict(r) for r in state.history],
+        "selection_history": [dict(r) for r in model.selection_history],
         "best_epoch": int(state.best_epoch),
         "optimizer": state.optimizer_state,
     }
@@ -258,6 +266,7 @@ def from_payload(data: Mapping[str, Any]) -> tuple[dict[str, Any], FittedModel]:
         classes=classes,
         category_names=dict(names) if names is not None else None,
         training=state,
+        selection_history=_history(data.get("selection_history", [])),
     )
     return dict(data.get("params", {})), model
 

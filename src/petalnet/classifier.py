@@ -51,6 +51,7 @@ class FlowerClassifier(ClassifierParams):
     n_train_ = FittedAttribute(lambda m: m.n_train)
     n_valid_ = FittedAttribute(lambda m: m.n_valid)
     skipped_ = FittedAttribute(lambda m: m.skipped)
+    selection_history_ = FittedAttribute(lambda m: m.selection_history)
     category_names_ = FittedAttribute(lambda m: m.category_names, "category_names")
 
     @property

@@ -8,8 +8,10 @@ so that each parameter is read in one place.
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,7 +23,7 @@ from petalnet.backbones.registry import build_backbone
 from petalnet.batches import Batches, ImageBatches
 from petalnet.callbacks import TrainingState
 from petalnet.checkpoint import FittedModel, read_checkpoint, resume_state
-from petalnet.data import load_category_names, load_training_data
+from petalnet.data import TrainingData, load_category_names, load_training_data
 from petalnet.errors import DataError
 from petalnet.head import build_head, normalize_hidden_units
 from petalnet.images import Unreadable
@@ -141,8 +143,9 @@ def fit_model(
         CheckpointError: ``resume_from`` is unreadable or does not match this run.
         PetalnetError: The plan cannot be made, or the loss became NaN.
     """
-    hidden = normalize_hidden_units(params.hidden_units)
     resume = read_checkpoint(resume_from) if resume_from is not None else None
+    if resume is not None and params.refit:
+        raise ValueError("refit=True cannot resume a run; resume it with refit=False first.")
     data = load_training_data(
         data_dir, valid_fraction=params.valid_fraction, seed=params.random_state
     )
@@ -150,60 +153,93 @@ def fit_model(
     names_file = names_file if names_file is not None else data.category_names_file
     names = load_category_names(names_file) if names_file is not None else None
     distributed.init(distributed.local_device(resolve_device(params.device)))
-    backbone = build_backbone(params.backbone, params.weights)
-    plan = plan_training(
-        backbone,
-        params.strategy,
-        unfreeze_blocks=params.unfreeze_blocks,
-        freeze_epochs=params.freeze_epochs,
-        epochs=params.epochs,
-        name=params.backbone,
-    )
-    pipeline = pipeline_for(backbone)
     unreadable = Unreadable.for_training(params.strict)
-    train, valid = training_batches(
-        plan, pipeline, data, unreadable, augment_views=params.augment_views
+    run = _Run(params, data, names, unreadable, pipeline_for, keep)
+    model = run.train(resume, str(resume_from))
+    if not params.refit or not model.training.best_epoch:
+        return model
+    # refit: the kept epoch's count, on every labelled image, the last epoch kept
+    chosen, selection = model.training.best_epoch, model.training.history
+    shorter = {
+        name: min(value, chosen)
+        for name in ("freeze_epochs", "warmup_epochs")
+        if (value := getattr(params, name)) is not None
+    }
+    refit = dataclasses.replace(
+        params, epochs=chosen, monitor="last", early_stopping=None, **shorter
     )
-    if len(train.labels) == 0:
-        raise DataError(
-            f"None of the {len(data.train)} training images under {str(data_dir)!r} could "
-            "be read; see the warnings above."
-        )
-    with seeded(params.random_state):
-        head = build_head(backbone.feature_dim, len(data.classes), hidden, params.dropout)
-    trained: nn.Module = head.to(pipeline.device)
-    if plan.back is not None:  # fine-tuned backbone layers run before the head
-        plan.back.to(pipeline.device).to(memory_format=torch.channels_last)
-        trained = nn.Sequential(plan.back, head)
-    state = TrainingState()
-    if resume is not None:
-        classes = data.classes
-        state = resume_state(
-            resume, str(resume_from), trained, classes=classes, backbone=params.backbone
-        )
-    model = FittedModel(
-        backbone,
-        head,
-        hidden,
-        params.dropout,
-        list(data.classes),
-        names,
-        state,
-        n_train=len(train.labels),
-        n_valid=len(valid.labels),
-        skipped=unreadable.messages,
-    )
-    keep(model)
-    trainer = make_trainer(params, pipeline.device, plan.freeze_epochs)
-    try:
-        trainer.fit(
-            trained, train, valid, n_classes=len(data.classes), backbone=plan.back, state=state
-        )
-    finally:  # also after an error: the model holds the best epoch so far
-        model.n_train, model.n_valid = _readable(train), _readable(valid)
-        if plan.back is not None and state.history:  # fine-tuned: a new backbone
-            model.backbone = backbone.derive(source="trained")
+    everything = dataclasses.replace(data, train=data.train + data.valid, valid=[])
+    model = _Run(refit, everything, names, unreadable, pipeline_for, keep).train(None, "")
+    model.selection_history = selection
     return model
+
+
+@dataclasses.dataclass
+class _Run:
+    """One training pass: a fresh backbone and head, trained on ``data`` as ``params`` say."""
+
+    params: ClassifierParams
+    data: TrainingData
+    names: dict[str, str] | None
+    unreadable: Unreadable
+    pipeline_for: Callable[[FeatureExtractor], ImagePipeline]
+    keep: Callable[[FittedModel], None]
+
+    def train(self, resume: Mapping[str, Any] | None, resume_path: str) -> FittedModel:
+        params, data = self.params, self.data
+        hidden = normalize_hidden_units(params.hidden_units)
+        backbone = build_backbone(params.backbone, params.weights)
+        plan = plan_training(
+            backbone,
+            params.strategy,
+            unfreeze_blocks=params.unfreeze_blocks,
+            freeze_epochs=params.freeze_epochs,
+            epochs=params.epochs,
+            name=params.backbone,
+        )
+        pipeline = self.pipeline_for(backbone)
+        train, valid = training_batches(
+            plan, pipeline, data, self.unreadable, augment_views=params.augment_views
+        )
+        if len(train.labels) == 0:
+            raise DataError(
+                f"None of the {len(data.train)} training images under {str(data.root)!r} "
+                "could be read; see the warnings above."
+            )
+        with seeded(params.random_state):
+            head = build_head(backbone.feature_dim, len(data.classes), hidden, params.dropout)
+        trained: nn.Module = head.to(pipeline.device)
+        if plan.back is not None:  # fine-tuned backbone layers run before the head
+            plan.back.to(pipeline.device).to(memory_format=torch.channels_last)
+            trained = nn.Sequential(plan.back, head)
+        state = TrainingState()
+        if resume is not None:
+            state = resume_state(
+                resume, resume_path, trained, classes=data.classes, backbone=params.backbone
+            )
+        model = FittedModel(
+            backbone,
+            head,
+            hidden,
+            params.dropout,
+            list(data.classes),
+            self.names,
+            state,
+            n_train=len(train.labels),
+            n_valid=len(valid.labels),
+            skipped=self.unreadable.messages,
+        )
+        self.keep(model)
+        trainer = make_trainer(params, pipeline.device, plan.freeze_epochs)
+        try:
+            trainer.fit(
+                trained, train, valid, n_classes=len(data.classes), backbone=plan.back, state=state
+            )
+        finally:  # also after an error: the model holds the best epoch so far
+            model.n_train, model.n_valid = _readable(train), _readable(valid)
+            if plan.back is not None and state.history:  # fine-tuned: a new backbone
+                model.backbone = backbone.derive(source="trained")
+        return model
 
 
 def _readable(rows: Batches) -> int:

@@ -222,6 +222,11 @@ class ClassifierParams:
         check=_positive,
         rule="positive",
     )
+    refit: bool = _param(
+        False,
+        "after the validation split picks the kept epoch, train again on train + valid "
+        "for that many epochs (the last one kept)",
+    )
     callbacks: Sequence[Callback] | None = _param(
         None, "extra Callback objects called during training", flag=None
     )

@@ -370,7 +370,8 @@ class Trainer:
                     state.rng_state = torch.get_rng_state()
                     state.optimizer_state = copy.deepcopy(optimizer.state_dict())
                     key = rank(record)
-                    if math.isfinite(valid_loss) and (best_key is None or key > best_key):
+                    measured = math.isfinite(valid_loss) or not n_valid  # none: last wins
+                    if measured and (best_key is None or key > best_key):
                         best_key, state.best_epoch = key, epoch
                         best_state = copy.deepcopy(model.state_dict())
                     for cb in self.callbacks:
