@@ -15,21 +15,16 @@ best epoch: the figure is the seed's "valid accuracy", not an untouched test sco
 
 from __future__ import annotations
 
-import argparse
-import json
 import platform
 import resource
 import sys
-import tempfile
 import time
 from datetime import date
-from pathlib import Path
 
 import torch
-from _shared import DEFAULT_DATA
+from _shared import emit, recipe, recipe_parser
 
 import petalnet
-from petalnet.params import add_arguments, param_specs
 from petalnet.precision import cpu_has_native_bf16
 
 
@@ -39,20 +34,12 @@ def peak_rss_mib() -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    ap.add_argument("--device", default="auto")
+    ap = recipe_parser(__doc__.splitlines()[0])
     ap.add_argument("--fits", type=int, default=2, help="fits in a row (2nd+ use the cache)")
-    ap.add_argument("--json", type=Path, help="also write the results here")
-    # every FlowerClassifier parameter, from the one spec (petalnet.params)
-    add_arguments(ap, defaults={"backbone": "efficientnet_lite0", "random_state": 0})
     args = ap.parse_args(argv)
     if not args.data.is_dir():
         sys.exit(f"No data at {args.data}; pass --data DIR (train/ valid/ <class>/*.jpg).")
-    params = {s.name: getattr(args, s.name) for s in param_specs() if hasattr(args, s.name)}
-    params["device"] = args.device
-    if params["cache_dir"] is None:  # a new empty folder, so the first fit is cold
-        params["cache_dir"] = Path(tempfile.mkdtemp(prefix="petalnet-bench-cache-"))
+    params = recipe(args)
     fit_seconds, fit_accuracies = [], []
     for _ in range(args.fits):
         clf = petalnet.FlowerClassifier(**params)
@@ -87,10 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
         "evaluate_seconds": round(eval_s, 1),
         "peak_rss_mib": round(peak_rss_mib()),
     }
-    print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    return emit(result, args.json)
 
 
 if __name__ == "__main__":

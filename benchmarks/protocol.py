@@ -20,8 +20,6 @@ final fit's training features come from the selection fit. A schedule that spans
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 import time
@@ -29,11 +27,10 @@ from datetime import date
 from pathlib import Path
 
 import torch
-from _shared import DEFAULT_DATA
+from _shared import emit, recipe, recipe_parser
 
 import petalnet
 from petalnet.data import load_training_data
-from petalnet.params import add_arguments, param_specs
 from petalnet.precision import cpu_has_native_bf16
 
 
@@ -52,19 +49,12 @@ def _link_split(data: Path, holdout: float, root: Path) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap = recipe_parser(__doc__.splitlines()[0])
     ap.add_argument("--holdout", type=float, default=0.15, help="share of train held out")
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--json", type=Path, help="also write the results here")
-    add_arguments(ap, defaults={"backbone": "efficientnet_lite0", "random_state": 0})
     args = ap.parse_args(argv)
     if not (args.data / "train").is_dir() or not (args.data / "valid").is_dir():
         sys.exit(f"No train/ and valid/ under {args.data}; pass --data DIR.")
-    params = {s.name: getattr(args, s.name) for s in param_specs() if hasattr(args, s.name)}
-    params["device"] = args.device
-    if params["cache_dir"] is None:  # one new cache for both fits: cold, then shared
-        params["cache_dir"] = Path(tempfile.mkdtemp(prefix="petalnet-protocol-cache-"))
+    params = recipe(args)  # one new cache for both fits: cold, then shared
 
     with tempfile.TemporaryDirectory(prefix="petalnet-holdout-") as tmp:
         root = Path(tmp)
@@ -106,10 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
         "final_fit_seconds": round(fit_s, 1),
         "evaluate_seconds": round(eval_s, 1),
     }
-    print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    return emit(result, args.json)
 
 
 if __name__ == "__main__":
