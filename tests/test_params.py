@@ -15,7 +15,7 @@ import torch
 
 from petalnet import FlowerClassifier
 from petalnet.cli import build_parser
-from petalnet.params import ClassifierParams, add_arguments, param_specs
+from petalnet.params import ClassifierParams, param_specs
 
 SPECS = {s.name: s for s in param_specs()}
 
@@ -156,12 +156,15 @@ def test_unparsable_flags_are_one_line_exit_2(argv, capsys):
 
 def test_benchmark_flags_come_from_the_same_spec(monkeypatch):
     monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
-    parser = argparse.ArgumentParser()
-    add_arguments(parser, defaults={"backbone": "efficientnet_lite0"})
-    args = parser.parse_args(["--strategy", "full", "--amp", "off"])
+    shared = sys.modules.get("_shared") or __import__("_shared")
+    args = shared.recipe_parser("x").parse_args(["--strategy", "full", "--amp", "off"])
     assert (args.backbone, args.strategy, args.amp) == ("efficientnet_lite0", "full", False)
-    bench = sys.modules.get("fit_flowers") or __import__("fit_flowers")
-    assert "add_arguments" in inspect.getsource(bench.main)
+    params = shared.recipe(args)
+    assert set(params) == set(SPECS) - {"callbacks", "verbose"}
+    FlowerClassifier(**params).validate()
+    for script in ("fit_flowers", "protocol"):
+        bench = sys.modules.get(script) or __import__(script)
+        assert "recipe_parser(" in inspect.getsource(bench.main)
 
 
 def test_params_class_is_a_dataclass_of_the_parameters():
