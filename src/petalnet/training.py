@@ -27,7 +27,6 @@ from petalnet.callbacks import Callback, EarlyStopping, EpochLogger, EpochRecord
 from petalnet.errors import PetalnetError, PetalnetWarning
 
 __all__ = [
-    "MONITORS",
     "SCHEDULES",
     "Monitor",
     "Schedule",
@@ -37,8 +36,6 @@ __all__ = [
 ]
 
 SCHEDULES: tuple[Schedule, ...] = get_args(Schedule)
-
-MONITORS: tuple[Monitor, ...] = get_args(Monitor)
 
 
 @contextmanager

@@ -145,8 +145,6 @@ LITE_MODELS = {
 }
 """The EfficientNet-Lite models petalnet registers, by name."""
 
-LITE_PREPROCESSING = LITE_MODELS["efficientnet_lite0"].preprocessing
-
 
 class _SameConv2d(nn.Conv2d):
     """Conv2d with TensorFlow "SAME" padding (asymmetric for strided convolutions)."""
