@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import resource
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from petalnet.data import load_training_data
 from petalnet.params import add_arguments, param_specs
 
 # ../shared/data/flowers102 beside the repository: train/ (6552) and valid/ (818) images
@@ -35,9 +39,55 @@ def recipe(args: argparse.Namespace) -> dict[str, Any]:
     return params
 
 
-def emit(result: dict[str, Any], path: Path | None) -> dict[str, Any]:
+def emit(result: Any, path: Path | None) -> Any:
     """Print the result as JSON and, given a path, write it there too."""
     print(json.dumps(result, indent=2))
     if path:
         path.write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def link_holdout(data: Path, holdout: float, root: Path) -> tuple[int, int]:
+    """Symbolic links: root/train (train minus a stratified hold-out), root/valid (the hold-out).
+
+    The hold-out is ``holdout`` of each class of ``data/train`` (seed 0); ``data/valid`` is
+    not used, so it stays the split that is reported once.
+
+    Returns:
+        The number of images in root/train and in root/valid.
+    """
+    split = load_training_data(data / "train", valid_fraction=holdout, seed=0)
+    for name, samples in (("train", split.train), ("valid", split.valid)):
+        for path, label in samples:
+            target = root / name / split.classes[label] / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(path.resolve())
+    names = data / "cat_to_name.json"
+    if names.is_file():
+        (root / "cat_to_name.json").symlink_to(names.resolve())
+    return len(split.train), len(split.valid)
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def machine() -> dict[str, Any]:
+    """The CPU model, core count and the vector flags that decide CPU speed and precision."""
+    model, flags = platform.processor() or "?", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                model = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    return {
+        "cpu": model,
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "cpu_flags": [f for f in wanted if f in flags],
+    }

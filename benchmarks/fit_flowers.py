@@ -16,21 +16,15 @@ best epoch: the figure is the seed's "valid accuracy", not an untouched test sco
 from __future__ import annotations
 
 import platform
-import resource
 import sys
 import time
 from datetime import date
 
 import torch
-from _shared import emit, recipe, recipe_parser
+from _shared import emit, peak_rss_mib, recipe, recipe_parser
 
 import petalnet
 from petalnet.precision import cpu_has_native_bf16
-
-
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main(argv: list[str] | None = None) -> dict:

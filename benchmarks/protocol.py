@@ -27,25 +27,10 @@ from datetime import date
 from pathlib import Path
 
 import torch
-from _shared import emit, recipe, recipe_parser
+from _shared import emit, link_holdout, recipe, recipe_parser
 
 import petalnet
-from petalnet.data import load_training_data
 from petalnet.precision import cpu_has_native_bf16
-
-
-def _link_split(data: Path, holdout: float, root: Path) -> tuple[int, int]:
-    """Symbolic links: root/train (train minus the hold-out), root/valid (the hold-out)."""
-    split = load_training_data(data / "train", valid_fraction=holdout, seed=0)
-    for name, samples in (("train", split.train), ("valid", split.valid)):
-        for path, label in samples:
-            target = root / name / split.classes[label] / path.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.symlink_to(path.resolve())
-    names = data / "cat_to_name.json"
-    if names.is_file():
-        (root / "cat_to_name.json").symlink_to(names.resolve())
-    return len(split.train), len(split.valid)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -58,7 +43,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="petalnet-holdout-") as tmp:
         root = Path(tmp)
-        n_fit, n_holdout = _link_split(args.data, args.holdout, root)
+        n_fit, n_holdout = link_holdout(args.data, args.holdout, root)
         start = time.perf_counter()
         selection = petalnet.FlowerClassifier(**params).fit(root)
         selection_s = time.perf_counter() - start

@@ -267,6 +267,23 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_presets(args: argparse.Namespace) -> int:
+    from petalnet.presets import list_presets
+
+    for preset in list_presets():
+        print(f"{preset.name:<10} {preset.summary}")
+        print(f"{'':<10} {preset.describe()}")
+        flags = " ".join(
+            f"--{k} {','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
+            if not isinstance(v, bool)
+            else f"--{k}"
+            for k, v in preset.params.items()
+        )
+        print(f"{'':<10} = {flags}")
+    print("use: petalnet train DATA_DIR --preset NAME  (later flags override the preset)")
+    return 0
+
+
 def _cmd_backbones(args: argparse.Namespace) -> int:
     from petalnet.backbones.info import backbone_info
     from petalnet.backbones.registry import list_backbones
@@ -333,12 +350,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"petalnet: error: {message} (see `{self.prog} --help`)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
     """Build the argument parser.
+
+    Args:
+        preset: A preset whose parameters become the ``train`` defaults (explicit flags
+            still win).
 
     Returns:
         The parser of every command; the ``train`` flags come from the parameter spec.
+
+    Raises:
+        ValueError: ``preset`` names no preset.
     """
+    from petalnet.presets import get_preset, list_presets
+
     parser = _Parser(prog="petalnet", description="Train and use flower-photo classifiers.")
     parser.add_argument("--version", action="version", version=f"petalnet {__version__}")
     sub = parser.add_subparsers(
@@ -349,7 +375,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("data_dir", help="root with train/ valid/ class folders, or one class folder")
     t.add_argument("--save_dir", default=".", help="folder for the checkpoint (default: .)")
     t.add_argument("--checkpoint_name", default="checkpoint.pt")
-    add_arguments(t)
+    t.add_argument(
+        "--preset",
+        choices=[p.name for p in list_presets()],
+        default=preset,
+        help="start from a named recipe (`petalnet presets`); other flags override it",
+    )
+    add_arguments(t, defaults=get_preset(preset).params if preset else None)
     t.add_argument("--resume", metavar="CHECKPOINT", help="continue a run saved earlier")
     t.add_argument("--quiet", action="store_true", help="no progress output")
     _device_flags(t, amp=False)  # train has --amp from the parameter spec
@@ -377,6 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true")
     _device_flags(e)
     e.set_defaults(func=_cmd_evaluate)
+
+    r = sub.add_parser("presets", help="list the named recipes and what they measured")
+    r.set_defaults(func=_cmd_presets)
 
     b = sub.add_parser("backbones", help="list the available backbones")
     b.add_argument("pattern", nargs="?", help="wildcard filter, e.g. 'vgg*'")
@@ -413,6 +448,18 @@ def _one_line_warning(
     print(f"petalnet: warning: {message}", file=sys.stderr)
 
 
+def _preset_in(argv: Sequence[str]) -> str | None:
+    """The ``--preset`` of ``train`` when it names one (an unknown name is argparse's error)."""
+    from petalnet.presets import list_presets
+
+    if not argv or argv[0] != "train":
+        return None
+    words = [w.split("=", 1)[1] for w in argv if w.startswith("--preset=")]
+    words += [argv[i + 1] for i, w in enumerate(argv[:-1]) if w == "--preset"]
+    known = {p.name for p in list_presets()}
+    return next((w for w in reversed(words) if w in known), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line.
 
@@ -422,7 +469,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status: 0 on success, 1 on an error, 130 when interrupted.
     """
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(preset=_preset_in(argv)).parse_args(argv)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning

@@ -248,6 +248,24 @@ class ClassifierParams:
         """
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> Self:
+        """A new estimator with a named recipe's parameters (``petalnet presets`` lists them).
+
+        Args:
+            name: The preset, e.g. ``"fast-cpu"`` or ``"best-cpu"``.
+            **overrides: Parameters that replace the preset's (or add to it).
+
+        Returns:
+            The unfitted estimator.
+
+        Raises:
+            ValueError: No preset has that name (the message lists those that exist).
+        """
+        from petalnet.presets import get_preset
+
+        return cls(**{**get_preset(name).params, **overrides})
+
     def set_params(self, **params: Any) -> Self:
         """Set parameters by name (scikit-learn style); fitted state is left as it is.
 

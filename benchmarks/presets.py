@@ -1,0 +1,111 @@
+"""Measure each preset under the honest protocol: hold-out accuracy, valid once, time, memory.
+
+Usage (from the repository root)::
+
+    python benchmarks/presets.py                      # every preset
+    python benchmarks/presets.py --only fast-cpu --json out.json
+
+For each preset, two child processes, each with a new, empty feature cache:
+
+1. **hold-out**: the preset is fitted on ``train/`` minus a stratified 15 % hold-out and
+   evaluated on the hold-out (the preset's own epochs, ``monitor="last"``: nothing is picked
+   there either; this is the figure recipes were compared on).
+2. **final**: the preset is fitted on the whole ``train/`` from the JPEG files and
+   ``valid/`` is evaluated once. Its wall time (fit + evaluate) is the end-to-end time and
+   its peak RSS the memory figure.
+
+Each phase runs in its own process so that its peak RSS and its cold cache are its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import torch
+from _shared import DEFAULT_DATA, emit, link_holdout, machine, peak_rss_mib
+
+import petalnet
+from petalnet.precision import cpu_has_native_bf16
+from petalnet.presets import get_preset, list_presets
+
+
+def _phase(name: str, phase: str, data: Path, holdout: float) -> dict[str, Any]:
+    """Run one phase in this process (a child of :func:`main`)."""
+    cache = Path(tempfile.mkdtemp(prefix="petalnet-preset-cache-"))
+    with tempfile.TemporaryDirectory(prefix="petalnet-holdout-") as tmp:
+        root, report_on = data, data / "valid"
+        if phase == "holdout":
+            root = Path(tmp)
+            link_holdout(data, holdout, root)
+            report_on = root / "valid"
+        start = time.perf_counter()
+        clf = petalnet.FlowerClassifier.from_preset(name, cache_dir=cache, random_state=0)
+        clf.fit(root)
+        fit_s = time.perf_counter() - start
+        report = clf.evaluate(report_on)
+        total_s = time.perf_counter() - start
+    return {
+        "accuracy": report["accuracy"],
+        "top5_accuracy": report["top5_accuracy"],
+        "images": report["n_images"],
+        "train_images": clf.n_train_,
+        "history": [round(r["valid_accuracy"], 4) for r in clf.history_],
+        "precision": str(clf.pipeline_.precision),
+        "fit_seconds": round(fit_s, 1),
+        "seconds": round(total_s, 1),
+        "peak_rss_mib": round(peak_rss_mib()),
+    }
+
+
+def _child(name: str, phase: str, args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        cmd = [sys.executable, __file__, "--only", name, "--phase", phase]
+        cmd += ["--data", str(args.data), "--holdout", str(args.holdout), "--json", out.name]
+        subprocess.run(cmd, check=True)
+        return json.loads(Path(out.name).read_text())
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--only", nargs="+", help="preset names (default: all)")
+    ap.add_argument("--holdout", type=float, default=0.15, help="share of train held out")
+    ap.add_argument("--phase", choices=["holdout", "final"], help=argparse.SUPPRESS)
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args(argv)
+    if not (args.data / "train").is_dir() or not (args.data / "valid").is_dir():
+        sys.exit(f"No train/ and valid/ under {args.data}; pass --data DIR.")
+    names = args.only or [p.name for p in list_presets()]
+    if args.phase:  # a child: one phase of one preset
+        emit(_phase(names[0], args.phase, args.data, args.holdout), args.json)
+        return []
+    results = []
+    for name in names:
+        held, final = _child(name, "holdout", args), _child(name, "final", args)
+        results.append(
+            {
+                "preset": name,
+                "params": dict(get_preset(name).params),
+                "date": date.today().isoformat(),
+                "torch": torch.__version__,
+                **machine(),
+                "cpu_bf16": cpu_has_native_bf16(),
+                "command": f"python benchmarks/presets.py --only {name}",
+                "holdout": held,
+                "final": final,
+            }
+        )
+    emit(results, args.json)
+    return results
+
+
+if __name__ == "__main__":
+    main()
