@@ -27,7 +27,7 @@ from _shared import DEFAULT_DATA
 import petalnet
 from petalnet.data import list_samples, resolve_eval_folder
 from petalnet.images import Unreadable
-from petalnet.pipeline import ImagePipeline, head_log_probs
+from petalnet.pipeline import ImagePipeline
 from petalnet.precision import resolve_precision
 from petalnet.results import evaluation_report
 
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
         paths, labels = [p for p, _ in samples], [t for _, t in samples]
         feats = pipe.features(paths, labels, unreadable=Unreadable(), quiet=True)
         seconds = time.perf_counter() - start
-        log_probs = head_log_probs(clf.head_, feats.features, clf.device_)
+        log_probs = clf.model_.calibration.outputs(clf.head_, feats.features, clf.device_).log_probs
         acc = evaluation_report(log_probs, feats.labels, clf.classes_)["accuracy"]
         result[f"same_head_{name}"] = {"valid_accuracy": acc, "extract_seconds": round(seconds, 1)}
         print(f"same head, {name} features: valid accuracy {acc:.2%} ({seconds:.1f}s)", flush=True)

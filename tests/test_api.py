@@ -24,6 +24,7 @@ EXPECTED = {
     "PetalnetWarning",
     "Prediction",
     "Preprocessing",
+    "TopK",
     "TrainingState",
     "WeightsUnavailableError",
     "__version__",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import pickle
 import subprocess
@@ -66,10 +68,20 @@ def test_fit_sets_fitted_attributes(fitted, flowers_root):
 
 
 def test_fit_keeps_the_best_epoch_weights(fitted, flowers_root):
-    report = fitted.evaluate(flowers_root / "valid")
     best = fitted.history_[fitted.best_epoch_ - 1]
+    calibration = fitted.model_.calibration
+    raw = copy.copy(fitted)  # the same model, without the temperature fitted after training
+    raw.model_ = dataclasses.replace(
+        fitted.model_, calibration=dataclasses.replace(calibration, temperature=1.0)
+    )
+    report = raw.evaluate(flowers_root / "valid")
     assert report["accuracy"] == pytest.approx(best["valid_accuracy"])
     assert report["loss"] == pytest.approx(best["valid_loss"], rel=1e-4)
+    # the temperature was fitted on this split: it can only lower the loss there
+    calibrated = fitted.evaluate(flowers_root / "valid")
+    assert calibrated["accuracy"] == report["accuracy"]
+    assert calibrated["loss"] <= report["loss"] + 1e-6
+    assert calibration.metrics["nll"] == pytest.approx(calibrated["loss"], rel=1e-4)
 
 
 def test_evaluate_report(fitted, flowers_root):

@@ -120,6 +120,8 @@ def test_predict_folder_to_csv_and_jsonl(checkpoint, flowers_root, tmp_path, mon
     assert len(rows) == 24
     assert set(rows[0]) == {
         "image",
+        "unknown",
+        "novelty",
         "label_1",
         "class_id_1",
         "probability_1",
@@ -136,6 +138,9 @@ def test_predict_folder_to_csv_and_jsonl(checkpoint, flowers_root, tmp_path, mon
     )
     records = [json.loads(line) for line in out_jsonl.read_text().splitlines()]
     assert len(records) == 24 and len(records[0]["top"]) == 5
+    assert {type(r["unknown"]) for r in records} == {bool}
+    assert all(isinstance(r["novelty"], float) for r in records)
+    assert sum(r["unknown"] for r in records) == sum(int(r["unknown"]) for r in rows)
 
 
 def test_predict_plot(checkpoint, flowers_root, tmp_path):

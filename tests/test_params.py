@@ -76,6 +76,9 @@ BAD_VALUES = {
     "freeze_epochs": [11, -1],
     "backbone_lr_scale": [0],
     "tta": [1],
+    "calibrate": ["yes"],
+    "novelty": ["odin"],
+    "known_recall": [0, 1.5],
     "strict": ["yes"],
     "verbose": [True],
 }

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 import petalnet
+from petalnet.calibration import Calibration
 from petalnet.features import CENTER, MIRROR, View, run_backbone
 from petalnet.images import Unreadable, read_image
-from petalnet.pipeline import ImagePipeline, head_log_probs
+from petalnet.pipeline import ImagePipeline
 
 
 @pytest.fixture
@@ -56,14 +57,20 @@ def test_unreadable_files_are_skipped_with_their_positions(pipeline, flowers_roo
     assert len(got.skipped) == 1 and "bad.jpg" in got.skipped[0] == policy.messages[0]
 
 
-def test_head_log_probs_average_probabilities_over_views():
+def test_head_outputs_average_probabilities_over_views():
     head = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.LogSoftmax(dim=1))
     views = torch.randn(2, 4, 2)
-    got = head_log_probs(head, views, torch.device("cpu"))
+    cpu, identity = torch.device("cpu"), Calibration()
+    got = identity.outputs(head, views, cpu).log_probs
     with torch.no_grad():
         expected = ((head(views[0]).exp() + head(views[1]).exp()) / 2).log()
-    torch.testing.assert_close(got, expected)
-    torch.testing.assert_close(head_log_probs(head, views[0], torch.device("cpu")), head(views[0]))
+        torch.testing.assert_close(got, expected)
+        torch.testing.assert_close(identity.outputs(head, views[0], cpu).log_probs, head(views[0]))
+        # a temperature divides the logits of each view before the average
+        hot = Calibration(temperature=2.0).outputs(head, views, cpu).log_probs
+        logits = [head[0](v) for v in views]
+        expected = (((logits[0] / 2).softmax(1) + (logits[1] / 2).softmax(1)) / 2).log()
+        torch.testing.assert_close(hot, expected)
 
 
 def same(a, b):

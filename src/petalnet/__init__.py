@@ -33,7 +33,7 @@ if _TYPE_CHECKING:  # what the names below are; at run time they load on first u
     from petalnet.callbacks import Callback, EarlyStopping, EpochRecord, TrainingState
     from petalnet.classifier import FlowerClassifier
     from petalnet.preprocessing import Preprocessing
-    from petalnet.results import EvaluationReport, ImagePrediction, Prediction
+    from petalnet.results import EvaluationReport, ImagePrediction, Prediction, TopK
 
 # name -> the module that defines it. Loading torch takes seconds, so `import petalnet`
 # (and `petalnet --help`) does not: the first use of one of these names does.
@@ -49,7 +49,9 @@ _LAZY = {
     ),
     "FlowerClassifier": "petalnet.classifier",
     "Preprocessing": "petalnet.preprocessing",
-    **dict.fromkeys(["EvaluationReport", "ImagePrediction", "Prediction"], "petalnet.results"),
+    **dict.fromkeys(
+        ["EvaluationReport", "ImagePrediction", "Prediction", "TopK"], "petalnet.results"
+    ),
 }
 
 
@@ -84,6 +86,7 @@ __all__ = [
     "PetalnetWarning",
     "Prediction",
     "Preprocessing",
+    "TopK",
     "TrainingState",
     "WeightsUnavailableError",
     "__version__",

@@ -16,6 +16,7 @@ __all__ = [
     "ClassWeight",
     "ExportFormat",
     "Monitor",
+    "NoveltyScore",
     "Schedule",
     "Strategy",
     "WeightsArg",
@@ -45,3 +46,7 @@ ClassWeight = Literal["balanced"]
 
 ExportFormat = Literal["torchscript", "onnx"]
 """Formats ``FlowerClassifier.export`` writes."""
+
+NoveltyScore = Literal["knn", "energy", "max_logit", "msp"]
+"""How unlike every known class a photo is: distance to the nearest training features, the
+energy or the largest logit of the head, or one minus its largest probability."""

@@ -29,6 +29,7 @@ from torch import nn
 from petalnet._version import __version__
 from petalnet.backbones.base import FeatureExtractor
 from petalnet.backbones.registry import build_backbone
+from petalnet.calibration import Calibration
 from petalnet.callbacks import EpochRecord, TrainingState
 from petalnet.errors import CheckpointError, PetalnetError
 from petalnet.head import build_head
@@ -71,6 +72,8 @@ class FittedModel:
         skipped: One message per unreadable image left out while fitting.
         selection_history: With ``refit=True``: the history of the run whose validation
             split chose the epoch count (``training`` is then the refit's).
+        calibration: Temperature, novelty score and unknown threshold (identity and never
+            unknown until :func:`~petalnet.calibration.fit_calibration` sets them).
     """
 
     backbone: FeatureExtractor
@@ -84,6 +87,7 @@ class FittedModel:
     n_valid: int = 0
     skipped: list[str] = field(default_factory=list)
     selection_history: list[EpochRecord] = field(default_factory=list)
+    calibration: Calibration = field(default_factory=lambda: Calibration(score="msp"))
 
     @property
     def class_to_idx(self) -> dict[str, int]:
@@ -208,6 +212,7 @@ def to_payload(
         "selection_history": [dict(r) for r in model.selection_history],
         "best_epoch": int(state.best_epoch),
         "optimizer": state.optimizer_state,
+        "calibration": model.calibration.to_payload(),
     }
     if state.last_state is not None:
         payload["training"] = {"last_state": state.last_state, "rng_state": state.rng_state}
@@ -267,6 +272,7 @@ def from_payload(data: Mapping[str, Any]) -> tuple[dict[str, Any], FittedModel]:
         category_names=dict(names) if names is not None else None,
         training=state,
         selection_history=_history(data.get("selection_history", [])),
+        calibration=Calibration.from_payload(data.get("calibration")),
     )
     return dict(data.get("params", {})), model
 

@@ -5,33 +5,28 @@ See docs/architecture.md for the data path and which module owns what.
 
 from __future__ import annotations
 
-import itertools
 import os
-from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, overload
+from typing import Any
 
-import numpy as np
 import torch
 from typing_extensions import Self
 
-from petalnet import checkpoint, distributed, results
+from petalnet import checkpoint, distributed
 from petalnet.backbones.base import FeatureExtractor
 from petalnet.callbacks import EpochRecord
 from petalnet.checkpoint import FittedAttribute, FittedModel
-from petalnet.data import list_samples, resolve_eval_folder
 from petalnet.errors import NotFittedError
 from petalnet.export import ExportFormat, export_model
 from petalnet.fitting import PIPELINE_PARAMS, fit_model, make_pipeline
-from petalnet.images import FileOrArray, ImageInput, Unreadable, as_image_list
+from petalnet.inference import Inference
 from petalnet.params import ClassifierParams, params_docstring
-from petalnet.pipeline import ImagePipeline, head_log_probs
-from petalnet.results import EvaluationReport, ImagePrediction, Prediction
+from petalnet.pipeline import ImagePipeline
 
 __all__ = ["FlowerClassifier"]
 
 
-class FlowerClassifier(ClassifierParams):
+class FlowerClassifier(ClassifierParams, Inference):
     """A flower-photo classifier trained by transfer learning on an ImageNet backbone.
 
     The default is the classic recipe: a frozen, ImageNet-pretrained VGG16, a new classifier
@@ -115,122 +110,6 @@ class FlowerClassifier(ClassifierParams):
         keep = lambda model: setattr(self, "model_", model)  # noqa: E731
         fit_model(self, data_dir, pipeline_for=self._pipeline, keep=keep, resume_from=resume_from)
         return self
-
-    def predict_proba(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
-        """Return class probabilities for one image or a list of images.
-
-        Args:
-            images: One image (path, ``PIL.Image``, HxWxC array, CxHxW tensor) or a list.
-
-        Returns:
-            ``(N, n_classes)`` float32 probabilities; column ``i`` is ``classes_[i]``.
-
-        Raises:
-            NotFittedError: Called before ``fit``/``load``.
-            ImageReadError: An image file cannot be read (the message names it).
-        """
-        batch, _ = as_image_list(images)
-        head, pipe = self.fitted_model().head, self._pipeline()
-        log_probs, _ = pipe.log_probs(head, batch, unreadable=Unreadable("raise"), tta=self.tta)
-        result: np.ndarray = log_probs.exp().numpy()
-        return result
-
-    @overload  # str is a Sequence too; this first overload wins for it, as at run time
-    def predict(self, images: FileOrArray, topk: int = 5) -> list[Prediction]: ...  # type: ignore[overload-overlap]
-    @overload
-    def predict(
-        self, images: torch.Tensor, topk: int = 5
-    ) -> list[Prediction] | list[list[Prediction]]: ...
-    @overload
-    def predict(self, images: Sequence[ImageInput], topk: int = 5) -> list[list[Prediction]]: ...
-    def predict(
-        self, images: ImageInput | Sequence[ImageInput], topk: int = 5
-    ) -> list[Prediction] | list[list[Prediction]]:
-        """Predict the ``topk`` most likely flowers for one image or a list of images.
-
-        Args:
-            images: One image (path, ``PIL.Image``, HxWxC array, CxHxW tensor) or a list
-                (a 4-D tensor counts as a list).
-            topk: Number of classes to return per image.
-
-        Returns:
-            One image: its :class:`~petalnet.Prediction` list, most likely first; a list of
-            images: one such list each.
-
-        Raises:
-            NotFittedError: Called before ``fit``/``load``.
-            ImageReadError: An image file cannot be read (the message names it).
-            ValueError: ``topk`` is below 1.
-        """
-        if int(topk) < 1:
-            raise ValueError(f"topk must be at least 1, got {topk}.")
-        batch, single = as_image_list(images)
-        model, pipe = self.fitted_model(), self._pipeline()
-        log_probs, _ = pipe.log_probs(
-            model.head, batch, unreadable=Unreadable("raise"), tta=self.tta
-        )
-        preds = results.top_predictions(log_probs, topk, model.classes, model.category_names)
-        return preds[0] if single else preds
-
-    def iter_predictions(
-        self, images: Iterable[ImageInput], topk: int = 5, *, chunk_size: int = 64
-    ) -> Iterator[ImagePrediction]:
-        """Predict many images in bounded memory, carrying on past unreadable files.
-
-        Args:
-            images: Paths or in-memory images (any iterable, ``chunk_size`` at a time).
-            topk: Number of classes to return per image.
-            chunk_size: Images held in memory at once.
-
-        Yields:
-            One :class:`~petalnet.ImagePrediction` per image, in order (an unreadable one:
-            no predictions, an ``error`` naming it).
-
-        Raises:
-            NotFittedError: Called before ``fit``/``load``.
-            ValueError: ``topk`` is below 1.
-        """
-        if int(topk) < 1:
-            raise ValueError(f"topk must be at least 1, got {topk}.")
-        model, pipe, source = self.fitted_model(), self._pipeline(), iter(images)
-        while chunk := list(itertools.islice(source, chunk_size)):
-            policy = Unreadable("collect")
-            log_probs, positions = pipe.log_probs(
-                model.head, chunk, unreadable=policy, tta=self.tta
-            )
-            yield from results.image_predictions(
-                chunk,
-                log_probs,
-                positions,
-                policy.messages,
-                topk,
-                model.classes,
-                model.category_names,
-            )
-
-    def evaluate(self, path: str | os.PathLike[str]) -> EvaluationReport:
-        """Measure the classifier on a labelled folder.
-
-        Args:
-            path: Class folders, or a root holding ``test/`` (used first) or ``valid/``.
-
-        Returns:
-            The metrics (see :class:`~petalnet.EvaluationReport`).
-
-        Raises:
-            NotFittedError: Called before ``fit``/``load``.
-            DataError: The folder is missing, empty, or has classes the model does not know.
-        """
-        model, pipe = self.fitted_model(), self._pipeline()
-        folder = resolve_eval_folder(path)
-        paths, labels = zip(*list_samples(folder, model.class_to_idx), strict=True)
-        unreadable, views = Unreadable.for_training(self.strict), pipe.test_views(self.tta)
-        feats = pipe.features(paths, labels, unreadable=unreadable, views=views, desc="evaluate")
-        log_probs = head_log_probs(model.head, feats.features, pipe.device)
-        files = [str(paths[i]) for i in feats.positions.tolist()]
-        return results.evaluation_report(
-            log_probs, feats.labels, model.classes, str(folder), feats.skipped, files
-        )
 
     def save(self, path: str | os.PathLike[str], *, include_backbone: bool | None = None) -> Path:
         """Save everything needed to predict elsewhere into one file (tensors and plain values).

@@ -13,7 +13,7 @@ import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, NoReturn, get_args
+from typing import IO, TYPE_CHECKING, Any, NoReturn, cast, get_args
 
 from petalnet._types import ExportFormat
 from petalnet._version import __version__
@@ -21,7 +21,7 @@ from petalnet.errors import PetalnetError
 from petalnet.params import add_arguments, param_specs
 
 if TYPE_CHECKING:  # torch loads only when a command needs it: --help stays fast
-    from petalnet.results import Prediction
+    from petalnet.results import TopK
 
 __all__ = ["UsageError", "build_parser", "main"]
 
@@ -147,20 +147,29 @@ class _Writer:
         self.stream, self.fmt = stream, fmt
         if fmt == "csv":
             self.csv = csv.writer(stream)
-            header = ["image"]
+            header = ["image", "unknown", "novelty"]
             for k in range(1, topk + 1):
                 header += [f"label_{k}", f"class_id_{k}", f"probability_{k}"]
             self.csv.writerow(header)
 
-    def write(self, image: Path, top: Sequence[Any]) -> None:
+    def write(self, image: Path, top: TopK) -> None:
         if self.fmt == "csv":
-            row: list[Any] = [str(image)]
+            row: list[Any] = [str(image), int(top.unknown), f"{top.novelty:.6f}"]
             for p in top:
                 row += [p.label, p.class_id, f"{p.probability:.6f}"]
             self.csv.writerow(row)
         else:
-            record = {"image": str(image), "top": [p.to_dict() for p in top]}
-            self.stream.write(json.dumps(record) + "\n")
+            self.stream.write(json.dumps(_record(image, top)) + "\n")
+
+
+def _record(image: Path, top: TopK) -> dict[str, Any]:
+    """One image's JSON line: its top-k, and whether it looks like no known flower."""
+    return {
+        "image": str(image),
+        "unknown": top.unknown,
+        "novelty": top.novelty,
+        "top": [p.to_dict() for p in top],
+    }
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -181,13 +190,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     fmt = "jsonl" if args.json or (out_path and out_path.suffix in (".jsonl", ".json")) else "csv"
     stream = out_path.open("w", newline="", encoding="utf-8") if out_path else None
     writer = _Writer(stream, fmt, args.top_k) if stream else None
-    first: tuple[Path, Sequence[Prediction]] | None = None
+    first: tuple[Path, TopK] | None = None
     written, bad = 0, 0
     try:
         for n, result in enumerate(
             clf.iter_predictions(images, args.top_k, chunk_size=_PREDICT_CHUNK), 1
         ):
-            image, top = images[n - 1], result.predictions  # the same file, typed as a Path
+            image, top = images[n - 1], cast("TopK", result.predictions)  # file as a Path
             if result.error is not None:
                 bad += 1
                 print(f"petalnet: skipped: {result.error}", file=sys.stderr)
@@ -199,9 +208,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             if writer is not None:
                 writer.write(image, top)
             elif args.json:
-                print(json.dumps({"image": str(image), "top": [p.to_dict() for p in top]}))
+                print(json.dumps(_record(image, top)))
             else:
                 print(image)
+                if top.unknown:
+                    print(
+                        f"  unknown flower — not one of the {len(clf.classes_)} it knows "
+                        f"(closest: {top[0].label}; novelty {top.novelty:.3f})"
+                    )
                 for rank, p in enumerate(top, 1):
                     print(f"  {rank}. {p.label:<32} {p.probability:7.2%}  (class {p.class_id})")
             if stream is not None and n % _PREDICT_CHUNK == 0:
@@ -241,8 +255,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         print(
             f"{report['folder']}: accuracy {report['accuracy']:.2%}, top-5 "
-            f"{report['top5_accuracy']:.2%}, loss {report['loss']:.4f} "
-            f"on {report['n_images']} images"
+            f"{report['top5_accuracy']:.2%}, loss {report['loss']:.4f}, "
+            f"ECE {report['ece']:.2%} on {report['n_images']} images; "
+            f"{report['unknown_rate']:.1%} of them called unknown"
         )
         worst = sorted(report["per_class_accuracy"].items(), key=lambda kv: kv[1])[:5]
         names, counts = clf.category_names_ or {}, report["per_class_count"]
@@ -264,6 +279,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         grid = Path(args.plots) / "misclassified.png"
         plot.misclassified(report["misclassified"], clf.category_names_, path=grid)
         print(f"misclassified images: {grid}")
+        curve = Path(args.plots) / "reliability.png"
+        plot.reliability(report["reliability"], ece=report["ece"], path=curve)
+        print(f"reliability diagram: {curve}")
     return 0
 
 

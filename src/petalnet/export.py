@@ -30,16 +30,18 @@ FORMATS: tuple[ExportFormat, ...] = get_args(ExportFormat)
 
 
 class _Probabilities(nn.Module):
-    """Backbone, classifier, then ``exp`` of the log-probabilities."""
+    """Backbone, classifier, then the softmax of the logits over the calibration temperature."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+    def __init__(self, backbone: nn.Module, head: nn.Module, temperature: float) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.temperature = float(temperature)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         log_probs: torch.Tensor = self.head(self.backbone(images))
-        return log_probs.exp()
+        # the head ends in LogSoftmax, so its outputs are the logits up to a constant
+        return (log_probs / self.temperature).softmax(-1)
 
 
 def export_metadata(model: FittedModel, fmt: str) -> dict[str, Any]:
@@ -66,6 +68,8 @@ def export_metadata(model: FittedModel, fmt: str) -> dict[str, Any]:
             "dtype": "float32",
         },
         "output": {"name": "probabilities", "shape": ["N", len(model.classes)]},
+        # the temperature is applied inside; unknown-flower detection is not exported
+        "calibration": {"temperature": model.calibration.temperature},
     }
 
 
@@ -94,6 +98,7 @@ def export_model(
     network = _Probabilities(
         copy.deepcopy(model.backbone).float().cpu().eval(),
         copy.deepcopy(model.head).float().cpu().eval(),
+        model.calibration.temperature,
     )
     network.requires_grad_(False)  # an inference graph: no autograd in the exported model
     crop = model.backbone.preprocessing.crop_size

@@ -21,6 +21,7 @@ from petalnet._device import resolve_device
 from petalnet.backbones.base import FeatureExtractor
 from petalnet.backbones.registry import build_backbone
 from petalnet.batches import Batches, ImageBatches
+from petalnet.calibration import BANK_SIZE, Calibration, fit_calibration
 from petalnet.callbacks import TrainingState
 from petalnet.checkpoint import FittedModel, read_checkpoint, resume_state
 from petalnet.data import TrainingData, load_category_names, load_training_data
@@ -169,8 +170,10 @@ def fit_model(
         params, epochs=chosen, monitor="last", early_stopping=None, **shorter
     )
     everything = dataclasses.replace(data, train=data.train + data.valid, valid=[])
+    chosen_by = model.calibration  # the refit has no validation split of its own
     model = _Run(refit, everything, names, unreadable, pipeline_for, keep).train(None, "")
     model.selection_history = selection
+    model.calibration = dataclasses.replace(chosen_by, bank=model.calibration.bank)
     return model
 
 
@@ -239,7 +242,37 @@ class _Run:
             model.n_train, model.n_valid = _readable(train), _readable(valid)
             if plan.back is not None and state.history:  # fine-tuned: a new backbone
                 model.backbone = backbone.derive(source="trained")
+        if not state.interrupted:
+            model.calibration = self.calibrate(trained, head, plan.back, train, valid)
         return model
+
+    def calibrate(
+        self,
+        trained: nn.Module,
+        head: nn.Module,
+        back: nn.Module | None,
+        train: Batches,
+        valid: Batches,
+    ) -> Calibration:
+        """Temperature, knn bank and unknown threshold of the trained model (valid split)."""
+        params = self.params
+        trained.eval()
+        embed = back if back is not None else nn.Identity()
+        n = len(train.labels)
+        bank_rows = torch.linspace(0, n - 1, min(n, BANK_SIZE)).long() if n else torch.arange(0)
+        calibration = fit_calibration(
+            head,
+            embed,
+            train.batches(bank_rows, 256, 1),
+            valid.batches(torch.arange(len(valid.labels)), 256, 1),
+            score=params.novelty,
+            target_recall=params.known_recall or 0.95,
+        )
+        if not params.calibrate:
+            calibration.temperature = 1.0
+        if params.known_recall is None:
+            calibration.threshold = None
+        return calibration
 
 
 def _readable(rows: Batches) -> int:

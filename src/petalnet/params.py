@@ -26,6 +26,7 @@ from petalnet._types import (
     Augmentation,
     ClassWeight,
     Monitor,
+    NoveltyScore,
     Schedule,
     Strategy,
     WeightsArg,
@@ -226,6 +227,20 @@ class ClassifierParams:
         False,
         "after the validation split picks the kept epoch, train again on train + valid "
         "for that many epochs (the last one kept)",
+    )
+    calibrate: bool = _param(
+        True,
+        "fit a temperature on the validation split so that probabilities are calibrated",
+    )
+    novelty: NoveltyScore = _param(
+        "knn", "how novelty_score measures that a photo is unlike every known flower"
+    )
+    known_recall: float | None = _param(
+        0.95,
+        "share of known validation photos kept below the unknown-flower threshold "
+        "(none: never say unknown)",
+        check=lambda v, _: v is None or 0 < v <= 1,
+        rule="in (0, 1] or None",
     )
     callbacks: Sequence[Callback] | None = _param(
         None, "extra Callback objects called during training", flag=None

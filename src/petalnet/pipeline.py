@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import math
 import os
 from collections.abc import Sequence
 
@@ -20,6 +19,7 @@ from torch import nn
 from petalnet import distributed
 from petalnet.backbones.base import FeatureExtractor
 from petalnet.cache import FeatureCache
+from petalnet.calibration import Calibration, HeadOutput
 from petalnet.features import (
     CENTER,
     MIRROR,
@@ -32,7 +32,7 @@ from petalnet.features import (
 from petalnet.images import ImageInput, Unreadable
 from petalnet.preprocessing import Augmentation
 
-__all__ = ["ImagePipeline", "head_log_probs"]
+__all__ = ["ImagePipeline"]
 
 
 class ImagePipeline:
@@ -180,40 +180,30 @@ class ImagePipeline:
             torch.stack([r.features for r in results]), first.labels, first.positions, first.skipped
         )
 
-    def log_probs(
-        self, head: nn.Module, images: Sequence[ImageInput], *, unreadable: Unreadable, tta: bool
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Class log-probabilities of images never seen before (no cache, no progress).
+    def outputs(
+        self,
+        head: nn.Module,
+        calibration: Calibration,
+        images: Sequence[ImageInput],
+        *,
+        unreadable: Unreadable,
+        tta: bool,
+    ) -> tuple[HeadOutput, torch.Tensor]:
+        """What the head says of images never seen before (no cache, no progress).
 
         Args:
             head: Maps this backbone's features to log-probabilities.
+            calibration: The temperature, novelty score and threshold to apply.
             images: File paths or in-memory images.
             unreadable: What to do with an unreadable file.
             tta: Average the centre crop and its mirror.
 
         Returns:
-            ``(N, C)`` log-probabilities of the readable images and their ``(N,)`` positions.
+            Calibrated log-probabilities, novelty and unknown flags of the readable images,
+            and their ``(N,)`` positions.
         """
         views = self.test_views(tta)
         feats = self.features(
             images, unreadable=unreadable, views=views, use_cache=False, quiet=True
         )
-        return head_log_probs(head, feats.features, self.device), feats.positions
-
-
-@torch.inference_mode()
-def head_log_probs(head: nn.Module, views: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Log of the head's probability, averaged over views of the same images.
-
-    Args:
-        head: Maps features to log-probabilities.
-        views: ``(N, D)`` features, or ``(V, N, D)`` for ``V`` views of each image.
-        device: Where the head runs.
-
-    Returns:
-        ``(N, C)`` float32 log-probabilities on the CPU.
-    """
-    head.eval()
-    stacked = views if views.ndim == 3 else views.unsqueeze(0)
-    logps = torch.stack([head(v.to(device)).float().cpu() for v in stacked])
-    return logps.logsumexp(0) - math.log(len(stacked))
+        return calibration.outputs(head, feats.features, self.device), feats.positions

@@ -17,7 +17,7 @@ import numpy as np
 from petalnet.callbacks import EpochRecord
 from petalnet.errors import PetalnetError
 from petalnet.images import read_image, to_rgb
-from petalnet.results import Misclassified, Prediction
+from petalnet.results import Misclassified, Prediction, ReliabilityBin
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -27,6 +27,7 @@ __all__ = [
     "misclassified",
     "most_confused",
     "prediction",
+    "reliability",
     "training_curves",
 ]
 
@@ -62,7 +63,8 @@ def prediction(
 
     Args:
         image: A file path or ``PIL.Image``.
-        predictions: One image's predictions, as returned by ``FlowerClassifier.predict``.
+        predictions: One image's predictions, as returned by ``FlowerClassifier.predict``
+            (a :class:`~petalnet.TopK` marked unknown gets grey bars and says so).
         title: Title over the image; defaults to the file name or the top label.
         path: Write a PNG here.
 
@@ -85,7 +87,15 @@ def prediction(
     ax_bar.set_yticks(range(len(labels)), labels)
     ax_bar.set_xlim(0, 1.1)
     ax_bar.set_xlabel("probability")
-    ax_bar.set_title(f"top {len(probs)} predictions")
+    unknown = bool(getattr(predictions, "unknown", False))
+    ax_bar.set_title(
+        f"unknown flower? closest {len(probs)} known classes"
+        if unknown
+        else f"top {len(probs)} predictions"
+    )
+    if unknown:
+        for bar in bars:
+            bar.set_color("#b0b0b0")
     ax_bar.bar_label(bars, labels=[f"{p:.1%}" for p in probs], padding=3)
     ax_bar.spines[["top", "right"]].set_visible(False)
     _save(fig, path)
@@ -129,6 +139,55 @@ def training_curves(
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)
         ax.set_xticks(epochs if len(epochs) <= 20 else epochs[:: max(1, len(epochs) // 10)])
+    _save(fig, path)
+    return fig
+
+
+def reliability(
+    bins: Sequence[ReliabilityBin],
+    *,
+    ece: float | None = None,
+    path: str | os.PathLike[str] | None = None,
+) -> Figure:
+    """Draw a reliability diagram: accuracy against confidence, and where images fall.
+
+    Args:
+        bins: ``EvaluationReport["reliability"]``.
+        ece: The expected calibration error, shown in the title.
+        path: Write a PNG here.
+
+    Returns:
+        The figure.
+
+    Raises:
+        PetalnetError: matplotlib is not installed.
+    """
+    fig, (ax, ax_n) = _figure((5.2, 6.2), nrows=2)
+    full = [b for b in bins if b["count"]]
+    width = (bins[0]["high"] - bins[0]["low"]) if bins else 1 / 15
+    centres = [b["low"] + width / 2 for b in full]
+    ax.bar(
+        centres,
+        [b["accuracy"] for b in full],
+        width=width * 0.95,
+        color="#4c9a6a",
+        label="accuracy",
+    )
+    ax.plot([0, 1], [0, 1], "--", color="#888888", label="perfect calibration")
+    ax.plot(
+        centres,
+        [b["confidence"] for b in full],
+        "o",
+        color="#c0504d",
+        ms=4,
+        label="mean confidence",
+    )
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="top-1 probability", ylabel="accuracy")
+    title = "reliability" + (f" (ECE {ece:.2%})" if ece is not None else "")
+    ax.set_title(title)
+    ax.legend(loc="upper left", fontsize=8)
+    ax_n.bar(centres, [b["count"] for b in full], width=width * 0.95, color="#7f7f7f")
+    ax_n.set(xlim=(0, 1), xlabel="top-1 probability", ylabel="images", yscale="log")
     _save(fig, path)
     return fig
 

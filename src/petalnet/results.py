@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TypedDict
 
 import torch
-from torch import nn
 
+from petalnet.calibration import ReliabilityBin, calibration_metrics, reliability_bins
 from petalnet.images import ImageInput
 
 __all__ = [
@@ -16,6 +17,8 @@ __all__ = [
     "ImagePrediction",
     "Misclassified",
     "Prediction",
+    "ReliabilityBin",
+    "TopK",
     "evaluation_report",
     "image_predictions",
     "top_predictions",
@@ -43,19 +46,57 @@ class Prediction:
         return asdict(self)
 
 
+class TopK(list[Prediction]):
+    """The top-k predictions for one image, most likely first, and whether it is unknown.
+
+    A plain ``list`` of :class:`Prediction` (so code written before it still works) with two
+    more attributes.
+
+    Attributes:
+        unknown: The photo looks like none of the known flowers: its novelty score is above
+            the threshold chosen on the validation split (see docs/unknown.md). The
+            predictions are then the closest known classes, not an identification.
+        novelty: The novelty score (higher: less like any known class; ``nan`` if none).
+    """
+
+    def __init__(
+        self,
+        predictions: Iterable[Prediction] = (),
+        *,
+        unknown: bool = False,
+        novelty: float = math.nan,
+    ) -> None:
+        super().__init__(predictions)
+        self.unknown = unknown
+        self.novelty = novelty
+
+    def __repr__(self) -> str:
+        return f"TopK({list.__repr__(self)}, unknown={self.unknown}, novelty={self.novelty:.4g})"
+
+
 @dataclass(frozen=True)
 class ImagePrediction:
     """The outcome for one image of :meth:`~petalnet.FlowerClassifier.iter_predictions`.
 
     Attributes:
         image: The image as given.
-        predictions: Its top-k predictions; empty when it could not be read.
+        predictions: Its top-k predictions (a :class:`TopK`); empty when it could not be read.
         error: Why it could not be read (naming the file), else ``None``.
     """
 
     image: ImageInput
     predictions: list[Prediction]
     error: str | None = None
+
+    @property
+    def unknown(self) -> bool:
+        """Whether the photo looks like none of the known flowers (see :class:`TopK`)."""
+        return bool(getattr(self.predictions, "unknown", False))
+
+    @property
+    def novelty(self) -> float:
+        """The novelty score (``nan`` for an unreadable image)."""
+        return float(getattr(self.predictions, "novelty", math.nan))
 
 
 class Misclassified(TypedDict):
@@ -80,6 +121,16 @@ class EvaluationReport(TypedDict):
     """Share of images whose class is among the five most likely."""
     loss: float
     """Mean negative log-likelihood."""
+    nll: float
+    """The same as ``loss``, by its calibration name."""
+    ece: float
+    """Expected calibration error (15 equal-width confidence bins)."""
+    brier: float
+    """Brier score: mean squared distance of the probabilities to the one-hot truth."""
+    unknown_rate: float
+    """Share of these (known-class) images reported unknown."""
+    reliability: list[ReliabilityBin]
+    """Confidence against accuracy in 15 bins (the reliability diagram's data)."""
     n_images: int
     """Readable images evaluated."""
     per_class_accuracy: dict[str, float]
@@ -103,7 +154,9 @@ def top_predictions(
     topk: int,
     classes: Sequence[str],
     names: Mapping[str, str] | None,
-) -> list[list[Prediction]]:
+    novelty: torch.Tensor | None = None,
+    unknown: torch.Tensor | None = None,
+) -> list[TopK]:
     """Turn a ``(N, C)`` batch of log-probabilities into ``N`` lists of top-k predictions.
 
     Args:
@@ -111,24 +164,33 @@ def top_predictions(
         topk: How many classes per image (capped at ``C``).
         classes: Class folder names by output index.
         names: Class folder name to display name; missing entries show the folder name.
+        novelty: ``(N,)`` novelty scores.
+        unknown: ``(N,)`` unknown flags.
 
     Returns:
         One list per image, sorted by decreasing probability.
     """
+    n = len(log_probs)
+    scores = novelty.tolist() if novelty is not None else [math.nan] * n
+    flags = unknown.tolist() if unknown is not None else [False] * n
     k = min(int(topk), log_probs.shape[1])
     probs, idx = log_probs.float().exp().topk(k, dim=1)
     names = names or {}
     return [
-        [
-            Prediction(
-                label=names.get(classes[i], classes[i]),
-                class_id=classes[i],
-                probability=float(p),
-                index=int(i),
-            )
-            for p, i in zip(row_p.tolist(), row_i.tolist(), strict=True)
-        ]
-        for row_p, row_i in zip(probs, idx, strict=True)
+        TopK(
+            (
+                Prediction(
+                    label=names.get(classes[i], classes[i]),
+                    class_id=classes[i],
+                    probability=float(p),
+                    index=int(i),
+                )
+                for p, i in zip(row_p.tolist(), row_i.tolist(), strict=True)
+            ),
+            unknown=bool(flag),
+            novelty=float(score),
+        )
+        for row_p, row_i, score, flag in zip(probs, idx, scores, flags, strict=True)
     ]
 
 
@@ -140,6 +202,8 @@ def image_predictions(
     topk: int,
     classes: Sequence[str],
     names: Mapping[str, str] | None,
+    novelty: torch.Tensor | None = None,
+    unknown: torch.Tensor | None = None,
 ) -> list[ImagePrediction]:
     """One :class:`ImagePrediction` per image, for images of which some could not be read.
 
@@ -151,13 +215,14 @@ def image_predictions(
         topk: How many classes per image.
         classes: Class folder names by output index.
         names: Class folder name to display name.
+        novelty: ``(N,)`` novelty scores of the readable ones.
+        unknown: ``(N,)`` their unknown flags.
 
     Returns:
         The outcomes, in the order of ``images``.
     """
-    found = dict(
-        zip(positions.tolist(), top_predictions(log_probs, topk, classes, names), strict=True)
-    )
+    tops = top_predictions(log_probs, topk, classes, names, novelty, unknown)
+    found = dict(zip(positions.tolist(), tops, strict=True))
     unread = iter(errors)
     return [
         ImagePrediction(image, found[i]) if i in found else ImagePrediction(image, [], next(unread))
@@ -172,6 +237,7 @@ def evaluation_report(
     folder: str = "",
     skipped: Sequence[str] = (),
     images: Sequence[str] | None = None,
+    unknown: torch.Tensor | None = None,
 ) -> EvaluationReport:
     """Compute the metrics :meth:`FlowerClassifier.evaluate` returns.
 
@@ -182,6 +248,7 @@ def evaluation_report(
         folder: The folder evaluated.
         skipped: Messages of the unreadable images left out.
         images: The file of each row, to list the misclassified ones.
+        unknown: ``(N,)`` unknown flags of the rows.
 
     Returns:
         ``accuracy``, ``top5_accuracy``, ``loss`` (mean NLL), ``n_images``,
@@ -197,6 +264,11 @@ def evaluation_report(
             "accuracy": nan,
             "top5_accuracy": nan,
             "loss": nan,
+            "nll": nan,
+            "ece": nan,
+            "brier": nan,
+            "unknown_rate": nan,
+            "reliability": [],
             "n_images": 0,
             "per_class_accuracy": {},
             "per_class_count": {},
@@ -227,10 +299,16 @@ def evaluation_report(
         mask = labels == i
         per_acc[classes[i]] = float(correct[mask].float().mean())
         per_count[classes[i]] = int(mask.sum())
+    calibration = calibration_metrics(log_probs.float().exp(), labels)
     return {
         "accuracy": float(correct.float().mean()),
         "top5_accuracy": float((top5 == labels[:, None]).any(1).float().mean()),
-        "loss": float(nn.functional.nll_loss(log_probs.float(), labels)),
+        "loss": calibration["nll"],
+        "nll": calibration["nll"],
+        "ece": calibration["ece"],
+        "brier": calibration["brier"],
+        "unknown_rate": float(unknown.float().mean()) if unknown is not None else 0.0,
+        "reliability": reliability_bins(log_probs.float().exp(), labels),
         "n_images": n,
         "per_class_accuracy": per_acc,
         "per_class_count": per_count,

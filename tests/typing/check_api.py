@@ -23,6 +23,7 @@ from petalnet import (
     FlowerClassifier,
     ImagePrediction,
     Prediction,
+    TopK,
     TrainingState,
 )
 from petalnet.backbones import WeightsArg
@@ -55,17 +56,22 @@ def docs_index_examples(pil_image: Image.Image) -> None:
     assert_type(clf.backbone_, FeatureExtractor)
     assert_type(clf.device_, torch.device)
     top = clf.predict("photo.jpg", topk=5)
-    assert_type(top, list[Prediction])
+    assert_type(top, TopK)
+    assert_type(top[0], Prediction)
     assert_type(top[0].label, str)  # no cast needed for one image
+    assert_type(top.unknown, bool)
+    assert_type(top.novelty, float)
     batch = clf.predict(["a.jpg", "b.jpg"])
-    assert_type(batch, list[list[Prediction]])
-    assert_type(clf.predict(Path("a.jpg")), list[Prediction])
-    assert_type(clf.predict(pil_image), list[Prediction])
-    assert_type(clf.predict(np.zeros((8, 8, 3), np.uint8)), list[Prediction])
+    assert_type(batch, list[TopK])
+    assert_type(clf.predict(Path("a.jpg")), TopK)
+    assert_type(clf.predict(pil_image), TopK)
+    assert_type(clf.predict(np.zeros((8, 8, 3), np.uint8)), TopK)
+    assert_type(clf.novelty_score(pil_image), np.ndarray)
     assert_type(clf.predict_proba(pil_image), np.ndarray)
     for result in clf.iter_predictions(["a.jpg", "b.jpg"], topk=3):
         assert_type(result, ImagePrediction)
         assert_type(result.error, str | None)
+        assert_type(result.unknown, bool)
     assert_type(clf.get_params(), dict[str, Any])
     assert_type(clf.set_params(epochs=3), FlowerClassifier)
 

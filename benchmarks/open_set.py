@@ -1,0 +1,199 @@
+"""Does petalnet say "I don't know"? Held-out species and non-flower photos vs known flowers.
+
+Usage (from the repository root; needs ``pip install -e ".[bench]"`` for the photos)::
+
+    python benchmarks/open_set.py                          # the default lite0 recipe
+    python benchmarks/open_set.py --preset fast-cpu
+    python benchmarks/open_set.py --preset best-cpu --json out.json
+
+Protocol (nothing is chosen on what is reported):
+
+- 10 species (:data:`HELD_OUT`, fixed) are removed from training entirely.
+- The classifier is fitted on the other 92 species of ``train/`` minus a stratified 15 %
+  hold-out, which is its validation split: the temperature and the unknown threshold
+  are chosen there.
+- Reported on images it has never seen: **known** = ``valid/`` images of the 92 species;
+  **held-out species** = every ``train/`` and ``valid/`` image of the 10; **non-flower** =
+  the real photographs bundled in scikit-image's wheel (a cat, a rocket, coffee, coins, a
+  motorcycle, the moon, ...; not noise).
+- For each novelty score: AUROC (known vs novel) and FPR at 95 % TPR (the share of novel
+  images scored below the score that keeps 95 % of known images), plus the share of each
+  group the fitted threshold calls unknown, and ECE on the known images with and without
+  the temperature.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from _shared import DEFAULT_DATA, emit, machine
+
+import petalnet
+from petalnet.calibration import NOVELTY_SCORES, Calibration, HeadOutput, calibration_metrics
+from petalnet.data import load_training_data
+from petalnet.images import Unreadable
+
+HELD_OUT = ["3", "12", "21", "34", "45", "56", "67", "78", "89", "100"]
+"""Class folders never trained on (fixed, spread over the ids)."""
+
+PHOTOS = [
+    "astronaut.png",
+    "brick.png",
+    "camera.png",
+    "cell.png",
+    "chelsea.png",
+    "clock_motion.png",
+    "coffee.png",
+    "coins.png",
+    "grass.png",
+    "gravel.png",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "moon.png",
+    "motorcycle_left.png",
+    "motorcycle_right.png",
+    "page.png",
+    "retina.jpg",
+    "rocket.jpg",
+    "text.png",
+]
+"""Real photographs inside scikit-image's wheel (no download)."""
+
+DEFAULT_RECIPE: dict[str, Any] = {"backbone": "efficientnet_lite0", "epochs": 10}
+
+
+def _photos() -> list[Path]:
+    try:
+        import skimage
+    except ModuleNotFoundError:
+        sys.exit('Needs scikit-image for its bundled photos: pip install -e ".[bench]"')
+    folder = Path(skimage.__file__).parent / "data"
+    return [folder / name for name in PHOTOS if (folder / name).is_file()]
+
+
+def auroc(known: np.ndarray, novel: np.ndarray) -> float:
+    """P(novel score > known score), ties counted half (the Mann-Whitney statistic)."""
+    scores = np.concatenate([known, novel])
+    order = scores.argsort(kind="mergesort")
+    ranks = np.empty(len(scores))
+    ranks[order] = np.arange(1, len(scores) + 1)
+    for value in np.unique(scores):  # average ranks of ties
+        tie = scores == value
+        ranks[tie] = ranks[tie].mean()
+    n_k, n_n = len(known), len(novel)
+    return float((ranks[n_k:].sum() - n_n * (n_n + 1) / 2) / (n_k * n_n))
+
+
+def fpr_at_95_tpr(known: np.ndarray, novel: np.ndarray) -> float:
+    """Share of novel images accepted as known at the score keeping 95 % of known ones."""
+    return float((novel <= np.quantile(known, 0.95)).mean())
+
+
+def _link(data: Path, holdout: float, root: Path) -> None:
+    """root/train: the 92 known species minus a hold-out; root/valid: that hold-out."""
+    split = load_training_data(data / "train", valid_fraction=holdout, seed=0)
+    for name, samples in (("train", split.train), ("valid", split.valid)):
+        for path, label in samples:
+            if split.classes[label] in HELD_OUT:
+                continue
+            target = root / name / split.classes[label] / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(path.resolve())
+    (root / "cat_to_name.json").symlink_to((data / "cat_to_name.json").resolve())
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--preset", help="a preset name (default: the default lite0 recipe)")
+    ap.add_argument("--holdout", type=float, default=0.15)
+    ap.add_argument("--cache_dir", type=Path, help="feature cache (default: a new one)")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    photos = _photos()
+    cache = args.cache_dir or Path(tempfile.mkdtemp(prefix="petalnet-openset-cache-"))
+    common = {"cache_dir": cache, "random_state": 0}
+    clf = (
+        petalnet.FlowerClassifier.from_preset(args.preset, **common)
+        if args.preset
+        else petalnet.FlowerClassifier(**DEFAULT_RECIPE, **common)
+    )
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="petalnet-openset-") as tmp:
+        _link(args.data, args.holdout, Path(tmp))
+        clf.fit(tmp)
+    fit_s = time.perf_counter() - start
+    groups = {
+        "known": sorted(
+            p for p in (args.data / "valid").rglob("*.jpg") if p.parent.name not in HELD_OUT
+        ),
+        "held_out_species": sorted(
+            p
+            for split in ("train", "valid")
+            for c in HELD_OUT
+            for p in (args.data / split / c).glob("*.jpg")
+        ),
+        "non_flower": photos,
+    }
+    model, pipe = clf.model_, clf.pipeline_
+    base = model.calibration
+    views = pipe.test_views(clf.tta)
+    feats = {  # one pass per group, through the pipeline predict uses (cached)
+        g: pipe.features(files, unreadable=Unreadable(), views=views, quiet=True).features
+        for g, files in groups.items()
+    }
+
+    def outputs(calibration: Calibration, group: str) -> HeadOutput:
+        return calibration.outputs(model.head, feats[group], pipe.device)
+
+    scores = {
+        score: {
+            g: outputs(dataclasses.replace(base, score=score), g).novelty.numpy() for g in groups
+        }
+        for score in NOVELTY_SCORES
+    }
+    flagged = {g: float(outputs(base, g).unknown.float().mean()) for g in groups}
+    known_labels = torch.tensor(
+        [model.class_to_idx[p.parent.name] for p in groups["known"]], dtype=torch.long
+    )
+    probs = outputs(base, "known").log_probs.exp()
+    raw_probs = outputs(dataclasses.replace(base, temperature=1.0), "known").log_probs.exp()
+    result = {
+        "date": date.today().isoformat(),
+        "torch": torch.__version__,
+        **machine(),
+        "command": " ".join(["python benchmarks/open_set.py", *(argv or sys.argv[1:])]),
+        "recipe": args.preset or "default (lite0, 10 epochs)",
+        "held_out_classes": HELD_OUT,
+        "images": {g: len(files) for g, files in groups.items()},
+        "fit_seconds": round(fit_s, 1),
+        "default_score": base.score,
+        "temperature": base.temperature,
+        "threshold": base.threshold,
+        "known_accuracy": float((probs.argmax(1) == known_labels).float().mean()),
+        "ece_known_raw": calibration_metrics(raw_probs, known_labels)["ece"],
+        "ece_known_calibrated": calibration_metrics(probs, known_labels)["ece"],
+        "called_unknown": flagged,
+        "scores": {
+            score: {
+                f"{g}_{metric}": fn(by_group["known"], by_group[g])
+                for g in ("held_out_species", "non_flower")
+                for metric, fn in (("auroc", auroc), ("fpr95", fpr_at_95_tpr))
+            }
+            for score, by_group in scores.items()
+        },
+    }
+    return emit(result, args.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+"""Saying "I don't know": temperature scaling, novelty scores, the unknown threshold."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from petalnet import FlowerClassifier
+from petalnet.calibration import (
+    NOVELTY_SCORES,
+    Calibration,
+    calibration_metrics,
+    fit_calibration,
+    fit_temperature,
+    novelty_scores,
+)
+from petalnet.checkpoint import read_checkpoint, write_checkpoint
+from petalnet.cli import main
+
+
+def _logits(scale: float, n: int = 4000, classes: int = 10, seed: int = 0):
+    """Calibrated logits (labels drawn from their softmax), then multiplied by ``scale``."""
+    g = torch.Generator().manual_seed(seed)
+    base = 2 * torch.randn(n, classes, generator=g)
+    labels = torch.multinomial(base.softmax(1), 1, generator=g).flatten()
+    return base * scale, labels
+
+
+@pytest.mark.parametrize(("scale", "hotter"), [(4.0, True), (0.3, False)])
+def test_temperature_undoes_over_and_under_confidence(scale, hotter):
+    logits, labels = _logits(scale)
+    t = fit_temperature(logits, labels)
+    assert (t > 1) if hotter else (t < 1)
+    assert t == pytest.approx(scale, rel=0.15)  # it undoes the scaling
+    before = calibration_metrics(logits.softmax(1), labels)
+    after = calibration_metrics((logits / t).softmax(1), labels)
+    assert after["ece"] < before["ece"] / 2 and after["ece"] < 0.03
+    assert after["nll"] < before["nll"]
+    # the ranking of the classes never moves
+    assert torch.equal((logits / t).argmax(1), logits.argmax(1))
+
+
+def test_calibration_metrics_of_known_cases():
+    labels = torch.tensor([0, 1])
+    perfect = calibration_metrics(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), labels)
+    assert perfect["ece"] == pytest.approx(0) and perfect["brier"] == pytest.approx(0)
+    wrong = calibration_metrics(torch.tensor([[0.0, 1.0], [1.0, 0.0]]), labels)
+    assert wrong["ece"] == pytest.approx(1) and wrong["brier"] == pytest.approx(2)
+    assert math.isnan(calibration_metrics(torch.zeros(0, 2), torch.zeros(0))["ece"])
+
+
+def test_every_score_is_higher_off_distribution():
+    g = torch.Generator().manual_seed(1)
+    centres = torch.nn.functional.normalize(torch.randn(5, 16, generator=g), dim=1)
+    known = centres.repeat(40, 1) + 0.05 * torch.randn(200, 16, generator=g)
+    novel = torch.nn.functional.normalize(torch.randn(50, 16, generator=g), dim=1)
+    head = torch.nn.Sequential(torch.nn.Linear(16, 5, bias=False), torch.nn.LogSoftmax(1))
+    with torch.no_grad():
+        head[0].weight.copy_(centres * 8)
+    bank = torch.nn.functional.normalize(known[:100], dim=1).half()
+    for score in NOVELTY_SCORES:
+        scores = []
+        for rows in (known[100:], novel):
+            with torch.no_grad():
+                logits = head[0](rows)
+            scores.append(novelty_scores(logits[None], rows[None], score, bank=bank, k=3))
+        assert scores[1].median() > scores[0].quantile(0.9), score
+
+
+def test_threshold_gives_the_target_recall_on_its_data():
+    g = torch.Generator().manual_seed(2)
+    head = torch.nn.Sequential(torch.nn.Linear(8, 3), torch.nn.LogSoftmax(1))
+    rows, labels = torch.randn(400, 8, generator=g), torch.randint(3, (400,), generator=g)
+    batches = [(rows[i : i + 64], labels[i : i + 64]) for i in range(0, 400, 64)]
+    for recall in (0.8, 0.95):
+        cal = fit_calibration(
+            head, torch.nn.Identity(), batches[:3], batches[3:], target_recall=recall
+        )
+        valid = rows[192:]
+        out = cal.outputs(head, valid, torch.device("cpu"))
+        assert float((~out.unknown).float().mean()) == pytest.approx(recall, abs=0.01)
+        assert cal.bank is not None and cal.bank.dtype == torch.float16 and len(cal.bank) == 192
+
+
+def _grey(seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(100, 140, size=(40, 48, 3), dtype=np.uint8))
+
+
+def test_fit_calibrates_and_flags_an_unseen_kind_of_photo(fitted, flowers_root):
+    cal = fitted.model_.calibration
+    assert cal.score == "knn" and cal.threshold is not None and cal.bank is not None
+    assert cal.temperature != 1.0 and {"ece", "nll", "ece_raw"} <= set(cal.metrics)
+    known = sorted((flowers_root / "test").rglob("*.jpg"))
+    novel = [_grey(i) for i in range(6)]
+    known_scores, novel_scores = fitted.novelty_score(known), fitted.novelty_score(novel)
+    assert known_scores.shape == (len(known),) and known_scores.dtype == np.float32
+    assert novel_scores.min() > np.median(known_scores)
+    top = fitted.predict(novel[0], topk=3)
+    assert top.novelty == pytest.approx(float(novel_scores[0]), rel=1e-5)
+    assert [p.probability for p in top] == sorted((p.probability for p in top), reverse=True)
+    report = fitted.evaluate(flowers_root)
+    assert report["unknown_rate"] < 0.5 and 0 <= report["ece"] <= 1
+    assert len(report["reliability"]) == 15
+    assert sum(b["count"] for b in report["reliability"]) == report["n_images"]
+
+
+def test_an_unseen_kind_of_photo_is_called_unknown(flowers_root, tmp_path, capsys):
+    # the tiny random backbone's features are poor for knn; the head's energy separates here
+    clf = FlowerClassifier(
+        "tiny_test",
+        hidden_units=32,
+        epochs=15,
+        learning_rate=0.01,
+        batch_size=16,
+        random_state=0,
+        verbose=0,
+        novelty="energy",
+    ).fit(flowers_root)
+    tops = clf.predict([_grey(i) for i in range(6)], topk=3)
+    assert all(t.unknown for t in tops)
+    known = clf.predict(sorted((flowers_root / "test").rglob("*.jpg")))
+    assert sum(t.unknown for t in known) <= len(known) // 4
+    assert [r.unknown for r in clf.iter_predictions([_grey(0), _grey(1)])] == [True, True]
+    # the command line says so in words, and the chart too
+    photo, checkpoint = tmp_path / "grey.png", clf.save(tmp_path / "c.pt")
+    _grey(0).save(photo)
+    assert main(["predict", str(photo), str(checkpoint), "--plot", str(tmp_path / "p.png")]) == 0
+    out = capsys.readouterr().out
+    assert "unknown flower — not one of the 12 it knows (closest: flower number" in out
+    assert (tmp_path / "p.png").stat().st_size > 5_000
+
+
+def test_checkpoint_keeps_the_calibration(fitted, tmp_path):
+    path = fitted.save(tmp_path / "c.pt")
+    loaded = FlowerClassifier.load(path, device="cpu")
+    a, b = fitted.model_.calibration, loaded.model_.calibration
+    assert (a.temperature, a.score, a.threshold, a.k) == (b.temperature, b.score, b.threshold, b.k)
+    assert a.bank is not None and b.bank is not None and torch.equal(a.bank, b.bank)
+    img = _grey(0)
+    np.testing.assert_allclose(loaded.novelty_score(img), fitted.novelty_score(img), rtol=1e-5)
+    assert loaded.predict(img).unknown == fitted.predict(img).unknown
+
+
+def test_a_checkpoint_from_before_calibration_loads_as_it_was(fitted, tmp_path):
+    path = fitted.save(tmp_path / "old.pt")
+    data = dict(read_checkpoint(path))
+    del data["calibration"]
+    write_checkpoint({k: v for k, v in data.items() if not k.startswith("format")}, path)
+    loaded = FlowerClassifier.load(path, device="cpu")
+    cal = loaded.model_.calibration
+    assert cal.temperature == 1.0 and cal.threshold is None and cal.score == "msp"
+    assert not loaded.predict(_grey(0)).unknown  # never unknown without a threshold
+    raw = Calibration.from_payload(None)
+    logits = torch.randn(1, 4, 3)
+    torch.testing.assert_close(
+        raw.judge(logits, torch.randn(1, 4, 8)).log_probs, logits[0].log_softmax(1)
+    )
+
+
+def test_switches_turn_calibration_and_unknown_off(flowers_root):
+    clf = FlowerClassifier(
+        "tiny_test",
+        hidden_units=16,
+        epochs=2,
+        verbose=0,
+        random_state=0,
+        calibrate=False,
+        known_recall=None,
+        novelty="energy",
+    ).fit(flowers_root)
+    cal = clf.model_.calibration
+    assert cal.temperature == 1.0 and cal.threshold is None and cal.score == "energy"
+    with pytest.raises(ValueError, match="known_recall"):
+        FlowerClassifier(known_recall=1.5).validate()
