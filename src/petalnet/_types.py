@@ -44,7 +44,7 @@ validation accuracy, or the last epoch (the validation split then only reports).
 ClassWeight = Literal["balanced"]
 """Class weighting of the loss: ``"balanced"`` (or ``None`` for none)."""
 
-ExportFormat = Literal["torchscript", "onnx"]
+ExportFormat = Literal["pt2", "onnx"]
 """Formats ``FlowerClassifier.export`` writes."""
 
 NoveltyScore = Literal["knn", "energy", "max_logit", "msp"]

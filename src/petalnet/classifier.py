@@ -13,6 +13,7 @@ import torch
 from typing_extensions import Self
 
 from petalnet import checkpoint, distributed
+from petalnet._types import Amp
 from petalnet.backbones.base import FeatureExtractor
 from petalnet.callbacks import EpochRecord
 from petalnet.checkpoint import FittedAttribute, FittedModel
@@ -22,6 +23,7 @@ from petalnet.fitting import PIPELINE_PARAMS, fit_model, make_pipeline
 from petalnet.inference import Inference
 from petalnet.params import ClassifierParams, params_docstring
 from petalnet.pipeline import ImagePipeline
+from petalnet.precision import cpu_has_native_bf16
 
 __all__ = ["FlowerClassifier"]
 
@@ -131,21 +133,26 @@ class FlowerClassifier(ClassifierParams, Inference):
         )
         return checkpoint.write_checkpoint(payload, path) if distributed.is_main() else Path(path)
 
-    def export(self, path: str | os.PathLike[str], format: ExportFormat = "torchscript") -> Path:
-        """Export for deployment: a float32 model from preprocessed images to probabilities.
+    def export(
+        self, path: str | os.PathLike[str], format: ExportFormat = "pt2", *, amp: Amp = False
+    ) -> Path:
+        """Export for deployment: preprocessed images in, calibrated probabilities out.
 
         Args:
             path: Target file; ``<path>.json`` next to it gets classes, names and preprocessing.
-            format: ``"torchscript"`` or ``"onnx"`` (ONNX metadata needs the ``onnx`` extra).
+            format: ``"pt2"`` (a ``torch.export`` program) or ``"onnx"`` (``[onnx]`` extra).
+            amp: ``True``: a ``pt2`` program computing in bfloat16; ``"auto"``: so where this
+                CPU has native bfloat16 and the format allows it; ``False``: float32.
 
         Returns:
             The model's path.
 
         Raises:
             NotFittedError: Called before ``fit``/``load``.
-            PetalnetError: Unknown format or a failed export.
+            PetalnetError: Unknown format, bfloat16 ONNX, or a failed export.
         """
-        return export_model(self.fitted_model(), path, format)
+        low = amp is True or (amp == "auto" and format == "pt2" and cpu_has_native_bf16())
+        return export_model(self.fitted_model(), path, format, amp=low)
 
     @classmethod
     def load(

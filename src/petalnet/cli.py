@@ -336,8 +336,29 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from petalnet.classifier import FlowerClassifier
 
     clf = FlowerClassifier.load(args.checkpoint, device="cpu")
-    path = clf.export(args.output, format=args.format)
+    try:
+        path = clf.export(args.output, format=args.format, amp=args.amp)
+    except PetalnetError as exc:
+        if "bfloat16" in str(exc):
+            raise UsageError(str(exc)) from None
+        raise
     print(f"exported {path} (+ {path.name}.json with classes, names and preprocessing)")
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from petalnet import serve
+    from petalnet.classifier import FlowerClassifier
+
+    if not 0 < args.port < 65536:
+        raise UsageError(f"--port must be in 1..65535; got {args.port}.")
+    if args.max_upload_mb <= 0:
+        raise UsageError(f"--max_upload_mb must be positive; got {args.max_upload_mb}.")
+    clf = FlowerClassifier.load(
+        args.checkpoint, device=_device(args), verbose=0, tta=args.tta, amp=args.amp
+    )
+    limit = int(args.max_upload_mb * 1024 * 1024)
+    serve.run(clf, args.host, args.port, max_upload_bytes=limit)
     return 0
 
 
@@ -440,12 +461,32 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
     c.add_argument("--quick", action="store_true", help="do not decode the images")
     c.set_defaults(func=_cmd_check)
 
-    x = sub.add_parser("export", help="export a checkpoint to TorchScript or ONNX")
+    x = sub.add_parser("export", help="export a checkpoint to a torch.export program or ONNX")
     x.add_argument("checkpoint")
-    x.add_argument("output", help="model file to write")
+    x.add_argument("output", help="model file to write (.pt2 or .onnx)")
     formats = get_args(ExportFormat)
-    x.add_argument("--format", choices=formats, default=formats[0])
-    x.set_defaults(func=_cmd_export)  # the exported model computes in float32: no --amp
+    x.add_argument("--format", choices=formats, default=formats[0], help="(default: %(default)s)")
+    amp = next(s for s in param_specs() if s.name == "amp")
+    x.add_argument(
+        "--amp",
+        type=amp.parse,
+        default=False,
+        metavar="auto|on|off",
+        help="on: a pt2 program computing in bfloat16; auto: so on a CPU with native "
+        "bfloat16; off: float32 (default: off)",
+    )
+    x.set_defaults(func=_cmd_export)
+
+    v = sub.add_parser("serve", help="serve a checkpoint: JSON API and a web page")
+    v.add_argument("checkpoint")
+    v.add_argument("--host", default="127.0.0.1", help="interface (default: %(default)s)")
+    v.add_argument("--port", type=int, default=8000, help="TCP port (default: %(default)s)")
+    v.add_argument(
+        "--max_upload_mb", type=float, default=20, help="upload limit (default: %(default)s MB)"
+    )
+    v.add_argument("--tta", action="store_true", help="average the image and its mirror")
+    _device_flags(v)
+    v.set_defaults(func=_cmd_serve)
 
     d = sub.add_parser("download", help="download a data set in the train/valid/test layout")
     d.add_argument("dataset", choices=["flowers102"])

@@ -1,10 +1,10 @@
-"""Exporting a trained classifier for deployment: TorchScript or ONNX.
+"""Exporting a trained classifier for deployment: a ``torch.export`` program or ONNX.
 
 The exported model takes a *preprocessed* batch ``(N, 3, crop, crop)`` — resized, centre
-cropped and normalised as ``metadata["preprocessing"]`` says — and returns class
-probabilities ``(N, n_classes)`` (softmax included). Class ids, display names and the
-preprocessing are stored inside the file (TorchScript extra file ``petalnet.json``, ONNX
-metadata property ``petalnet``) and in a JSON file next to it.
+cropped and normalised as ``metadata["preprocessing"]`` says — and returns calibrated class
+probabilities ``(N, n_classes)`` (softmax over the logits divided by the temperature).
+Class ids, display names and the preprocessing are stored inside the file (``.pt2`` extra
+file ``petalnet.json``, ONNX metadata property ``petalnet``) and in a JSON file next to it.
 """
 
 from __future__ import annotations
@@ -32,16 +32,19 @@ FORMATS: tuple[ExportFormat, ...] = get_args(ExportFormat)
 class _Probabilities(nn.Module):
     """Backbone, classifier, then the softmax of the logits over the calibration temperature."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, temperature: float) -> None:
+    def __init__(
+        self, backbone: nn.Module, head: nn.Module, temperature: float, dtype: torch.dtype
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.temperature = float(temperature)
+        self.dtype = dtype
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        log_probs: torch.Tensor = self.head(self.backbone(images))
+        log_probs: torch.Tensor = self.head(self.backbone(images.to(self.dtype)))
         # the head ends in LogSoftmax, so its outputs are the logits up to a constant
-        return (log_probs / self.temperature).softmax(-1)
+        return (log_probs.float() / self.temperature).softmax(-1)
 
 
 def export_metadata(model: FittedModel, fmt: str) -> dict[str, Any]:
@@ -74,54 +77,64 @@ def export_metadata(model: FittedModel, fmt: str) -> dict[str, Any]:
 
 
 def export_model(
-    model: FittedModel, path: str | os.PathLike[str], format: str = "torchscript"
+    model: FittedModel,
+    path: str | os.PathLike[str],
+    format: ExportFormat = "pt2",
+    *,
+    amp: bool = False,
 ) -> Path:
-    """Write ``model`` as a TorchScript or ONNX model, plus ``<path>.json`` with its metadata.
+    """Write ``model`` as a ``torch.export`` program or an ONNX model, plus ``<path>.json``.
 
-    The exported network always computes in float32, whatever precision ``predict`` uses.
+    The network takes a preprocessed float32 batch ``(N, 3, crop, crop)`` (``N`` dynamic)
+    and returns calibrated class probabilities ``(N, C)``.
 
     Args:
         model: A fitted model.
-        path: Target file (``.pt`` for TorchScript, ``.onnx`` for ONNX by convention).
-        format: ``"torchscript"`` or ``"onnx"``.
+        path: Target file (``.pt2`` or ``.onnx`` by convention).
+        format: ``"pt2"`` (``torch.export.save``; load with ``torch.export.load(path).module()``)
+            or ``"onnx"`` (the dynamo-based exporter; run with ONNX Runtime).
+        amp: ``pt2`` only: the program computes in bfloat16 (input and output stay float32),
+            for CPUs with native bfloat16. ``False``: float32, matching ``predict`` with
+            ``amp=False`` to float32 rounding.
 
     Returns:
         The model's path.
 
     Raises:
-        PetalnetError: Unknown format, or the export failed (the message says why).
+        PetalnetError: Unknown format, ``amp`` with ONNX, or the export failed (the message
+            says why).
     """
     if format not in FORMATS:
         raise PetalnetError(f"format must be one of {', '.join(FORMATS)}, got {format!r}.")
+    if amp and format == "onnx":
+        raise PetalnetError(
+            "ONNX exports are float32 (ONNX Runtime's CPU kernels lack bfloat16); "
+            "export with amp off, or use format pt2."
+        )
     target = Path(path).expanduser()
     target.parent.mkdir(parents=True, exist_ok=True)
+    dtype = torch.bfloat16 if amp else torch.float32
     network = _Probabilities(
-        copy.deepcopy(model.backbone).float().cpu().eval(),
-        copy.deepcopy(model.head).float().cpu().eval(),
+        copy.deepcopy(model.backbone).to(dtype).cpu().eval(),
+        copy.deepcopy(model.head).to(dtype).cpu().eval(),
         model.calibration.temperature,
+        dtype,
     )
     network.requires_grad_(False)  # an inference graph: no autograd in the exported model
     crop = model.backbone.preprocessing.crop_size
     example = torch.zeros(2, 3, crop, crop)
+    batch = {"images": {0: torch.export.Dim("N", min=1, max=4096)}}
     meta = export_metadata(model, format)
+    meta["compute_dtype"] = str(dtype).removeprefix("torch.")
     blob = json.dumps(meta, indent=1)
     try:
         with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # tracer notes about shape arithmetic, deprecations
-            if format == "torchscript":
-                # torch.jit.trace is not annotated in torch's sources
-                traced = torch.jit.trace(network, example)  # type: ignore[no-untyped-call]
-                torch.jit.save(traced, str(target), _extra_files={"petalnet.json": blob})
+            warnings.simplefilter("ignore")  # exporter notes and deprecations
+            if format == "pt2":
+                program = torch.export.export(network, (example,), dynamic_shapes=batch)
+                torch.export.save(program, target, extra_files={"petalnet.json": blob})
             else:
-                torch.onnx.export(
-                    network,
-                    (example,),
-                    str(target),
-                    dynamo=False,
-                    input_names=["images"],
-                    output_names=["probabilities"],
-                    dynamic_axes={"images": {0: "N"}, "probabilities": {0: "N"}},
-                )
+                _export_onnx(network, example, batch, target)
                 _add_onnx_metadata(target, blob)
     except PetalnetError:
         raise
@@ -129,6 +142,30 @@ def export_model(
         raise PetalnetError(f"Exporting to {format} failed: {type(exc).__name__}: {exc}") from None
     target.with_name(target.name + ".json").write_text(blob)
     return target
+
+
+def _export_onnx(
+    network: nn.Module, example: torch.Tensor, batch: dict[str, Any], target: Path
+) -> None:
+    """The dynamo-based ONNX exporter (needs ``onnxscript``: the ``[onnx]`` extra)."""
+    try:
+        import onnxscript  # noqa: F401
+    except ModuleNotFoundError:
+        raise PetalnetError(
+            "ONNX export needs onnx and onnxscript: pip install 'petalnet[onnx]'."
+        ) from None
+    program = torch.onnx.export(
+        network,
+        (example,),
+        dynamo=True,
+        input_names=["images"],
+        output_names=["probabilities"],
+        dynamic_shapes=batch,
+        verbose=False,
+    )
+    if program is None:  # pragma: no cover - dynamo=True always returns the program
+        raise PetalnetError("the ONNX exporter returned nothing")
+    program.save(str(target))
 
 
 def _add_onnx_metadata(path: Path, blob: str) -> None:

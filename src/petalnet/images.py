@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import numpy as np
 import torch
@@ -115,11 +115,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def read_image(path: str | os.PathLike[str], draft_size: int | None = None) -> Image.Image:
+def read_image(
+    path: str | os.PathLike[str] | IO[bytes], draft_size: int | None = None
+) -> Image.Image:
     """Read an image file as RGB, applying its EXIF orientation.
 
     Args:
-        path: The image file.
+        path: The image file (or an open binary file, e.g. an upload in memory).
         draft_size: For JPEG files, let the decoder shrink by a power of two while both sides
             stay at least this many pixels (much faster for large photos).
 
