@@ -19,7 +19,7 @@ SOURCES = [
 ]
 
 
-COMMAND_WORDS = "train|predict|evaluate|check|backbones|export|download|--"
+COMMAND_WORDS = "train|predict|evaluate|check|backbones|export|serve|presets|download|--"
 
 
 def _command_lines() -> list[tuple[str, str]]:

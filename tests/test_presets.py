@@ -61,7 +61,7 @@ def test_cli_help_shows_the_preset_values(capsys):
     with pytest.raises(SystemExit):
         cli.main(["train", "--preset", "best-cpu", "--help"])
     out = capsys.readouterr().out
-    assert "over the training images (default: 7)" in " ".join(out.split())
+    assert "over the training images (default: 14)" in " ".join(out.split())
 
 
 def test_cli_unknown_preset_is_one_line(capsys):

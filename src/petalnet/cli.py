@@ -327,9 +327,46 @@ def _cmd_backbones(args: argparse.Namespace) -> int:
 def _cmd_check(args: argparse.Namespace) -> int:
     from petalnet.check import check_dataset
 
-    report = check_dataset(args.data_dir, decode=not args.quick)
+    report = check_dataset(args.data_dir, decode=not args.quick and not args.deep)
     print(report.summary())
-    return 0 if report.ok else 1
+    if not report.ok or not args.deep:
+        return 0 if report.ok else 1
+    from petalnet.deep_check import deep_check
+
+    deep = deep_check(
+        args.data_dir,
+        backbone=args.arch,
+        near_threshold=args.near_threshold,
+        device=_device(args),
+        verbose=_verbose(args),
+    )
+    print(deep.summary())
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(deep.to_dict(), indent=1) + "\n")
+        print(f"report: {args.output}")
+    if args.plots:
+        from petalnet import plot
+
+        pairs = Path(args.plots) / "duplicates.png"
+        plot.duplicate_pairs(deep.duplicates, path=pairs)
+        doubtful = Path(args.plots) / "mislabels.png"
+        plot.misclassified(
+            [
+                {
+                    "image": m.file,
+                    "true": m.given,
+                    "predicted": m.suggested,
+                    "probability": m.suggested_probability,
+                }
+                for m in deep.mislabels
+            ],
+            deep.names,
+            words=("filed as", "looks like"),
+            path=doubtful,
+        )
+        print(f"duplicate pairs: {pairs}\nlikely mislabels: {doubtful}")
+    return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -459,6 +496,26 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="scan a data folder for problems before training")
     c.add_argument("data_dir")
     c.add_argument("--quick", action="store_true", help="do not decode the images")
+    c.add_argument(
+        "--deep",
+        action="store_true",
+        help="also find duplicates, leaks across splits and likely mislabels (backbone features)",
+    )
+    c.add_argument("--plots", help="with --deep: folder for duplicates.png and mislabels.png")
+    c.add_argument("--output", help="with --deep: write the findings to this JSON file")
+    c.add_argument(
+        "--arch",
+        default="efficientnet_lite0",
+        help="with --deep: backbone that compares images (default: %(default)s)",
+    )
+    c.add_argument(
+        "--near_threshold",
+        type=float,
+        default=0.92,
+        help="with --deep: cosine similarity of near duplicates (default: %(default)s)",
+    )
+    c.add_argument("--quiet", action="store_true", help="no progress output")
+    _device_flags(c, amp=False)
     c.set_defaults(func=_cmd_check)
 
     x = sub.add_parser("export", help="export a checkpoint to a torch.export program or ONNX")

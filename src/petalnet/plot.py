@@ -7,6 +7,7 @@ given ``path``, writes a PNG there.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,8 +23,11 @@ from petalnet.results import Misclassified, Prediction, ReliabilityBin
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from petalnet.deep_check import Duplicate
+
 __all__ = [
     "confusion_matrix",
+    "duplicate_pairs",
     "misclassified",
     "most_confused",
     "prediction",
@@ -285,6 +289,7 @@ def misclassified(
     names: Mapping[str, str] | None = None,
     *,
     max_images: int = 24,
+    words: tuple[str, str] = ("true", "predicted"),
     path: str | os.PathLike[str] | None = None,
 ) -> Figure:
     """A grid of misclassified images, each titled with its true and predicted flower.
@@ -293,6 +298,8 @@ def misclassified(
         mistakes: ``evaluate(...)["misclassified"]`` (most confident mistake first).
         names: Class folder name to flower name; folder names are shown without it.
         max_images: Show at most this many.
+        words: How the two classes are introduced (``petalnet check --deep`` draws likely
+            mislabels: "filed as" and "looks like").
         path: Write a PNG here.
 
     Returns:
@@ -314,8 +321,49 @@ def misclassified(
         except PetalnetError:
             continue  # a file removed since: its title still says what was wrong
         true, predicted = names.get(m["true"], m["true"]), names.get(m["predicted"], m["predicted"])
-        ax.set_title(f"true: {true}\npredicted: {predicted} ({m['probability']:.0%})", fontsize=8)
+        ax.set_title(
+            f"{words[0]}: {true}\n{words[1]}: {predicted} ({m['probability']:.0%})", fontsize=8
+        )
     if not shown:
-        fig.suptitle("no misclassified images")
+        fig.suptitle(f"no images ({words[0]} one class, {words[1]} another)")
+    _save(fig, path)
+    return fig
+
+
+def duplicate_pairs(
+    duplicates: Sequence[Duplicate],
+    *,
+    max_pairs: int = 12,
+    path: str | os.PathLike[str] | None = None,
+) -> Figure:
+    """Duplicate pairs side by side, one pair per row, leaks marked.
+
+    Args:
+        duplicates: ``deep_check(...).duplicates`` (leaks first).
+        max_pairs: Show at most this many.
+        path: Write a PNG here.
+
+    Returns:
+        The figure.
+
+    Raises:
+        PetalnetError: matplotlib is not installed.
+    """
+    shown = list(duplicates)[:max_pairs]
+    fig, axes = _figure((6.0, 2.8 * max(1, len(shown))), ncols=2, nrows=max(1, len(shown)))
+    grid = np.asarray(axes).reshape(-1, 2)
+    for ax in grid.flat:
+        ax.set_axis_off()
+    for (left, right), d in zip(grid, shown, strict=False):
+        kind = "exact" if d.exact else f"cosine {d.similarity:.3f}"
+        for ax, file, split in ((left, d.files[0], d.splits[0]), (right, d.files[1], d.splits[1])):
+            with contextlib.suppress(PetalnetError):  # a file removed since: keep its title
+                ax.imshow(np.asarray(read_image(file, draft_size=160)))
+            title = f"{split}/{Path(file).parent.name}/{Path(file).name}"
+            ax.set_title(
+                title if ax is right else f"{'LEAK ' if d.leak else ''}{kind}\n{title}", fontsize=8
+            )
+    if not shown:
+        fig.suptitle("no duplicates")
     _save(fig, path)
     return fig

@@ -87,7 +87,7 @@ _PRESETS = {
                     "freeze_epochs": 3,
                     "backbone_lr_scale": 0.3,
                     "augment_views": 2,
-                    "epochs": 7,
+                    "epochs": 14,
                     "tta": True,
                 }
             ),
