@@ -56,19 +56,38 @@ def test_calibration_metrics_of_known_cases():
 def test_every_score_is_higher_off_distribution():
     g = torch.Generator().manual_seed(1)
     centres = torch.nn.functional.normalize(torch.randn(5, 16, generator=g), dim=1)
-    known = centres.repeat(40, 1) + 0.05 * torch.randn(200, 16, generator=g)
+    labels = torch.arange(5).repeat(40)
+    known = centres[labels] + 0.05 * torch.randn(200, 16, generator=g)
     novel = torch.nn.functional.normalize(torch.randn(50, 16, generator=g), dim=1)
     head = torch.nn.Sequential(torch.nn.Linear(16, 5, bias=False), torch.nn.LogSoftmax(1))
     with torch.no_grad():
         head[0].weight.copy_(centres * 8)
-    bank = torch.nn.functional.normalize(known[:100], dim=1).half()
+        logits = {
+            "train": head[0](known[:100]),
+            "known": head[0](known[100:]),
+            "novel": head[0](novel),
+        }
+    fitted = {}
     for score in NOVELTY_SCORES:
-        scores = []
-        for rows in (known[100:], novel):
-            with torch.no_grad():
-                logits = head[0](rows)
-            scores.append(novelty_scores(logits[None], rows[None], score, bank=bank, k=3))
+        cal = fitted[score] = Calibration(score=score, k=3)
+        cal.fit_scores(known[:100], labels[:100], logits["known"], known[100:])
+        scores = [
+            cal.novelty(logits[g][None], rows[None], score)
+            for g, rows in (("known", known[100:]), ("novel", novel))
+        ]
         assert scores[1].median() > scores[0].quantile(0.9), score
+        if score != "combined":  # the module function computes the same
+            same = novelty_scores(
+                logits["novel"][None], novel[None], score, bank=cal.bank, k=3, gauss=cal.gauss
+            )
+            torch.testing.assert_close(same, scores[1])
+    cal = fitted["combined"]
+    assert cal.norm["msp_std"] > 0 and set(cal.gauss) == {
+        "means",
+        "precision",
+        "bg_mean",
+        "bg_precision",
+    }
 
 
 def test_threshold_gives_the_target_recall_on_its_data():
@@ -83,7 +102,7 @@ def test_threshold_gives_the_target_recall_on_its_data():
         valid = rows[192:]
         out = cal.outputs(head, valid, torch.device("cpu"))
         assert float((~out.unknown).float().mean()) == pytest.approx(recall, abs=0.01)
-        assert cal.bank is not None and cal.bank.dtype == torch.float16 and len(cal.bank) == 192
+        assert cal.gauss["means"].shape == (3, 8) and cal.bank is None  # combined: no bank
 
 
 def _grey(seed: int) -> Image.Image:
@@ -93,7 +112,7 @@ def _grey(seed: int) -> Image.Image:
 
 def test_fit_calibrates_and_flags_an_unseen_kind_of_photo(fitted, flowers_root):
     cal = fitted.model_.calibration
-    assert cal.score == "knn" and cal.threshold is not None and cal.bank is not None
+    assert cal.score == "combined" and cal.threshold is not None and cal.gauss and cal.norm
     assert cal.temperature != 1.0 and {"ece", "nll", "ece_raw"} <= set(cal.metrics)
     known = sorted((flowers_root / "test").rglob("*.jpg"))
     novel = [_grey(i) for i in range(6)]
@@ -140,7 +159,11 @@ def test_checkpoint_keeps_the_calibration(fitted, tmp_path):
     loaded = FlowerClassifier.load(path, device="cpu")
     a, b = fitted.model_.calibration, loaded.model_.calibration
     assert (a.temperature, a.score, a.threshold, a.k) == (b.temperature, b.score, b.threshold, b.k)
-    assert a.bank is not None and b.bank is not None and torch.equal(a.bank, b.bank)
+    assert a.norm == b.norm and a.gauss.keys() == b.gauss.keys()
+    assert all(torch.equal(a.gauss[k], b.gauss[k]) for k in a.gauss)
+    knn = Calibration(score="knn", bank=torch.randn(7, 4).half(), k=3, threshold=0.5)
+    again = Calibration.from_payload(knn.to_payload())
+    assert again.score == "knn" and again.k == 3 and torch.equal(again.bank, knn.bank)
     img = _grey(0)
     np.testing.assert_allclose(loaded.novelty_score(img), fitted.novelty_score(img), rtol=1e-5)
     assert loaded.predict(img).unknown == fitted.predict(img).unknown

@@ -47,6 +47,8 @@ ClassWeight = Literal["balanced"]
 ExportFormat = Literal["pt2", "onnx"]
 """Formats ``FlowerClassifier.export`` writes."""
 
-NoveltyScore = Literal["knn", "energy", "max_logit", "msp"]
-"""How unlike every known class a photo is: distance to the nearest training features, the
-energy or the largest logit of the head, or one minus its largest probability."""
+NoveltyScore = Literal["combined", "rmaha", "knn", "energy", "max_logit", "msp"]
+"""How unlike every known class a photo is: the head's doubt plus the features' distance
+(combined), the relative Mahalanobis distance of the features, the distance to the nearest
+training features, the energy or the largest logit of the head, or one minus its largest
+probability."""

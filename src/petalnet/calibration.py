@@ -8,17 +8,20 @@ head was trained on) and learns three things, kept in the checkpoint as a
   that minimises the validation negative log-likelihood (Guo et al. 2017). It moves
   confidence, never the ranking of the classes.
 - a **novelty score** per image, higher meaning less like any known class:
-  ``"knn"`` (default: cosine distance of the backbone features to their ``k``-th nearest
-  neighbour among stored training features), ``"energy"`` (``-T logsumexp(logits / T)``),
-  ``"max_logit"`` (minus the largest logit) or ``"msp"`` (one minus the largest calibrated
-  probability).
+  ``"combined"`` (default: the sum of the ``msp`` and ``rmaha`` scores, each standardised
+  on the validation images), ``"rmaha"`` (relative Mahalanobis distance of the backbone
+  features: to the nearest class Gaussian minus to the Gaussian of all training images,
+  Ren et al. 2021), ``"knn"`` (cosine distance to the ``k``-th nearest stored training
+  feature), ``"energy"`` (``-T logsumexp(logits / T)``), ``"max_logit"`` (minus the
+  largest logit) or ``"msp"`` (one minus the largest calibrated probability).
+  ``benchmarks/open_set.py`` compares them (docs/unknown.md).
 - a **threshold** on that score: the ``target_recall`` quantile of the validation images'
   scores, so about that share of photos of known flowers stays below it; above it, a photo
   is reported as unknown.
 
 The head is :func:`~petalnet.head.build_head`'s ``Sequential`` ending in ``LogSoftmax``; its
-input is the backbone features (the embedding the ``knn`` score uses), the input of its
-last module the logits.
+input is the backbone features (what ``knn`` and ``rmaha`` measure), the input of its last
+module the logits.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ __all__ = [
     "ReliabilityBin",
     "calibration_metrics",
     "fit_calibration",
+    "fit_gaussians",
     "fit_temperature",
     "novelty_scores",
     "reliability_bins",
@@ -49,7 +53,8 @@ __all__ = [
 
 NOVELTY_SCORES: tuple[NoveltyScore, ...] = get_args(NoveltyScore)
 BANK_SIZE = 4096
-"""Training feature rows the ``knn`` score keeps (float16: 10 MB for 1280 features)."""
+"""Training feature rows ``knn`` keeps (float16: 10 MB at 1280 features) and ``rmaha``
+fits its Gaussians on (which keep two ``D x D`` float32 matrices: 13 MB at 1280)."""
 
 
 class HeadOutput(NamedTuple):
@@ -75,15 +80,22 @@ class Calibration:
         score: Which novelty score (see the module docs).
         bank: ``(M, D)`` unit-length training features for ``knn`` (float16), or ``None``.
         k: Neighbour rank of the ``knn`` score.
+        gauss: For ``rmaha`` and ``combined``: ``means`` ``(C, D)`` of the training features
+            per class, ``precision`` ``(D, D)`` their shared inverse covariance, and
+            ``bg_mean``/``bg_precision`` of all classes together.
+        norm: For ``combined``: mean and standard deviation of the ``msp`` and ``rmaha``
+            scores of the validation images (``msp_mean``, ``msp_std``, ...).
         threshold: Scores above it are unknown; ``None``: never unknown (no validation split).
         target_recall: Share of known validation images the threshold keeps below it.
         metrics: Validation ``ece``/``nll``/``brier`` before and after scaling (``*_raw``).
     """
 
     temperature: float = 1.0
-    score: NoveltyScore = "knn"
+    score: NoveltyScore = "combined"
     bank: torch.Tensor | None = None
     k: int = 10
+    gauss: dict[str, torch.Tensor] = field(default_factory=dict)
+    norm: dict[str, float] = field(default_factory=dict)
     threshold: float | None = None
     target_recall: float = 0.95
     metrics: dict[str, float] = field(default_factory=dict)
@@ -106,15 +118,61 @@ class Calibration:
     def judge(self, logits: torch.Tensor, embeddings: torch.Tensor) -> HeadOutput:
         """Calibrated log-probabilities and novelty of ``(V, N, C)`` logits of ``V`` views."""
         probs = (logits / self.temperature).softmax(-1).mean(0)
-        novelty = novelty_scores(
-            logits, embeddings, self.score, temperature=self.temperature, bank=self.bank, k=self.k
-        )
+        novelty = self.novelty(logits, embeddings, self.score)
         unknown = (
             novelty > self.threshold
             if self.threshold is not None
             else torch.zeros(len(novelty), dtype=torch.bool)
         )
         return HeadOutput(probs.clamp_min(1e-30).log(), novelty, unknown)
+
+    def novelty(
+        self, logits: torch.Tensor, embeddings: torch.Tensor, score: NoveltyScore
+    ) -> torch.Tensor:
+        """``score`` of ``(V, N, C)`` logits and ``(V, N, D)`` features, averaged over views."""
+        if score == "combined":
+            parts = [
+                (self.novelty(logits, embeddings, part) - self.norm.get(f"{part}_mean", 0.0))
+                / max(self.norm.get(f"{part}_std", 1.0), 1e-12)
+                for part in ("msp", "rmaha")
+            ]
+            return parts[0] + parts[1]
+        if score == "rmaha" and not self.gauss:
+            score = "msp"  # nothing fitted (no training rows): the head alone
+        return novelty_scores(
+            logits,
+            embeddings,
+            score,
+            temperature=self.temperature,
+            bank=self.bank,
+            k=self.k,
+            gauss=self.gauss,
+        )
+
+    def fit_scores(
+        self,
+        train: torch.Tensor,
+        train_labels: torch.Tensor,
+        logits: torch.Tensor,
+        embeddings: torch.Tensor,
+    ) -> None:
+        """Fit what :attr:`score` needs: the knn bank, the Gaussians, the normalisation.
+
+        Args:
+            train: ``(M, D)`` training features (a sample of at most :data:`BANK_SIZE`).
+            train_labels: ``(M,)`` their classes.
+            logits: ``(N, C)`` validation logits (for ``combined``'s normalisation).
+            embeddings: ``(N, D)`` validation features.
+        """
+        if self.score == "knn" and len(train):
+            self.bank = nn.functional.normalize(train, dim=-1).half()
+        if self.score in ("rmaha", "combined") and len(train) > 1:
+            self.gauss = fit_gaussians(train, train_labels)
+        if self.score == "combined" and len(logits):
+            for part in ("msp", "rmaha"):
+                values = self.novelty(logits[None], embeddings[None], part)
+                self.norm[f"{part}_mean"] = float(values.mean())
+                self.norm[f"{part}_std"] = float(values.std()) if len(values) > 1 else 1.0
 
     def to_payload(self) -> dict[str, Any]:
         """Tensors and plain values only, for a ``weights_only`` checkpoint."""
@@ -123,6 +181,8 @@ class Calibration:
             "score": self.score,
             "bank": self.bank,
             "k": self.k,
+            "gauss": dict(self.gauss),
+            "norm": dict(self.norm),
             "threshold": self.threshold,
             "target_recall": self.target_recall,
             "metrics": dict(self.metrics),
@@ -144,6 +204,10 @@ class Calibration:
             score=score if score in NOVELTY_SCORES else "msp",
             bank=bank if isinstance(bank, torch.Tensor) else None,
             k=int(data.get("k", 10)),
+            gauss={
+                str(k): v for k, v in dict(data.get("gauss") or {}).items() if torch.is_tensor(v)
+            },
+            norm={str(k): float(v) for k, v in dict(data.get("norm") or {}).items()},
             threshold=None if data.get("threshold") is None else float(data["threshold"]),
             target_recall=float(data.get("target_recall", 0.95)),
             metrics={str(k): float(v) for k, v in dict(data.get("metrics") or {}).items()},
@@ -169,6 +233,7 @@ def novelty_scores(
     temperature: float = 1.0,
     bank: torch.Tensor | None = None,
     k: int = 10,
+    gauss: Mapping[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """One novelty score per image, averaged over views; higher: less like a known class.
 
@@ -180,9 +245,10 @@ def novelty_scores(
         bank: ``(M, D)`` unit-length training features (``knn`` only; without it, ``knn``
             falls back to ``energy``).
         k: Neighbour rank of ``knn``.
+        gauss: From :func:`fit_gaussians` (``rmaha`` only).
 
     Returns:
-        ``(N,)`` float32 scores.
+        ``(N,)`` float32 scores (``combined`` needs :meth:`Calibration.novelty`).
 
     Raises:
         ValueError: Unknown ``score``.
@@ -199,7 +265,53 @@ def novelty_scores(
         sims = unit @ bank.float().T  # (V, N, M)
         kth = sims.topk(min(k, sims.shape[-1]), dim=-1).values[..., -1]
         return (1 - kth).mean(0)
+    if score == "rmaha" and gauss:
+        per_class = _mahalanobis(embeddings.float(), gauss["means"], gauss["precision"])
+        background = _mahalanobis(embeddings.float(), gauss["bg_mean"][None], gauss["bg_precision"])
+        return (per_class - background).amin(-1).mean(0)
     raise ValueError(f"score must be one of {', '.join(NOVELTY_SCORES)}; got {score!r}.")
+
+
+def _mahalanobis(x: torch.Tensor, means: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+    """Squared Mahalanobis distances ``(..., C)`` of rows ``x`` ``(..., D)`` to ``C`` means."""
+    xp = x @ precision
+    return (xp * x).sum(-1, keepdim=True) - 2 * xp @ means.T + ((means @ precision) * means).sum(-1)
+
+
+def fit_gaussians(features: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Class means with a shared covariance, and one Gaussian of all classes together.
+
+    What the relative Mahalanobis distance (Ren et al. 2021) compares: how much closer a
+    photo is to its nearest class than to the training images as a whole. Covariances get a
+    small ridge (1 % of their mean variance) so that they invert.
+
+    Args:
+        features: ``(M, D)`` training features.
+        labels: ``(M,)`` their classes (absent classes get the overall mean).
+
+    Returns:
+        ``means`` ``(C, D)``, ``precision`` ``(D, D)``, ``bg_mean`` ``(D,)``,
+        ``bg_precision`` ``(D, D)``, all float32.
+    """
+    x = features.double()
+    classes = int(labels.max()) + 1
+    bg_mean = x.mean(0)
+    means = torch.stack(
+        [x[labels == c].mean(0) if (labels == c).any() else bg_mean for c in range(classes)]
+    )
+
+    def precision(centred: torch.Tensor) -> torch.Tensor:
+        cov = centred.T @ centred / max(len(centred) - 1, 1)
+        ridge = 0.01 * float(cov.diagonal().mean()) + 1e-8
+        inverse: torch.Tensor = torch.linalg.inv(cov + ridge * torch.eye(len(cov), dtype=cov.dtype))
+        return inverse
+
+    return {
+        "means": means.float(),
+        "precision": precision(x - means[labels]).float(),
+        "bg_mean": bg_mean.float(),
+        "bg_precision": precision(x - bg_mean).float(),
+    }
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -330,33 +442,37 @@ def fit_calibration(
     train: Iterable[tuple[torch.Tensor, torch.Tensor]],
     valid: Iterable[tuple[torch.Tensor, torch.Tensor]],
     *,
-    score: NoveltyScore = "knn",
+    score: NoveltyScore = "combined",
     target_recall: float = 0.95,
+    calibrate: bool = True,
 ) -> Calibration:
-    """Learn the temperature, the ``knn`` bank and the threshold after training.
+    """Learn the temperature, what the novelty score needs and the threshold after training.
 
     Args:
         head: The trained classifier.
         embed: Turns a row of the training loop into backbone features (the fine-tuned
             layers of ``freeze_unfreeze``, or nothing).
-        train: ``(rows, labels)`` batches of training rows for the ``knn`` bank (at most
-            :data:`BANK_SIZE` are kept, spread over the batches).
+        train: ``(rows, labels)`` batches of training rows for the ``knn`` bank or the
+            Gaussians (at most :data:`BANK_SIZE` are kept, spread over the batches).
         valid: ``(rows, labels)`` batches of the validation split.
         score: The novelty score to use.
         target_recall: Share of known validation images to keep below the threshold.
+        calibrate: Fit the temperature (else it stays 1).
 
     Returns:
         The calibration; without validation rows: ``T = 1`` and no threshold.
     """
-    _, rows, _ = _embed_all(embed, head, train)
+    _, rows, row_labels = _embed_all(embed, head, train)
     if len(rows) > BANK_SIZE:
-        rows = rows[torch.linspace(0, len(rows) - 1, BANK_SIZE).long()]
-    bank = nn.functional.normalize(rows, dim=-1).half() if len(rows) else None
+        keep = torch.linspace(0, len(rows) - 1, BANK_SIZE).long()
+        rows, row_labels = rows[keep], row_labels[keep]
     logits, embeddings, labels = _embed_all(embed, head, valid)
-    calibration = Calibration(score=score, bank=bank, target_recall=target_recall)
+    calibration = Calibration(score=score, target_recall=target_recall)
+    if calibrate:
+        calibration.temperature = fit_temperature(logits, labels)
+    calibration.fit_scores(rows, row_labels, logits, embeddings)
     if len(labels) == 0:
         return calibration
-    calibration.temperature = fit_temperature(logits, labels)
     raw = calibration_metrics(logits.softmax(-1), labels)
     scaled = calibration_metrics((logits / calibration.temperature).softmax(-1), labels)
     calibration.metrics = {**scaled, **{f"{k}_raw": v for k, v in raw.items()}}

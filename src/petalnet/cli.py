@@ -327,6 +327,8 @@ def _cmd_backbones(args: argparse.Namespace) -> int:
 def _cmd_check(args: argparse.Namespace) -> int:
     from petalnet.check import check_dataset
 
+    if not 0 < args.near_threshold <= 1:
+        raise UsageError(f"--near_threshold must be in (0, 1]; got {args.near_threshold}.")
     report = check_dataset(args.data_dir, decode=not args.quick and not args.deep)
     print(report.summary())
     if not report.ok or not args.deep:

@@ -170,10 +170,12 @@ def fit_model(
         params, epochs=chosen, monitor="last", early_stopping=None, **shorter
     )
     everything = dataclasses.replace(data, train=data.train + data.valid, valid=[])
-    chosen_by = model.calibration  # the refit has no validation split of its own
+    # the refit has no validation split of its own: it keeps the calibration of the run
+    # that chose the epoch count (exact for a frozen backbone, close for a fine-tuned one)
+    chosen_by = model.calibration
     model = _Run(refit, everything, names, unreadable, pipeline_for, keep).train(None, "")
     model.selection_history = selection
-    model.calibration = dataclasses.replace(chosen_by, bank=model.calibration.bank)
+    model.calibration = chosen_by
     return model
 
 
@@ -267,9 +269,8 @@ class _Run:
             valid.batches(torch.arange(len(valid.labels)), 256, 1),
             score=params.novelty,
             target_recall=params.known_recall or 0.95,
+            calibrate=params.calibrate,
         )
-        if not params.calibrate:
-            calibration.temperature = 1.0
         if params.known_recall is None:
             calibration.threshold = None
         return calibration

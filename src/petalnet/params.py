@@ -233,7 +233,7 @@ class ClassifierParams:
         "fit a temperature on the validation split so that probabilities are calibrated",
     )
     novelty: NoveltyScore = _param(
-        "knn", "how novelty_score measures that a photo is unlike every known flower"
+        "combined", "how novelty_score measures that a photo is unlike every known flower"
     )
     known_recall: float | None = _param(
         0.95,
