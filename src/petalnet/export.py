@@ -23,6 +23,7 @@ from petalnet._types import ExportFormat
 from petalnet._version import __version__
 from petalnet.checkpoint import FittedModel
 from petalnet.errors import PetalnetError
+from petalnet.features import prepare_backbone
 
 __all__ = ["FORMATS", "ExportFormat", "export_metadata", "export_model"]
 
@@ -42,7 +43,8 @@ class _Probabilities(nn.Module):
         self.dtype = dtype
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        log_probs: torch.Tensor = self.head(self.backbone(images.to(self.dtype)))
+        x = images.to(self.dtype).contiguous(memory_format=torch.channels_last)
+        log_probs: torch.Tensor = self.head(self.backbone(x))
         # the head ends in LogSoftmax, so its outputs are the logits up to a constant
         return (log_probs.float() / self.temperature).softmax(-1)
 
@@ -114,8 +116,9 @@ def export_model(
     target = Path(path).expanduser()
     target.parent.mkdir(parents=True, exist_ok=True)
     dtype = torch.bfloat16 if amp else torch.float32
+    folded = prepare_backbone(copy.deepcopy(model.backbone), torch.device("cpu"))  # BN folded
     network = _Probabilities(
-        copy.deepcopy(model.backbone).to(dtype).cpu().eval(),
+        folded.to(dtype).eval(),
         copy.deepcopy(model.head).to(dtype).cpu().eval(),
         model.calibration.temperature,
         dtype,

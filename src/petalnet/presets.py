@@ -74,6 +74,10 @@ _PRESETS = {
             "fast-cpu",
             "frozen efficientnet_lite0 features and a regularised head: minutes on a laptop",
             MappingProxyType({**_HEAD, "epochs": 12}),
+            holdout_accuracy=0.9541,
+            valid_accuracy=0.9597,
+            seconds=171.2,
+            machine=_DEV_CPU,
         ),
         Preset(
             "best-cpu",
@@ -91,6 +95,10 @@ _PRESETS = {
                     "tta": True,
                 }
             ),
+            holdout_accuracy=0.968,
+            valid_accuracy=0.9743,
+            seconds=667.9,
+            machine=_DEV_CPU,
         ),
     )
 }
