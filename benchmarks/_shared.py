@@ -47,25 +47,35 @@ def emit(result: Any, path: Path | None) -> Any:
     return result
 
 
-def link_holdout(data: Path, holdout: float, root: Path) -> tuple[int, int]:
+def link(source: Path, target: Path) -> None:
+    """A symbolic link ``target`` -> ``source`` (feature-cache keys follow it to the file)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.symlink_to(source.resolve())
+
+
+def link_holdout(
+    data: Path, holdout: float, root: Path, skip_classes: frozenset[str] = frozenset()
+) -> tuple[int, int]:
     """Symbolic links: root/train (train minus a stratified hold-out), root/valid (the hold-out).
 
     The hold-out is ``holdout`` of each class of ``data/train`` (seed 0); ``data/valid`` is
-    not used, so it stays the split that is reported once.
+    not used, so it stays the split that is reported once. Classes in ``skip_classes`` are
+    left out of both.
 
     Returns:
         The number of images in root/train and in root/valid.
     """
     split = load_training_data(data / "train", valid_fraction=holdout, seed=0)
+    counts = {"train": 0, "valid": 0}
     for name, samples in (("train", split.train), ("valid", split.valid)):
         for path, label in samples:
-            target = root / name / split.classes[label] / path.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.symlink_to(path.resolve())
+            if split.classes[label] not in skip_classes:
+                link(path, root / name / split.classes[label] / path.name)
+                counts[name] += 1
     names = data / "cat_to_name.json"
     if names.is_file():
-        (root / "cat_to_name.json").symlink_to(names.resolve())
-    return len(split.train), len(split.valid)
+        link(names, root / "cat_to_name.json")
+    return counts["train"], counts["valid"]
 
 
 def peak_rss_mib() -> float:

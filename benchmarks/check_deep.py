@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _shared import DEFAULT_DATA, emit, machine
+from _shared import DEFAULT_DATA, emit, link, machine
 from PIL import Image
 
 from petalnet.deep_check import NEAR_THRESHOLD, _near_pairs, deep_check
@@ -39,10 +39,8 @@ def _link_all(data: Path, root: Path, skip: frozenset[Path] = frozenset()) -> No
         for path in (data / split).rglob("*.jpg"):
             if path in skip:
                 continue
-            target = root / split / path.parent.name / path.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.symlink_to(path.resolve())
-    (root / "cat_to_name.json").symlink_to((data / "cat_to_name.json").resolve())
+            link(path, root / split / path.parent.name / path.name)
+    link(data / "cat_to_name.json", root / "cat_to_name.json")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

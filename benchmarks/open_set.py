@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _shared import DEFAULT_DATA, emit, machine
+from _shared import DEFAULT_DATA, emit, link_holdout, machine
 
 import petalnet
 from petalnet.calibration import (
@@ -45,7 +45,6 @@ from petalnet.calibration import (
     HeadOutput,
     calibration_metrics,
 )
-from petalnet.data import load_training_data
 from petalnet.images import Unreadable
 
 HELD_OUT = ["3", "12", "21", "34", "45", "56", "67", "78", "89", "100"]
@@ -106,19 +105,6 @@ def fpr_at_95_tpr(known: np.ndarray, novel: np.ndarray) -> float:
     return float((novel <= np.quantile(known, 0.95)).mean())
 
 
-def _link(data: Path, holdout: float, root: Path, held_out: list[str]) -> None:
-    """root/train: the 92 known species minus a hold-out; root/valid: that hold-out."""
-    split = load_training_data(data / "train", valid_fraction=holdout, seed=0)
-    for name, samples in (("train", split.train), ("valid", split.valid)):
-        for path, label in samples:
-            if split.classes[label] in held_out:
-                continue
-            target = root / name / split.classes[label] / path.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.symlink_to(path.resolve())
-    (root / "cat_to_name.json").symlink_to((data / "cat_to_name.json").resolve())
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -144,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="petalnet-openset-") as tmp:
-        _link(args.data, args.holdout, Path(tmp), held_out)
+        link_holdout(args.data, args.holdout, Path(tmp), frozenset(held_out))
         clf.fit(tmp)
         fit_s = time.perf_counter() - start
         train_files = sorted((Path(tmp) / "train").rglob("*.jpg"))
