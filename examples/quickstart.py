@@ -42,7 +42,10 @@ def main(argv: list[str] | None = None) -> None:
         (args.data_dir / first_class).glob("*")
     )
     print(f"\n{image} (true class {first_class}):")
-    for p in clf.predict(image, topk=5):
+    top = clf.predict(image, topk=5)
+    if top.unknown:  # its novelty score is above the threshold chosen on the valid split
+        print("  unknown flower: not one of those it knows; the closest are")
+    for p in top:
         print(f"  {p.label:30} {p.probability:6.1%}")
 
     path = clf.save(args.out)
