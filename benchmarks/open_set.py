@@ -39,11 +39,11 @@ from _shared import DEFAULT_DATA, emit, link_holdout, machine
 
 import petalnet
 from petalnet.calibration import (
-    BANK_SIZE,
     NOVELTY_SCORES,
     Calibration,
     HeadOutput,
     calibration_metrics,
+    sample_rows,
 )
 from petalnet.images import Unreadable
 
@@ -159,8 +159,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         return calibration.outputs(model.head, feats[group], pipe.device)
 
     # every score on the same model; knn gets its bank of (at most 4096) training features
-    keep = torch.linspace(0, len(train) - 1, min(len(train), BANK_SIZE)).long()
-    bank = torch.nn.functional.normalize(train[keep].float(), dim=1).half()
+    bank = torch.nn.functional.normalize(train[sample_rows(len(train))].float(), dim=1).half()
     variants = {s: dataclasses.replace(base, score=s, bank=bank) for s in NOVELTY_SCORES}
     scores = {
         score: {g: outputs(variant, g).novelty.numpy() for g in groups}

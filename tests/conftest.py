@@ -188,18 +188,21 @@ def single_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_class_folders(tmp_path_factory.mktemp("single"), per_class=6, seed=4, n_classes=5)
 
 
+# The parameters of the shared `fitted` classifier (tests that need a variant of it start here).
+FITTED_PARAMS = dict(
+    backbone="tiny_test",
+    hidden_units=32,
+    epochs=15,
+    learning_rate=0.01,
+    batch_size=16,
+    random_state=0,
+    device="cpu",
+    verbose=0,
+    amp=False,  # tests compare its numbers: pinned to float32 on every CPU
+)
+
+
 @pytest.fixture(scope="session")
 def fitted(flowers_root: Path) -> petalnet.FlowerClassifier:
     """A classifier trained once on the synthetic data (shared; do not mutate)."""
-    clf = petalnet.FlowerClassifier(
-        "tiny_test",
-        hidden_units=32,
-        epochs=15,
-        learning_rate=0.01,
-        batch_size=16,
-        random_state=0,
-        device="cpu",
-        verbose=0,
-        amp=False,  # tests compare its numbers: pinned to float32 on every CPU
-    )
-    return clf.fit(flowers_root)
+    return petalnet.FlowerClassifier(**FITTED_PARAMS).fit(flowers_root)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import FITTED_PARAMS
 from petalnet import FlowerClassifier
 from petalnet.calibration import (
     NOVELTY_SCORES,
@@ -130,16 +131,7 @@ def test_fit_calibrates_and_flags_an_unseen_kind_of_photo(fitted, flowers_root):
 
 def test_an_unseen_kind_of_photo_is_called_unknown(flowers_root, tmp_path, capsys):
     # the tiny random backbone's features are poor for knn; the head's energy separates here
-    clf = FlowerClassifier(
-        "tiny_test",
-        hidden_units=32,
-        epochs=15,
-        learning_rate=0.01,
-        batch_size=16,
-        random_state=0,
-        verbose=0,
-        novelty="energy",
-    ).fit(flowers_root)
+    clf = FlowerClassifier(**{**FITTED_PARAMS, "novelty": "energy"}).fit(flowers_root)
     tops = clf.predict([_grey(i) for i in range(6)], topk=3)
     assert all(t.unknown for t in tops)
     known = clf.predict(sorted((flowers_root / "test").rglob("*.jpg")))

@@ -49,6 +49,7 @@ __all__ = [
     "fit_temperature",
     "novelty_scores",
     "reliability_bins",
+    "sample_rows",
 ]
 
 NOVELTY_SCORES: tuple[NoveltyScore, ...] = get_args(NoveltyScore)
@@ -59,6 +60,18 @@ fits its Gaussians on (which keep two ``D x D`` float32 matrices: 13 MB at 1280)
 
 RIDGE = 0.015
 """Ridge of the ``rmaha`` covariances, relative to the mean within-class variance."""
+
+
+def sample_rows(n: int) -> torch.Tensor:
+    """Indices of at most :data:`BANK_SIZE` of ``n`` rows, spread evenly over them.
+
+    Args:
+        n: Number of rows.
+
+    Returns:
+        ``(min(n, BANK_SIZE),)`` int64 indices, in order.
+    """
+    return torch.linspace(0, n - 1, min(n, BANK_SIZE)).long() if n else torch.arange(0)
 
 
 class HeadOutput(NamedTuple):
@@ -462,7 +475,7 @@ def fit_calibration(
         embed: Turns a row of the training loop into backbone features (the fine-tuned
             layers of ``freeze_unfreeze``, or nothing).
         train: ``(rows, labels)`` batches of training rows for the ``knn`` bank or the
-            Gaussians (at most :data:`BANK_SIZE` are kept, spread over the batches).
+            Gaussians: at most :data:`BANK_SIZE` of them (:func:`sample_rows` picks which).
         valid: ``(rows, labels)`` batches of the validation split.
         score: The novelty score to use.
         target_recall: Share of known validation images to keep below the threshold.
@@ -472,9 +485,6 @@ def fit_calibration(
         The calibration; without validation rows: ``T = 1`` and no threshold.
     """
     _, rows, row_labels = _embed_all(embed, head, train)
-    if len(rows) > BANK_SIZE:
-        keep = torch.linspace(0, len(rows) - 1, BANK_SIZE).long()
-        rows, row_labels = rows[keep], row_labels[keep]
     logits, embeddings, labels = _embed_all(embed, head, valid)
     calibration = Calibration(score=score, target_recall=target_recall)
     if calibrate:

@@ -327,8 +327,9 @@ def _cmd_backbones(args: argparse.Namespace) -> int:
 def _cmd_check(args: argparse.Namespace) -> int:
     from petalnet.check import check_dataset
 
-    if not 0 < args.near_threshold <= 1:
-        raise UsageError(f"--near_threshold must be in (0, 1]; got {args.near_threshold}.")
+    near = args.near_threshold
+    if near is not None and not 0 < near <= 1:
+        raise UsageError(f"--near_threshold must be in (0, 1]; got {near}.")
     report = check_dataset(args.data_dir, decode=not args.quick and not args.deep)
     print(report.summary())
     if not report.ok or not args.deep:
@@ -338,7 +339,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     deep = deep_check(
         args.data_dir,
         backbone=args.arch,
-        near_threshold=args.near_threshold,
+        near_threshold=near,
         device=_device(args),
         verbose=_verbose(args),
     )
@@ -413,11 +414,20 @@ def _cmd_download(args: argparse.Namespace) -> int:
 def _device_flags(p: argparse.ArgumentParser, *, amp: bool = True) -> None:
     p.add_argument("--gpu", action="store_true", help="use a GPU (cuda or mps); an error without")
     p.add_argument("--device", help="explicit device, e.g. cpu or cuda:1 (overrides --gpu)")
-    if amp:  # the same flag as train's, from the parameter spec
-        spec = next(s for s in param_specs() if s.name == "amp")
-        p.add_argument(
-            "--amp", type=spec.parse, default=spec.default, metavar="auto|on|off", help=spec.doc
-        )
+    if amp:
+        _amp_flag(p)
+
+
+def _amp_flag(p: argparse.ArgumentParser, *, default: Any = None, help: str | None = None) -> None:
+    """``--amp auto|on|off``, parsed like train's (from the parameter spec)."""
+    spec = next(s for s in param_specs() if s.name == "amp")
+    p.add_argument(
+        "--amp",
+        type=spec.parse,
+        default=spec.default if default is None else default,
+        metavar="auto|on|off",
+        help=help or spec.doc,
+    )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -513,8 +523,8 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
     c.add_argument(
         "--near_threshold",
         type=float,
-        default=0.92,
-        help="with --deep: cosine similarity of near duplicates (default: %(default)s)",
+        help="with --deep: cosine similarity of near duplicates (default: the calibrated one, "
+        "petalnet.deep_check.NEAR_THRESHOLD; see docs/data-doctor.md)",
     )
     c.add_argument("--quiet", action="store_true", help="no progress output")
     _device_flags(c, amp=False)
@@ -525,12 +535,9 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
     x.add_argument("output", help="model file to write (.pt2 or .onnx)")
     formats = get_args(ExportFormat)
     x.add_argument("--format", choices=formats, default=formats[0], help="(default: %(default)s)")
-    amp = next(s for s in param_specs() if s.name == "amp")
-    x.add_argument(
-        "--amp",
-        type=amp.parse,
+    _amp_flag(
+        x,
         default=False,
-        metavar="auto|on|off",
         help="on: a pt2 program computing in bfloat16; auto: so on a CPU with native "
         "bfloat16; off: float32 (default: off)",
     )

@@ -280,7 +280,7 @@ def deep_check(
     *,
     backbone: str = "efficientnet_lite0",
     weights: str | None = "DEFAULT",
-    near_threshold: float = NEAR_THRESHOLD,
+    near_threshold: float | None = None,
     folds: int = 5,
     cache_dir: str | os.PathLike[str] | None = None,
     device: str = "auto",
@@ -292,7 +292,8 @@ def deep_check(
         data_dir: A root with ``train/`` (``valid/``, ``test/``) or one folder of classes.
         backbone: The backbone whose features compare images (cached like ``fit``'s).
         weights: Its weights.
-        near_threshold: Cosine similarity at or above which two images are near duplicates.
+        near_threshold: Cosine similarity at or above which two images are near duplicates
+            (``None``: :data:`NEAR_THRESHOLD`).
         folds: Folds of the out-of-sample probabilities.
         cache_dir: Feature cache folder (default: the one ``fit`` uses).
         device: Where the backbone runs.
@@ -315,7 +316,8 @@ def deep_check(
         raise DataError(f"{str(root)!r} has fewer than two class folders with images.")
     names_file = root / CATEGORY_NAMES_FILE
     names = load_category_names(names_file) if names_file.is_file() else {}
-    report = DeepReport(root, names=names, near_threshold=near_threshold)
+    near = NEAR_THRESHOLD if near_threshold is None else near_threshold
+    report = DeepReport(root, names=names, near_threshold=near)
     params = ClassifierParams(
         backbone, weights=weights, cache_dir=cache_dir, device=device, verbose=verbose
     )
@@ -341,7 +343,7 @@ def deep_check(
         else:
             first[digest] = i
     unit = nn.functional.normalize(feats.features.float(), dim=1)
-    for i, j, sim in _near_pairs(unit, near_threshold):
+    for i, j, sim in _near_pairs(unit, near):
         if (i, j) not in found and hashes[i] is not None and hashes[i] == hashes[j]:
             continue  # the same pixels as an earlier copy: reported against that one
         found.setdefault(

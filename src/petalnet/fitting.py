@@ -21,7 +21,7 @@ from petalnet._device import resolve_device
 from petalnet.backbones.base import FeatureExtractor
 from petalnet.backbones.registry import build_backbone
 from petalnet.batches import Batches, ImageBatches
-from petalnet.calibration import BANK_SIZE, Calibration, fit_calibration
+from petalnet.calibration import Calibration, fit_calibration, sample_rows
 from petalnet.callbacks import TrainingState
 from petalnet.checkpoint import FittedModel, read_checkpoint, resume_state
 from petalnet.data import TrainingData, load_category_names, load_training_data
@@ -260,12 +260,10 @@ class _Run:
         params = self.params
         trained.eval()
         embed = back if back is not None else nn.Identity()
-        n = len(train.labels)
-        bank_rows = torch.linspace(0, n - 1, min(n, BANK_SIZE)).long() if n else torch.arange(0)
         calibration = fit_calibration(
             head,
             embed,
-            train.batches(bank_rows, 256, 1),
+            train.batches(sample_rows(len(train.labels)), 256, 1),
             valid.batches(torch.arange(len(valid.labels)), 256, 1),
             score=params.novelty,
             target_recall=params.known_recall or 0.95,
