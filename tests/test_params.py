@@ -75,6 +75,8 @@ BAD_VALUES = {
     "unfreeze_blocks": [0],
     "freeze_epochs": [11, -1],
     "backbone_lr_scale": [0],
+    "ema": [0.0, 1.0],
+    "mixup": [-0.1],
     "tta": [1],
     "calibrate": ["yes"],
     "novelty": ["odin"],

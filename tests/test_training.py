@@ -70,13 +70,18 @@ def test_early_stopping_in_fit_keeps_best(single_folder, monkeypatch):
     assert len(clf.history_) == 4 and clf.best_epoch_ == 2
 
 
-def _train(**kw):
+def _toy_data():
     torch.manual_seed(0)
     x = torch.randn(60, 8)
-    y = (x[:, 0] > 0).long() + (x[:, 1] > 1).long()
+    return x, (x[:, 0] > 0).long() + (x[:, 1] > 1).long()
+
+
+def _train(**kw):
+    x, y = _toy_data()
     head = torch.nn.Sequential(torch.nn.Linear(8, 3), torch.nn.LogSoftmax(dim=1))
     cpu = torch.device("cpu")
-    params = FlowerClassifier(epochs=4, learning_rate=0.05, batch_size=16, random_state=0, **kw)
+    recipe = {"epochs": 4, "learning_rate": 0.05, "batch_size": 16, "random_state": 0}
+    params = FlowerClassifier(**{**recipe, **kw})
     trainer = make_trainer(params, cpu, freeze_epochs=0)
     data = TensorBatches(x, y, cpu)
     return head, trainer.fit(head, data, data, n_classes=3)
@@ -95,6 +100,47 @@ def test_label_smoothing_and_weight_decay_change_training():
     _, decayed = _train(weight_decay=0.5)
     assert smooth.history[0]["train_loss"] > plain.history[0]["train_loss"]
     assert decayed.history[-1]["train_loss"] != plain.history[-1]["train_loss"]
+
+
+class LastStates(Callback):
+    """The raw (not averaged) weights after every epoch."""
+
+    def __init__(self):
+        self.states = []
+
+    def on_epoch_end(self, state):
+        self.states.append({k: v.clone() for k, v in state.last_state.items()})
+
+
+def test_ema_keeps_the_moving_average_of_the_weights():
+    decay = 0.6
+    seen = LastStates()
+    # one step per epoch (batch of all 60 rows), so the raw weights after each epoch are
+    # the weights after each step that the average takes in
+    head, state = _train(ema=decay, batch_size=60, monitor="last", callbacks=[seen])
+    expected = dict(seen.states[0])  # the first update copies the weights
+    for raw in seen.states[1:]:
+        expected = {k: decay * expected[k] + (1 - decay) * raw[k] for k in raw}
+    for key, value in head.state_dict().items():
+        torch.testing.assert_close(value, expected[key])
+        assert not torch.equal(value, seen.states[-1][key])  # not the raw last weights
+    assert int(state.average_state["n_averaged"]) == 4
+    # what was validated is the average too
+    x, y = _toy_data()
+    loss = torch.nn.functional.nll_loss(head(x), y).item()
+    assert state.history[-1]["valid_loss"] == pytest.approx(loss, rel=1e-5)
+
+
+def test_mixup_blends_the_batches_and_their_loss():
+    _, plain = _train()
+    _, mixed = _train(mixup=1.0)
+    assert mixed.history[0]["train_loss"] > plain.history[0]["train_loss"]
+    _, again = _train(mixup=1.0)  # seeded like everything else
+    assert _strip(again.history) == _strip(mixed.history)
+    with pytest.raises(ValueError, match="mixup"):
+        FlowerClassifier(mixup=-1.0).fit("unused")
+    with pytest.raises(ValueError, match="ema"):
+        FlowerClassifier(ema=1.0).fit("unused")
 
 
 def test_class_weight_balanced(single_folder, monkeypatch):
@@ -125,11 +171,13 @@ def _strip(history):
     return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
 
 
-@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "cosine+ema+mixup"])
 def test_resume_continues_exactly(single_folder, tmp_path, schedule):
-    params = {**FAST, "dropout": 0.3, "lr_schedule": schedule, "epochs": 4}
-    if schedule == "cosine":
+    params = {**FAST, "dropout": 0.3, "lr_schedule": schedule.split("+")[0], "epochs": 4}
+    if schedule != "constant":
         params["warmup_epochs"] = 1
+    if "ema" in schedule:  # the average and the mixing weights continue exactly too
+        params.update(ema=0.9, mixup=0.4)
     full = FlowerClassifier("tiny_test", **params).fit(single_folder)
     if schedule == "constant":  # a shorter run, then more epochs
         first = FlowerClassifier("tiny_test", **{**params, "epochs": 2}).fit(single_folder)

@@ -43,6 +43,8 @@ class TrainingState:
         last_state: The same parameters after the last finished epoch (what a resumed run
             continues from).
         optimizer_state: The optimizer's state dict after the last finished epoch.
+        average_state: With ``ema``: the averaged model's state (its parameters and
+            buffers, and the number of updates) after the last finished epoch.
         rng_state: torch's CPU random state after the last finished epoch, so a resumed
             run shuffles and drops out exactly as an uninterrupted one would.
         stop: Set to ``True`` by a callback in :meth:`Callback.on_epoch_end` to end training
@@ -58,6 +60,7 @@ class TrainingState:
     best_state: dict[str, torch.Tensor] | None = None
     last_state: dict[str, torch.Tensor] | None = None
     optimizer_state: dict[str, Any] = field(default_factory=dict)
+    average_state: dict[str, torch.Tensor] | None = None
     rng_state: torch.Tensor | None = None
     stop: bool = False
     stop_reason: str = ""

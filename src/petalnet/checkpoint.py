@@ -169,6 +169,7 @@ def _training_state(data: Mapping[str, Any]) -> TrainingState:
         best_state=training.get("best_state", data["head"]["state_dict"]),
         last_state=training.get("last_state"),
         rng_state=training.get("rng_state"),
+        average_state=training.get("average_state"),
     )
 
 
@@ -216,6 +217,8 @@ def to_payload(
     }
     if state.last_state is not None:
         payload["training"] = {"last_state": state.last_state, "rng_state": state.rng_state}
+        if state.average_state is not None:
+            payload["training"]["average_state"] = state.average_state
         if meta.source == "trained" and state.best_state is not None:
             # fine-tuned layers and head together, as the training loop holds them
             payload["training"]["best_state"] = state.best_state

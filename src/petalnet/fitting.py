@@ -104,6 +104,8 @@ def make_trainer(params: ClassifierParams, device: torch.device, freeze_epochs: 
         early_stopping=params.early_stopping,
         backbone_lr_scale=params.backbone_lr_scale,
         freeze_epochs=freeze_epochs,
+        ema=params.ema,
+        mixup=params.mixup,
         callbacks=list(params.callbacks or []),
         verbose=params.verbose,
         # validation during training sees the centre crop; evaluate and predict use tta

@@ -223,6 +223,20 @@ class ClassifierParams:
         check=_positive,
         rule="positive",
     )
+    ema: float | None = _param(
+        None,
+        "decay per step of an exponential moving average of the trained weights (e.g. "
+        "0.998); validation, the kept epoch and the saved model use the average",
+        check=lambda v, _: v is None or 0 < v < 1,
+        rule="in (0, 1) or None",
+    )
+    mixup: float = _param(
+        0.0,
+        "mixup alpha: each training batch is blended with a shuffled copy of itself (rows: "
+        "features or cached layer outputs), the weight drawn from Beta(alpha, alpha); 0: off",
+        check=_non_negative,
+        rule="0 or more",
+    )
     refit: bool = _param(
         False,
         "after the validation split picks the kept epoch, train again on train + valid "

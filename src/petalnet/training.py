@@ -89,6 +89,22 @@ def evaluate_model(
     return loss_sum / count, correct / count
 
 
+def _averaged(
+    model: nn.Module, decay: float | None, saved: dict[str, torch.Tensor] | None
+) -> torch.optim.swa_utils.AveragedModel | None:
+    """The exponential moving average of ``model``'s weights (restored from ``saved``)."""
+    if decay is None:
+        return None
+    average = torch.optim.swa_utils.AveragedModel(
+        model,
+        multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay),  # type: ignore[no-untyped-call]
+        use_buffers=True,
+    )
+    if saved is not None:
+        average.load_state_dict(saved)
+    return average
+
+
 def _lr_scheduler(
     optimizer: torch.optim.Optimizer,
     schedule: Schedule,
@@ -150,6 +166,13 @@ class Trainer:
         early_stopping: Stop after this many epochs without a lower validation loss.
         backbone_lr_scale: Fine-tuned backbone layers learn at ``learning_rate`` times this.
         freeze_epochs: Epochs at the start during which fine-tuned layers stay frozen.
+        ema: Decay per step of an exponential moving average of the weights
+            (``torch.optim.swa_utils.AveragedModel``, buffers included); when set, the
+            average is what is validated, kept and returned. ``None``: off.
+        mixup: Mixup's ``alpha``: each training batch is blended with a shuffled copy of
+            itself, ``lam * x + (1 - lam) * x[perm]`` with ``lam ~ Beta(alpha, alpha)``,
+            and the loss is blended the same way (Zhang et al. 2018; on cached rows it is
+            manifold mixup). 0: off.
         callbacks: The user's callbacks, called after petalnet's own (epoch lines when
             ``verbose``, early stopping).
         verbose: ``0`` prints nothing; ``1`` one line per epoch (rank 0 under torchrun).
@@ -170,6 +193,8 @@ class Trainer:
     early_stopping: int | None
     backbone_lr_scale: float
     freeze_epochs: int
+    ema: float | None = None
+    mixup: float = 0.0
     callbacks: Sequence[Callback] = ()
     verbose: int = 0
     accuracy_note: str = ""
@@ -283,6 +308,20 @@ class Trainer:
             # cross_entropy of log-probabilities is their NLL (log_softmax is idempotent)
             return nn.functional.cross_entropy(logp, y, weight=weights, label_smoothing=smoothing)
 
+        mix = (
+            torch.distributions.Beta(torch.tensor(self.mixup), torch.tensor(self.mixup))
+            if self.mixup > 0
+            else None
+        )
+
+        def step_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            if mix is None:
+                return criterion(runner(x), y)
+            lam = float(mix.sample())
+            perm = torch.randperm(len(y)).to(y.device)
+            logp = runner(lam * x + (1 - lam) * x[perm])
+            return lam * criterion(logp, y) + (1 - lam) * criterion(logp, y[perm])
+
         def rank(r: EpochRecord) -> tuple[float, float]:
             """Larger is better: the monitored metric first, the other one breaks ties."""
             if not n_valid or self.monitor == "last":
@@ -301,6 +340,8 @@ class Trainer:
             best_key = rank(state.history[state.best_epoch - 1])
         best_state = copy.deepcopy(state.best_state or model.state_dict())
         runner: nn.Module = model
+        average = _averaged(model, self.ema, state.average_state)
+        judged = model if average is None else average.module  # validated and kept
         phase: bool | None = None  # whether the backbone part is frozen in the current epoch
         try:
             # seeds dropout masks and the batch order; a resumed run restores the RNG instead
@@ -327,7 +368,7 @@ class Trainer:
                     total, seen = 0.0, 0
                     for x, y in train.batches(order, self.batch_size, epoch):
                         optimizer.zero_grad(set_to_none=True)
-                        loss = criterion(runner(x), y)
+                        loss = step_loss(x, y)
                         if not torch.isfinite(loss):
                             raise PetalnetError(
                                 f"The training loss became {loss.item()} in epoch {epoch}; "
@@ -337,9 +378,11 @@ class Trainer:
                         loss.backward()  # type: ignore[no-untyped-call]  # untyped in torch
                         optimizer.step()
                         scheduler.step()
+                        if average is not None:
+                            average.update_parameters(model)
                         total += loss.item() * len(y)
                         seen += len(y)
-                    valid_loss, valid_acc = evaluate_model(model, valid, valid_order, eval_batch)
+                    valid_loss, valid_acc = evaluate_model(judged, valid, valid_order, eval_batch)
                     if world > 1:  # reduce: every rank then holds the same metrics
                         n = len(valid_order)
                         sums = distributed.all_reduce_sum(
@@ -366,11 +409,13 @@ class Trainer:
                     state.last_state = copy.deepcopy(model.state_dict())
                     state.rng_state = torch.get_rng_state()
                     state.optimizer_state = copy.deepcopy(optimizer.state_dict())
+                    if average is not None:
+                        state.average_state = copy.deepcopy(average.state_dict())
                     key = rank(record)
                     measured = math.isfinite(valid_loss) or not n_valid  # none: last wins
                     if measured and (best_key is None or key > best_key):
                         best_key, state.best_epoch = key, epoch
-                        best_state = copy.deepcopy(model.state_dict())
+                        best_state = copy.deepcopy(judged.state_dict())
                     for cb in self.callbacks:
                         cb.on_epoch_end(state)
                     if state.stop:
