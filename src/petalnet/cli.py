@@ -288,25 +288,31 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_presets(args: argparse.Namespace) -> int:
     from petalnet.presets import list_presets
 
-    for preset in list_presets():
-        print(f"{preset.name:<10} {preset.summary}")
-        print(f"{'':<10} {preset.describe()}")
+    presets = list_presets()
+    width = max(len(p.name) for p in presets)
+    for preset in presets:
+        print(f"{preset.name:<{width}} {preset.summary}")
+        print(f"{'':<{width}} {preset.describe()}")
         flags = " ".join(
             f"--{k} {','.join(map(str, v)) if isinstance(v, (list, tuple)) else v}"
             if not isinstance(v, bool)
             else f"--{k}"
             for k, v in preset.params.items()
         )
-        print(f"{'':<10} = {flags}")
+        print(f"{'':<{width}} = {flags}")
     print("use: petalnet train DATA_DIR --preset NAME  (later flags override the preset)")
     return 0
 
 
 def _cmd_backbones(args: argparse.Namespace) -> int:
     from petalnet.backbones.info import backbone_info
-    from petalnet.backbones.registry import list_backbones
+    from petalnet.backbones.registry import get_backbone, list_backbones
 
-    names = list_backbones(args.pattern or None)
+    pattern = args.pattern or None
+    # a fused name ("a+b") is not listed, but can be described
+    names = [pattern] if pattern and "+" in pattern else list_backbones(pattern)
+    if pattern and "+" in pattern:
+        get_backbone(pattern)  # an unknown part is named, with the available ones
     if not names:
         raise PetalnetError(f"No backbone matches {args.pattern!r}; try `petalnet backbones`.")
     print(f"{'name':<22} {'features':>8} {'params':>9} {'blocks':>6}  weights offline")

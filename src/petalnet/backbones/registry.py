@@ -15,6 +15,7 @@ may also say where the builder's default weights come from (:data:`WeightsStatus
 from __future__ import annotations
 
 import fnmatch
+import functools
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -22,6 +23,7 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Protocol, TypeVar
 
 from petalnet.backbones.base import FeatureExtractor, WeightsArg
+from petalnet.backbones.fusion import SEPARATOR, fuse, part_weights
 from petalnet.errors import BackboneNotFoundError, PetalnetError, PetalnetWarning
 
 __all__ = [
@@ -138,6 +140,8 @@ def weights_status(name: str) -> str:
     Returns:
         What its registration's :data:`WeightsStatus` says, or ``"unknown"``.
     """
+    if SEPARATOR in name and name not in _WEIGHTS_STATUS:  # a fused backbone: each part's
+        return SEPARATOR.join(weights_status(part) for part in name.split(SEPARATOR))
     status = _WEIGHTS_STATUS.get(name)
     return status() if status is not None else "unknown"
 
@@ -207,7 +211,9 @@ def get_backbone(name: str) -> BackboneBuilder:
     """Return the builder registered under ``name``.
 
     Args:
-        name: A registered name, e.g. ``"vgg16"`` or ``"efficientnet_lite0"``.
+        name: A registered name, e.g. ``"vgg16"`` or ``"efficientnet_lite0"``; names joined
+            with ``+`` (``"efficientnet_lite0+efficientnet_lite1"``) fuse those backbones:
+            their features are concatenated (see :mod:`petalnet.backbones.fusion`).
 
     Returns:
         The builder: ``builder(weights="DEFAULT") -> FeatureExtractor``.
@@ -217,6 +223,11 @@ def get_backbone(name: str) -> BackboneBuilder:
             and how to add one.
     """
     builder = _REGISTRY.get(name)
+    if builder is None and SEPARATOR in name:  # several backbones side by side
+        parts = name.split(SEPARATOR)
+        for part in parts:
+            get_backbone(part)  # an unknown part is named, with the available ones
+        return functools.partial(_build_fused, parts)
     if builder is None and name in _discover_plugins():
         builder = _load_plugin(name)
     if builder is None:
@@ -230,6 +241,12 @@ def get_backbone(name: str) -> BackboneBuilder:
             "group (see docs/backbones.md)."
         )
     return builder
+
+
+def _build_fused(names: list[str], weights: WeightsArg = "DEFAULT") -> FeatureExtractor:
+    """Build the parts ``names`` and fuse them (see :mod:`petalnet.backbones.fusion`)."""
+    per_part = part_weights(weights, names)
+    return fuse([build_backbone(n, w) for n, w in zip(names, per_part, strict=True)])
 
 
 def build_backbone(name: str, weights: WeightsArg = "DEFAULT") -> FeatureExtractor:

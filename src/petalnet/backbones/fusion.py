@@ -1,0 +1,122 @@
+"""Several backbones side by side: ``"efficientnet_lite0+efficientnet_lite1"``.
+
+A fused backbone runs every part on the same image and concatenates their features, so a
+head trains on what both see (multi-backbone feature fusion). The image is prepared once,
+with the preprocessing of the part that wants the largest crop; each other part gets that
+crop resized to its own crop size (antialiased bilinear) and re-normalised to its own mean
+and standard deviation, which is what its own preprocessing would have given up to the
+rounding of the resize. Any registered names can be joined with ``+``; fused backbones are
+trained frozen (``strategy="freeze"``): they declare no blocks to unfreeze.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from petalnet._types import WeightsArg
+from petalnet.backbones.base import FeatureExtractor
+from petalnet.errors import PetalnetError
+
+__all__ = ["SEPARATOR", "Fused", "fuse", "fused_weights_id", "part_weights"]
+
+SEPARATOR = "+"
+
+
+class Fused(nn.Module):
+    """Run each part on one prepared batch and concatenate their flattened features.
+
+    Args:
+        parts: The backbones, in order; the one with the largest crop sets the input.
+    """
+
+    def __init__(self, parts: Sequence[FeatureExtractor]) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+        largest = max(parts, key=lambda p: p.preprocessing.crop_size).preprocessing
+        self.crop_size = largest.crop_size
+        for i, part in enumerate(parts):  # x_part = (x * std_in + mean_in - mean) / std
+            mean = torch.tensor(part.preprocessing.mean).view(1, 3, 1, 1)
+            std = torch.tensor(part.preprocessing.std).view(1, 3, 1, 1)
+            in_mean = torch.tensor(largest.mean).view(1, 3, 1, 1)
+            in_std = torch.tensor(largest.std).view(1, 3, 1, 1)
+            self.register_buffer(f"scale{i}", in_std / std, persistent=False)
+            self.register_buffer(f"shift{i}", (in_mean - mean) / std, persistent=False)
+        self.sizes = [p.preprocessing.crop_size for p in parts]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, H, W)`` images prepared for the largest part -> ``(N, sum of D)``."""
+        outputs = []
+        for i, (part, size) in enumerate(zip(self.parts, self.sizes, strict=True)):
+            y = x * getattr(self, f"scale{i}") + getattr(self, f"shift{i}")
+            if size != self.crop_size:
+                factor = size / self.crop_size
+                shape = (round(x.shape[-2] * factor), round(x.shape[-1] * factor))
+                y = nn.functional.interpolate(
+                    y, size=shape, mode="bilinear", align_corners=False, antialias=True
+                )
+            outputs.append(torch.flatten(part(y), 1))
+        return torch.cat(outputs, dim=1)
+
+
+def fused_weights_id(parts: Sequence[FeatureExtractor]) -> str | None:
+    """The weights identifier of a fused backbone: the parts' one if shared, else each."""
+    ids = [p.weights for p in parts]
+    if all(i is None for i in ids):
+        return None
+    if len(set(ids)) == 1:
+        return ids[0]
+    return SEPARATOR.join(str(i) for i in ids)
+
+
+def part_weights(weights: WeightsArg, names: Sequence[str]) -> list[WeightsArg]:
+    """What each part of the fused backbone ``names`` is built with.
+
+    Args:
+        weights: One value for every part (``"DEFAULT"``, ``None``, a shared named set), or
+            one identifier per part joined with ``+`` (what a checkpoint stores when the
+            parts' identifiers differ).
+        names: The parts' registered names.
+
+    Returns:
+        One weights argument per part.
+
+    Raises:
+        PetalnetError: ``weights`` names another number of parts.
+    """
+    if not (isinstance(weights, str) and SEPARATOR in weights):
+        return [weights] * len(names)
+    split = weights.split(SEPARATOR)
+    if len(split) != len(names):
+        raise PetalnetError(
+            f"Weights {weights!r} name {len(split)} parts; the backbone "
+            f"{SEPARATOR.join(names)!r} has {len(names)}."
+        )
+    return [None if w == "None" else w for w in split]
+
+
+def fuse(parts: Sequence[FeatureExtractor]) -> FeatureExtractor:
+    """One feature extractor running ``parts`` side by side (features concatenated).
+
+    Args:
+        parts: Two or more built backbones, in order.
+
+    Returns:
+        The fused feature extractor: the preprocessing of the part with the largest crop,
+        restorable when every part is.
+
+    Raises:
+        PetalnetError: Fewer than two parts.
+    """
+    if len(parts) < 2:
+        raise PetalnetError(f"A fused backbone needs two or more parts; got {len(parts)}.")
+    largest = max(parts, key=lambda p: p.preprocessing.crop_size)
+    return FeatureExtractor(
+        Fused(parts),
+        feature_dim=sum(p.feature_dim for p in parts),
+        preprocessing=largest.preprocessing,
+        weights=fused_weights_id(parts),
+        restorable=all(p.restorable for p in parts),
+    )
