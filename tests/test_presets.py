@@ -10,7 +10,7 @@ from petalnet.presets import get_preset, list_presets
 
 def test_the_promised_presets_exist_and_are_valid_recipes():
     names = [p.name for p in list_presets()]
-    assert {"fast-cpu", "best-cpu"} <= set(names)
+    assert {"fast-cpu", "balanced-cpu", "best-cpu"} <= set(names)
     for preset in list_presets():
         clf = FlowerClassifier.from_preset(preset.name)
         clf.validate()
@@ -28,7 +28,7 @@ def test_overrides_win_and_the_rest_stays_default():
 
 
 def test_unknown_preset_lists_the_known_ones():
-    with pytest.raises(ValueError, match="fast-cpu, best-cpu"):
+    with pytest.raises(ValueError, match="fast-cpu, balanced-cpu, best-cpu"):
         FlowerClassifier.from_preset("fastest")
 
 
