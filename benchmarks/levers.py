@@ -10,8 +10,9 @@ Protocol: every variant is the preset with some parameters changed, fitted on ``
 minus the stratified 15 % hold-out (seed 0, as ``benchmarks/presets.py``) with each seed in
 ``--seeds``, and scored on that hold-out at its last epoch (presets keep it; with ``tta``
 the figure is the centre crop, as the training loop reports it). The baseline (the preset
-unchanged) always runs first. ``valid/`` is never read: levers are kept or dropped on these
-figures, and a kept one is then measured once on ``valid/`` as a preset.
+unchanged) runs first unless ``--no-baseline``. ``valid/`` is never read: levers are kept
+or dropped on these figures, and a kept one is then measured once on ``valid/`` as a
+preset.
 
 Besides each variant's seeds, the seeds' calibrated probabilities are averaged on the
 hold-out: the **ensemble** of those models (ensembling as a lever, at the cost of one fit
@@ -55,11 +56,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--variant", type=_variant, action="append", default=[])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--holdout", type=float, default=0.15)
+    ap.add_argument(
+        "--baseline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the preset unchanged, first (default: yes)",
+    )
     ap.add_argument("--cache_dir", type=Path)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     cache = args.cache_dir or Path(tempfile.mkdtemp(prefix="petalnet-levers-cache-"))
-    variants = [("baseline", {}), *args.variant]
+    variants = [("baseline", {})] * args.baseline + args.variant
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="petalnet-levers-") as tmp:
         root = Path(tmp)
