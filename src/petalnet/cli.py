@@ -309,10 +309,11 @@ def _cmd_backbones(args: argparse.Namespace) -> int:
     from petalnet.backbones.registry import get_backbone, list_backbones
 
     pattern = args.pattern or None
-    # a fused name ("a+b") is not listed, but can be described
-    names = [pattern] if pattern and "+" in pattern else list_backbones(pattern)
-    if pattern and "+" in pattern:
+    if pattern and "+" in pattern:  # a fused name ("a+b") is not listed but is described
         get_backbone(pattern)  # an unknown part is named, with the available ones
+        names = [pattern]
+    else:
+        names = list_backbones(pattern)
     if not names:
         raise PetalnetError(f"No backbone matches {args.pattern!r}; try `petalnet backbones`.")
     print(f"{'name':<22} {'features':>8} {'params':>9} {'blocks':>6}  weights offline")
