@@ -4,9 +4,11 @@ A fused backbone runs every part on the same image and concatenates their featur
 head trains on what both see (multi-backbone feature fusion). The image is prepared once,
 with the preprocessing of the part that wants the largest crop; each other part gets that
 crop resized to its own crop size (antialiased bilinear) and re-normalised to its own mean
-and standard deviation, which is what its own preprocessing would have given up to the
-rounding of the resize. Any registered names can be joined with ``+``; fused backbones are
-trained frozen (``strategy="freeze"``): they declare no blocks to unfreeze.
+and standard deviation: the same region of the photo as its own preprocessing, resampled in
+two steps instead of one (for lite0 inside lite0+lite1 the features differ from lite0's own
+by a cosine of about 0.97; the accuracy measured in docs/benchmarks.md is of this path).
+Any registered names can be joined with ``+``; fused backbones are trained frozen
+(``strategy="freeze"``): they declare no blocks to unfreeze.
 """
 
 from __future__ import annotations
