@@ -4,7 +4,8 @@ A fused backbone runs every part on the same image and concatenates their featur
 head trains on what both see (multi-backbone feature fusion). The image is prepared once,
 with the preprocessing of the part that wants the largest crop; each other part gets that
 crop resized to its own crop size (antialiased bilinear) and re-normalised to its own mean
-and standard deviation: the same region of the photo as its own preprocessing, resampled in
+and standard deviation: about the same region of the photo as its own preprocessing (the
+ratio of crop to resize differs by a few percent at most between ImageNet models), resampled in
 two steps instead of one (for lite0 inside lite0+lite1 the features differ from lite0's own
 by a cosine of about 0.97; the accuracy measured in docs/benchmarks.md is of this path).
 Any registered names can be joined with ``+``; fused backbones are trained frozen
