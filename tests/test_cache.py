@@ -134,6 +134,20 @@ def test_namespace_and_key_depend_on_their_inputs(tmp_path):
     assert a.key(image) != before
 
 
+def test_float16_entries_live_in_their_own_namespace(tmp_path):
+    full = FeatureCache(tmp_path, {"backbone": "x"})
+    half = FeatureCache(tmp_path, {"backbone": "x"}, dtype="float16")
+    assert full.namespace == FeatureCache(tmp_path, {"backbone": "x"}, dtype="float32").namespace
+    assert half.namespace != full.namespace
+    vec = np.linspace(-3, 3, 64, dtype=np.float32)
+    full.put("ab" + "k" * 30, vec)
+    half.put("ab" + "k" * 30, vec)
+    got_full, got_half = full.get("ab" + "k" * 30), half.get("ab" + "k" * 30)
+    assert got_full.dtype == np.float32 and np.array_equal(got_full, vec)
+    assert got_half.dtype == np.float16
+    np.testing.assert_allclose(got_half, vec, rtol=1e-3)
+
+
 def test_default_cache_dir(monkeypatch, tmp_path):
     monkeypatch.delenv("PETALNET_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import petalnet
 from conftest import QUICK_FIT
-from petalnet import FeatureExtractor, FlowerClassifier, PetalnetError
+from petalnet import FeatureExtractor, FlowerClassifier, PetalnetError, strategy
 from petalnet.backbones.registry import registered
 from petalnet.training import SCHEDULES, _lr_scheduler
 
@@ -111,9 +112,24 @@ def test_the_frozen_front_is_computed_once_and_cached(single_folder, backbone_ca
     first = FlowerClassifier("tiny_blocks", **params).fit(single_folder)
     n_images = first.n_train_ + first.n_valid_
     assert sum(calls) == n_images  # one front pass per image, not one per epoch
+    # the front's outputs are kept (and stored) in float16: half the bytes of float32
+    stored = sorted((tmp_path / "cache").glob("*/*/*.npy"))
+    assert len(stored) == n_images
+    assert all(np.load(f).dtype == np.float16 for f in stored)
     calls.clear()
     FlowerClassifier("tiny_blocks", **{**params, "hidden_units": 8}).fit(single_folder)
     assert sum(calls) == 0  # other head settings: the front's output comes from the cache
+
+
+def test_float16_front_outputs_train_like_float32(single_folder, monkeypatch):
+    params = {**FAST, "strategy": "freeze_unfreeze", "unfreeze_blocks": 1, "freeze_epochs": 1}
+    half = FlowerClassifier("tiny_blocks", **params).fit(single_folder)
+    monkeypatch.setattr(strategy, "LAYER_OUTPUT_STORAGE", torch.float32)
+    full = FlowerClassifier("tiny_blocks", **params).fit(single_folder)
+    for a, b in zip(half.history_, full.history_, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-2)
+    images = sorted(single_folder.rglob("*.jpg"))[:6]
+    np.testing.assert_allclose(half.predict_proba(images), full.predict_proba(images), atol=1e-2)
 
 
 def test_full_fine_tuning_streams_augmented_images_reproducibly(single_folder):

@@ -38,7 +38,8 @@ class Batches(Protocol):
 class TensorBatches:
     """Rows in memory: ``(N, ...)``, or ``(V, N, ...)`` for ``V`` cached views per image.
 
-    Epoch ``e`` uses view ``(e - 1) % V``, so cached augmentations take turns.
+    Epoch ``e`` uses view ``(e - 1) % V``, so cached augmentations take turns. Rows kept
+    in a smaller dtype (float16 frozen-layer outputs) are yielded as float32.
 
     Args:
         inputs: The rows (features or frozen-layer outputs).
@@ -59,7 +60,7 @@ class TensorBatches:
         order = order.to(self.labels.device)
         for i in range(0, len(order), batch_size):
             idx = order[i : i + batch_size]
-            yield x[idx], self.labels[idx]
+            yield x[idx].float(), self.labels[idx]
 
 
 class ImageBatches:

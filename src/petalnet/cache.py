@@ -1,6 +1,8 @@
 """On-disk cache of backbone features, so a second ``fit`` on the same images skips the backbone.
 
-Layout: ``<root>/<namespace>/<ab>/<key>.npy``, one float32 vector per image view.
+Layout: ``<root>/<namespace>/<ab>/<key>.npy``, one vector per image view (float32, or
+float16 for a cache opened with ``dtype="float16"``: the frozen-layer outputs of partial
+fine-tuning, which are large).
 
 * The **namespace** is a hash of everything that shapes a feature: backbone name, a
   fingerprint of its parameters, preprocessing, precision, and the petalnet/torchvision
@@ -66,6 +68,8 @@ class FeatureCache:
         root: Folder of the whole cache (all namespaces share its size bound).
         namespace: JSON-compatible description of what shapes the features.
         max_bytes: Size bound of ``root``; least recently used entries go first.
+        dtype: How vectors are stored (``"float32"`` or ``"float16"``); part of the
+            namespace, so the two never mix.
     """
 
     def __init__(
@@ -73,13 +77,16 @@ class FeatureCache:
         root: str | os.PathLike[str],
         namespace: Mapping[str, Any],
         max_bytes: int = DEFAULT_MAX_BYTES,
+        dtype: str = "float32",
     ) -> None:
         self.root = Path(root).expanduser()
+        self.dtype = np.dtype(dtype)
         described = {
             "cache_format": CACHE_FORMAT,
             "petalnet": __version__,
             "torchvision": torchvision.__version__,
             **namespace,
+            **({} if self.dtype == np.float32 else {"stored_as": self.dtype.name}),
         }
         blob = json.dumps(described, sort_keys=True, default=str)
         self.namespace = hashlib.blake2b(blob.encode(), digest_size=12).hexdigest()
@@ -124,7 +131,7 @@ class FeatureCache:
             f.parent.mkdir(exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=f.parent, suffix=".tmp")
             with os.fdopen(fd, "wb") as out:
-                np.save(out, np.ascontiguousarray(vector, dtype=np.float32), allow_pickle=False)
+                np.save(out, np.ascontiguousarray(vector, dtype=self.dtype), allow_pickle=False)
             os.replace(tmp, f)
         except OSError:
             return

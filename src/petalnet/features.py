@@ -108,7 +108,10 @@ def run_backbone(
 
 
 def feature_cache(
-    backbone: FeatureExtractor, precision: torch.dtype, root: str | os.PathLike[str] | None
+    backbone: FeatureExtractor,
+    precision: torch.dtype,
+    root: str | os.PathLike[str] | None,
+    storage: torch.dtype = torch.float32,
 ) -> FeatureCache | None:
     """Open the on-disk feature cache for ``backbone``, or ``None`` where caching is pointless.
 
@@ -121,6 +124,7 @@ def feature_cache(
         backbone: The unprepared backbone (its parameters are fingerprinted).
         precision: The dtype features are computed in.
         root: Cache folder; ``None`` for :func:`~petalnet.cache.default_cache_dir`.
+        storage: The dtype entries are stored in (``torch.float32`` or ``torch.float16``).
 
     Returns:
         The cache, or ``None``.
@@ -136,7 +140,11 @@ def feature_cache(
         "preprocessing": meta.preprocessing.to_dict(),
         "precision": str(precision),
     }
-    return FeatureCache(default_cache_dir() if root is None else root, namespace)
+    return FeatureCache(
+        default_cache_dir() if root is None else root,
+        namespace,
+        dtype=str(storage).removeprefix("torch."),
+    )
 
 
 @dataclass(frozen=True)
@@ -182,7 +190,8 @@ class Features(NamedTuple):
     """What :func:`extract_features` returns.
 
     Attributes:
-        features: ``(N, D)`` float32 rows on the CPU, one per readable image.
+        features: ``(N, D)`` rows on the CPU, one per readable image (float32 unless
+            extracted with another ``storage`` dtype).
         labels: ``(N,)`` int64 labels of those images.
         positions: ``(N,)`` positions of those images in the input list.
         skipped: One message per unreadable image left out.
@@ -215,6 +224,7 @@ def extract_features(
     view: View = CENTER,
     seed: int | None = None,
     augmentation: Augmentation = "classic",
+    storage: torch.dtype = torch.float32,
     desc: str = "features",
     verbose: int = 1,
 ) -> Features:
@@ -234,6 +244,8 @@ def extract_features(
         view: Which rendering of each image (see :class:`View`).
         seed: Seed of augmented views.
         augmentation: Policy of augmented views.
+        storage: The dtype rows are kept in (and ``cache`` stores): ``torch.float16``
+            halves the memory of large rows such as frozen-layer outputs.
         desc: Label of the progress bar.
         verbose: ``0`` silences progress output.
 
@@ -260,7 +272,7 @@ def extract_features(
                 continue  # unreadable file: the loader below reports it
             hit = cache.get(key)
             if hit is not None:
-                rows[i] = torch.from_numpy(hit)
+                rows[i] = torch.from_numpy(hit).to(storage)
     todo = [i for i, r in enumerate(rows) if r is None]
     seeds = None
     if view.kind == "augmented":
@@ -286,6 +298,9 @@ def extract_features(
                 if view.kind == "mirror":
                     batch = batch.flip(-1)
                 feats = run_backbone(backbone, batch, device, precision).cpu()
+                if storage != feats.dtype:  # clamped: an overflow would be inf, then NaN
+                    limit = torch.finfo(storage).max
+                    feats = feats.clamp(-limit, limit).to(storage)
                 for pos, row in zip(positions, feats, strict=True):
                     i = todo[pos]
                     rows[i] = row
@@ -306,5 +321,5 @@ def extract_features(
     found = [r for r in rows if r is not None]
     if not found:
         dim = int(getattr(backbone, "feature_dim", 0))
-        return Features(torch.empty(0, dim), targets[:0], index, skipped)
+        return Features(torch.empty(0, dim, dtype=storage), targets[:0], index, skipped)
     return Features(torch.stack(found), targets[index], index, skipped)

@@ -49,6 +49,8 @@ class ImagePipeline:
         num_workers: Image-decoding worker processes; ``None`` picks a default.
         seed: Seed of augmented views.
         augmentation: Policy of augmented views.
+        storage: The dtype outputs are kept in, in memory and in the cache (see
+            :meth:`for_backbone`).
         verbose: ``0`` silent, ``1`` progress bars and one line per pass (rank 0 only).
     """
 
@@ -64,6 +66,7 @@ class ImagePipeline:
         num_workers: int | None = None,
         seed: int | None = None,
         augmentation: Augmentation = "classic",
+        storage: torch.dtype = torch.float32,
         verbose: int = 0,
     ) -> None:
         self.backbone = backbone
@@ -75,6 +78,7 @@ class ImagePipeline:
         self.num_workers = num_workers
         self.seed = seed
         self.augmentation: Augmentation = augmentation
+        self.storage = storage
         self.verbose = verbose if distributed.is_main() else 0
 
     @functools.cached_property
@@ -87,19 +91,24 @@ class ImagePipeline:
         """The feature cache of this backbone (its parameters hashed on first use)."""
         if not self.use_cache:
             return None
-        return feature_cache(self.backbone, self.precision, self.cache_dir)
+        return feature_cache(self.backbone, self.precision, self.cache_dir, self.storage)
 
-    def for_backbone(self, backbone: FeatureExtractor) -> ImagePipeline:
+    def for_backbone(
+        self, backbone: FeatureExtractor, storage: torch.dtype = torch.float32
+    ) -> ImagePipeline:
         """The same settings over another backbone (a frozen front, a fine-tuned one).
 
         Args:
             backbone: The other feature extractor.
+            storage: The dtype its outputs are kept in: ``torch.float16`` halves the
+                memory and disk of a frozen front's layer outputs.
 
         Returns:
             A new pipeline with its own prepared copy and cache namespace.
         """
         other = copy.copy(self)
         other.backbone = backbone
+        other.storage = storage
         for lazy in ("runner", "cache"):  # made again, for the other backbone
             other.__dict__.pop(lazy, None)
         return other
@@ -158,6 +167,7 @@ class ImagePipeline:
                 view=view,
                 seed=self.seed,
                 augmentation=self.augmentation,
+                storage=self.storage,
                 desc=desc if len(views) == 1 else f"{desc} ({view.label})",
                 verbose=0 if quiet else self.verbose,
             )

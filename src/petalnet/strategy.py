@@ -27,6 +27,9 @@ from petalnet.pipeline import ImagePipeline
 __all__ = ["STRATEGIES", "Strategy", "TrainingPlan", "plan_training", "training_batches"]
 
 STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
+LAYER_OUTPUT_STORAGE = torch.float16
+"""How a frozen front's layer outputs are kept (memory and cache): half of float32's
+bytes; the loop computes in float32 (or its autocast dtype) all the same."""
 
 
 @dataclass
@@ -138,7 +141,8 @@ def training_batches(
     source = pipeline
     what = "features"
     if plan.front is not pipeline.backbone:  # the frozen front of a partly trained backbone
-        source, what = pipeline.for_backbone(plan.front), "frozen-layer outputs"
+        source = pipeline.for_backbone(plan.front, storage=LAYER_OUTPUT_STORAGE)
+        what = "frozen-layer outputs"
     rows = []
     for split, samples, views in (
         ("train", data.train, View.augmented(augment_views)),
