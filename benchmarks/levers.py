@@ -18,6 +18,8 @@ Besides each variant's seeds, the seeds' calibrated probabilities are averaged o
 hold-out: the **ensemble** of those models (ensembling as a lever, at the cost of one fit
 per member). All fits share one feature cache (``--cache_dir``; default a new folder), so
 the variants that keep the backbone's input (head, mixup, EMA, seeds) reuse its features.
+``--layer_storage float32`` keeps a fine-tuning run's frozen-layer outputs in float32
+instead of the float16 petalnet ships (to measure what that storage costs or saves).
 """
 
 from __future__ import annotations
@@ -32,9 +34,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _shared import DEFAULT_DATA, emit, link_holdout, machine
+from _shared import DEFAULT_DATA, emit, link_holdout, machine, peak_rss_mib
 
 import petalnet
+from petalnet import strategy
 from petalnet.images import Unreadable
 
 
@@ -63,8 +66,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="also run the preset unchanged, first (default: yes)",
     )
     ap.add_argument("--cache_dir", type=Path)
+    ap.add_argument(
+        "--layer_storage",
+        choices=["float16", "float32"],
+        default=str(strategy.LAYER_OUTPUT_STORAGE).removeprefix("torch."),
+        help="dtype a frozen front's layer outputs are kept in (default: what petalnet ships)",
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
+    strategy.LAYER_OUTPUT_STORAGE = getattr(torch, args.layer_storage)
     cache = args.cache_dir or Path(tempfile.mkdtemp(prefix="petalnet-levers-cache-"))
     variants = [("baseline", {})] * args.baseline + args.variant
     results: dict[str, Any] = {}
@@ -105,9 +115,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             **machine(),
             "command": " ".join(["python benchmarks/levers.py", *(argv or sys.argv[1:])]),
             "preset": args.preset,
+            "layer_storage": args.layer_storage,
             "holdout_images": len(held),
             "seeds": args.seeds,
             "variants": results,
+            "peak_rss_mib": round(peak_rss_mib()),
         },
         args.json,
     )

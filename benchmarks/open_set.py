@@ -105,22 +105,34 @@ def fpr_at_95_tpr(known: np.ndarray, novel: np.ndarray) -> float:
     return float((novel <= np.quantile(known, 0.95)).mean())
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+@dataclasses.dataclass
+class OpenSetRun:
+    """A classifier fitted without the held-out species, and the features of every group."""
+
+    clf: petalnet.FlowerClassifier
+    train: torch.Tensor
+    """``(N, D)`` centre-crop features of the training rows (hold-out excluded)."""
+    train_labels: torch.Tensor
+    valid: torch.Tensor
+    """Features of the fit's validation split (the hold-out carved from ``train/``)."""
+    groups: dict[str, list[Path]]
+    feats: dict[str, torch.Tensor]
+    """Per group, the features of the views ``predict`` averages."""
+    fit_seconds: float
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The arguments every open-set script takes."""
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--preset", help="a preset name (default: the default lite0 recipe)")
     ap.add_argument("--holdout", type=float, default=0.15)
     ap.add_argument("--cache_dir", type=Path, help="feature cache (default: a new one)")
-    ap.add_argument(
-        "--held_out",
-        choices=["reported", "selection"],
-        default="reported",
-        help="which 10 species to hold out: the reported ones, or others to choose a score on",
-    )
     ap.add_argument("--json", type=Path)
-    args = ap.parse_args(argv)
+
+
+def fit_open_set(args: argparse.Namespace, held_out: list[str]) -> OpenSetRun:
+    """Fit the recipe without ``held_out`` and compute the features of each group."""
     photos = _photos()
-    held_out = HELD_OUT if args.held_out == "reported" else SELECTION
     cache = args.cache_dir or Path(tempfile.mkdtemp(prefix="petalnet-openset-cache-"))
     common = {"cache_dir": cache, "random_state": 0}
     clf = (
@@ -134,7 +146,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         clf.fit(tmp)
         fit_s = time.perf_counter() - start
         train_files = sorted((Path(tmp) / "train").rglob("*.jpg"))
-        train = clf.pipeline_.features(train_files, unreadable=Unreadable(), quiet=True).features
+        labels = [clf.model_.class_to_idx[p.parent.name] for p in train_files]
+        pipe = clf.pipeline_
+        views = pipe.test_views(clf.tta)
+        train = pipe.features(train_files, labels, unreadable=Unreadable(), quiet=True)
+        valid_files = sorted((Path(tmp) / "valid").rglob("*.jpg"))
+        valid = pipe.features(valid_files, unreadable=Unreadable(), views=views, quiet=True)
     groups = {
         "known": sorted(
             p for p in (args.data / "valid").rglob("*.jpg") if p.parent.name not in held_out
@@ -147,13 +164,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ),
         "non_flower": photos,
     }
-    model, pipe = clf.model_, clf.pipeline_
-    base = model.calibration
-    views = pipe.test_views(clf.tta)
     feats = {  # one pass per group, through the pipeline predict uses (cached)
         g: pipe.features(files, unreadable=Unreadable(), views=views, quiet=True).features
         for g, files in groups.items()
     }
+    return OpenSetRun(clf, train.features, train.labels, valid.features, groups, feats, fit_s)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(ap)
+    ap.add_argument(
+        "--held_out",
+        choices=["reported", "selection"],
+        default="reported",
+        help="which 10 species to hold out: the reported ones, or others to choose a score on",
+    )
+    args = ap.parse_args(argv)
+    held_out = HELD_OUT if args.held_out == "reported" else SELECTION
+    run = fit_open_set(args, held_out)
+    clf, train, groups, feats = run.clf, run.train, run.groups, run.feats
+    model, pipe = clf.model_, clf.pipeline_
+    base = model.calibration
 
     def outputs(calibration: Calibration, group: str) -> HeadOutput:
         return calibration.outputs(model.head, feats[group], pipe.device)
@@ -179,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "recipe": args.preset or "default (lite0, 10 epochs)",
         "held_out_classes": held_out,
         "images": {g: len(files) for g, files in groups.items()},
-        "fit_seconds": round(fit_s, 1),
+        "fit_seconds": round(run.fit_seconds, 1),
         "default_score": base.score,
         "temperature": base.temperature,
         "threshold": base.threshold,
