@@ -50,6 +50,7 @@ OE_WEIGHT = 0.5
 def hidden(head: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     """The input of the head's final ``Linear``, L2-normalised (``x`` when it has none)."""
     last = max(i for i, m in enumerate(head) if isinstance(m, nn.Linear))
+    head.eval()
     with torch.inference_mode():
         h = head[:last](x.float()) if last else x.float()
     return nn.functional.normalize(h, dim=-1)
