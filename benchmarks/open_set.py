@@ -113,8 +113,9 @@ class OpenSetRun:
     train: torch.Tensor
     """``(N, D)`` centre-crop features of the training rows (hold-out excluded)."""
     train_labels: torch.Tensor
-    valid: torch.Tensor
-    """Features of the fit's validation split (the hold-out carved from ``train/``)."""
+    valid: torch.Tensor | None
+    """Features of the fit's validation split (the hold-out carved from ``train/``), when
+    asked for."""
     groups: dict[str, list[Path]]
     feats: dict[str, torch.Tensor]
     """Per group, the features of the views ``predict`` averages."""
@@ -130,8 +131,11 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--json", type=Path)
 
 
-def fit_open_set(args: argparse.Namespace, held_out: list[str]) -> OpenSetRun:
-    """Fit the recipe without ``held_out`` and compute the features of each group."""
+def fit_open_set(
+    args: argparse.Namespace, held_out: list[str], *, with_valid: bool = False
+) -> OpenSetRun:
+    """Fit the recipe without ``held_out`` and compute the features of each group (and,
+    with ``with_valid``, of the fit's validation split, which only exists during the call)."""
     photos = _photos()
     cache = args.cache_dir or Path(tempfile.mkdtemp(prefix="petalnet-openset-cache-"))
     common = {"cache_dir": cache, "random_state": 0}
@@ -150,8 +154,11 @@ def fit_open_set(args: argparse.Namespace, held_out: list[str]) -> OpenSetRun:
         pipe = clf.pipeline_
         views = pipe.test_views(clf.tta)
         train = pipe.features(train_files, labels, unreadable=Unreadable(), quiet=True)
-        valid_files = sorted((Path(tmp) / "valid").rglob("*.jpg"))
-        valid = pipe.features(valid_files, unreadable=Unreadable(), views=views, quiet=True)
+        valid = None
+        if with_valid:
+            valid_files = sorted((Path(tmp) / "valid").rglob("*.jpg"))
+            got = pipe.features(valid_files, unreadable=Unreadable(), views=views, quiet=True)
+            valid = got.features
     groups = {
         "known": sorted(
             p for p in (args.data / "valid").rglob("*.jpg") if p.parent.name not in held_out
@@ -168,7 +175,7 @@ def fit_open_set(args: argparse.Namespace, held_out: list[str]) -> OpenSetRun:
         g: pipe.features(files, unreadable=Unreadable(), views=views, quiet=True).features
         for g, files in groups.items()
     }
-    return OpenSetRun(clf, train.features, train.labels, valid.features, groups, feats, fit_s)
+    return OpenSetRun(clf, train.features, train.labels, valid, groups, feats, fit_s)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

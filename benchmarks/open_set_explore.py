@@ -102,7 +102,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     add_arguments(ap)
     ap.add_argument("--held_out", choices=["reported", "selection"], default="selection")
     args = ap.parse_args(argv)
-    run = fit_open_set(args, SELECTION if args.held_out == "selection" else HELD_OUT)
+    held_out = SELECTION if args.held_out == "selection" else HELD_OUT
+    run = fit_open_set(args, held_out, with_valid=True)
+    assert run.valid is not None
     model = run.clf.model_
     head, base = model.head, model.calibration
     rows = sample_rows(len(run.train))

@@ -305,11 +305,12 @@ def _cmd_presets(args: argparse.Namespace) -> int:
 
 
 def _cmd_backbones(args: argparse.Namespace) -> int:
+    from petalnet.backbones.fusion import SEPARATOR
     from petalnet.backbones.info import backbone_info
     from petalnet.backbones.registry import get_backbone, list_backbones
 
     pattern = args.pattern or None
-    if pattern and "+" in pattern:  # a fused name ("a+b") is not listed but is described
+    if pattern and SEPARATOR in pattern:  # a fused name ("a+b") is not listed but is described
         get_backbone(pattern)  # an unknown part is named, with the available ones
         names = [pattern]
     else:

@@ -39,6 +39,7 @@ class Fused(nn.Module):
         super().__init__()
         self.parts = nn.ModuleList(parts)
         largest = max(parts, key=lambda p: p.preprocessing.crop_size).preprocessing
+        self.preprocessing = largest  # how the input is prepared
         self.crop_size = largest.crop_size
         for i, part in enumerate(parts):  # x_part = (x * std_in + mean_in - mean) / std
             mean = torch.tensor(part.preprocessing.mean).view(1, 3, 1, 1)
@@ -115,11 +116,11 @@ def fuse(parts: Sequence[FeatureExtractor]) -> FeatureExtractor:
     """
     if len(parts) < 2:
         raise PetalnetError(f"A fused backbone needs two or more parts; got {len(parts)}.")
-    largest = max(parts, key=lambda p: p.preprocessing.crop_size)
+    body = Fused(parts)
     return FeatureExtractor(
-        Fused(parts),
+        body,
         feature_dim=sum(p.feature_dim for p in parts),
-        preprocessing=largest.preprocessing,
+        preprocessing=body.preprocessing,
         weights=fused_weights_id(parts),
         restorable=all(p.restorable for p in parts),
     )
