@@ -52,9 +52,12 @@ def test_unreadable_files_are_skipped_with_their_positions(pipeline, flowers_roo
     bad.write_bytes(b"\xff\xd8\xff not really")
     good = flowers_root / "test" / "1" / "img_000.jpg"
     policy = Unreadable("collect")
-    got = pipeline.features([good, bad, good], [7, 8, 9], unreadable=policy)
+    got = pipeline.features([good, bad, good, bad], [7, 8, 9, 10], unreadable=policy)
     assert got.positions.tolist() == [0, 2] and got.labels.tolist() == [7, 9]
-    assert len(got.skipped) == 1 and "bad.jpg" in got.skipped[0] == policy.messages[0]
+    # a repeated bad file is reported at each of its positions; the policy warns once
+    assert [u.position for u in got.skipped] == [1, 3]
+    assert all("bad.jpg" in u.message == policy.messages[0] for u in got.skipped)
+    assert len(policy.messages) == 1
 
 
 def test_head_outputs_average_probabilities_over_views():

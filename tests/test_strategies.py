@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import numpy as np
 import pytest
 import torch
@@ -113,9 +115,12 @@ def test_the_frozen_front_is_computed_once_and_cached(single_folder, backbone_ca
     n_images = first.n_train_ + first.n_valid_
     assert sum(calls) == n_images  # one front pass per image, not one per epoch
     # the front's outputs are kept (and stored) in float16: half the bytes of float32
-    stored = sorted((tmp_path / "cache").glob("*/*/*.npy"))
-    assert len(stored) == n_images
-    assert all(np.load(f).dtype == np.float16 for f in stored)
+    with sqlite3.connect(tmp_path / "cache" / "rows-v2" / "index.sqlite") as con:
+        (rows,) = con.execute("SELECT COUNT(*) FROM rows").fetchone()
+        dtypes = {d for (d,) in con.execute("SELECT dtype FROM shards")}
+    assert rows == n_images and dtypes == {"float16"}
+    (shard,) = (tmp_path / "cache").glob("rows-v2/*/*.rows")
+    assert shard.stat().st_size == n_images * first.backbone_.split(1)[0].feature_dim * 2
     calls.clear()
     FlowerClassifier("tiny_blocks", **{**params, "hidden_units": 8}).fit(single_folder)
     assert sum(calls) == 0  # other head settings: the front's output comes from the cache

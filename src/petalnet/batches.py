@@ -36,20 +36,24 @@ class Batches(Protocol):
 
 
 class TensorBatches:
-    """Rows in memory: ``(N, ...)``, or ``(V, N, ...)`` for ``V`` cached views per image.
+    """Rows computed once: ``(N, D)``, or ``(V, N, D)`` for ``V`` cached views per image.
 
-    Epoch ``e`` uses view ``(e - 1) % V``, so cached augmentations take turns. Rows kept
-    in a smaller dtype (float16 frozen-layer outputs) are yielded as float32.
+    The rows stay where extraction wrote them (memory, or a memory-mapped file for many
+    rows: see :mod:`petalnet.rows`); each batch is gathered from them by index and moved
+    to the device, so memory holds a batch, not the rows. Epoch ``e`` uses view
+    ``(e - 1) % V``, so cached augmentations take turns. Rows kept in a smaller dtype
+    (float16 frozen-layer outputs) are yielded as float32.
 
     Args:
-        inputs: The rows (features or frozen-layer outputs).
+        inputs: The rows (features or frozen-layer outputs), on the CPU.
         labels: ``(N,)`` class indices.
-        device: Where the loop computes; rows move there once.
+        device: Where the loop computes.
     """
 
     def __init__(self, inputs: torch.Tensor, labels: torch.Tensor, device: torch.device) -> None:
-        self.inputs = inputs.to(device)
+        self.inputs = inputs
         self.labels = labels.to(device)
+        self.device = device
         self.views = inputs.ndim == 3  # rows are flat, so a third dimension is the views
 
     def batches(
@@ -57,10 +61,11 @@ class TensorBatches:
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``(rows, labels)`` slices of ``order``, from the view epoch ``epoch`` uses."""
         x = self.inputs[(epoch - 1) % len(self.inputs)] if self.views else self.inputs
-        order = order.to(self.labels.device)
+        order = order.cpu()
         for i in range(0, len(order), batch_size):
             idx = order[i : i + batch_size]
-            yield x[idx].float(), self.labels[idx]
+            rows = x[idx].to(self.device, non_blocking=True).float()
+            yield rows, self.labels[idx.to(self.labels.device)]
 
 
 class ImageBatches:

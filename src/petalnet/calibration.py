@@ -35,6 +35,7 @@ from typing import Any, NamedTuple, TypedDict, get_args
 import torch
 from torch import nn
 
+from petalnet import distributed
 from petalnet._types import NoveltyScore
 
 __all__ = [
@@ -65,13 +66,21 @@ RIDGE = 0.015
 def sample_rows(n: int) -> torch.Tensor:
     """Indices of at most :data:`BANK_SIZE` of ``n`` rows, spread evenly over them.
 
+    Under ``torchrun`` ``n`` is this rank's share and the sample is this rank's part of
+    one sample of :data:`BANK_SIZE` (:func:`fit_calibration` gathers the parts).
+
     Args:
         n: Number of rows.
 
     Returns:
-        ``(min(n, BANK_SIZE),)`` int64 indices, in order.
+        ``(min(n, BANK_SIZE / ranks),)`` int64 indices, in order.
     """
-    return torch.linspace(0, n - 1, min(n, BANK_SIZE)).long() if n else torch.arange(0)
+    size = min(n, BANK_SIZE // distributed.world_size())
+    return torch.linspace(0, n - 1, size).long() if n else torch.arange(0)
+
+
+OUTPUT_CHUNK = 4096
+"""Rows the head and the novelty score see at once when scoring many images."""
 
 
 class HeadOutput(NamedTuple):
@@ -129,8 +138,13 @@ class Calibration:
             Log-probabilities, novelty scores and unknown flags, on the CPU.
         """
         stacked = views if views.ndim == 3 else views.unsqueeze(0)
-        logits = torch.stack([head_logits(head, v.to(device)) for v in stacked])
-        return self.judge(logits, stacked.float())
+        parts = []
+        with torch.no_grad():  # bounded memory for any N: a chunk of rows at a time
+            for start in range(0, max(stacked.shape[1], 1), OUTPUT_CHUNK):
+                chunk = stacked[:, start : start + OUTPUT_CHUNK]
+                logits = torch.stack([head_logits(head, v.to(device)) for v in chunk])
+                parts.append(self.judge(logits, chunk.float()))
+        return HeadOutput(*(torch.cat(p) for p in zip(*parts, strict=True)))
 
     def judge(self, logits: torch.Tensor, embeddings: torch.Tensor) -> HeadOutput:
         """Calibrated log-probabilities and novelty of ``(V, N, C)`` logits of ``V`` views."""
@@ -484,8 +498,12 @@ def fit_calibration(
     Returns:
         The calibration; without validation rows: ``T = 1`` and no threshold.
     """
-    _, rows, row_labels = _embed_all(embed, head, train)
-    logits, embeddings, labels = _embed_all(embed, head, valid)
+    # under torchrun each rank embeds its share; the embeddings (a bounded sample, and
+    # the validation split) are gathered so that every rank calibrates alike
+    _, rows, row_labels = (distributed.gather_tensor(t) for t in _embed_all(embed, head, train))
+    logits, embeddings, labels = (
+        distributed.gather_tensor(t) for t in _embed_all(embed, head, valid)
+    )
     calibration = Calibration(score=score, target_recall=target_recall)
     if calibrate:
         calibration.temperature = fit_temperature(logits, labels)

@@ -1,7 +1,8 @@
 """``petalnet check --deep``: leaks, duplicates and likely mislabels, found before training.
 
 :func:`deep_check` reads every image of every split once for its pixels and once through the
-backbone (features come from, and go to, the same feature cache ``fit`` uses), then reports:
+backbone (rows come from, and go to, the same row store ``fit`` uses, and are compared block
+by block, so memory does not grow with the square of the images), then reports:
 
 - **exact duplicates**: the same pixels after decoding (a re-saved file with other bytes
   counts), within a split and across splits;
@@ -37,6 +38,7 @@ from petalnet.errors import DataError
 from petalnet.fitting import make_pipeline
 from petalnet.images import Unreadable, read_image
 from petalnet.params import ClassifierParams
+from petalnet.rows import empty_rows
 
 __all__ = ["NEAR_THRESHOLD", "DeepReport", "Duplicate", "LikelyMislabel", "deep_check"]
 
@@ -193,18 +195,52 @@ def _pixel_hash(path: Path) -> str | None:
     ).hexdigest()
 
 
+def _norms(rows: torch.Tensor, block: int = 8192) -> torch.Tensor:
+    """``(N,)`` Euclidean norms of ``rows``, a block at a time (no float copy of all rows)."""
+    parts = [rows[s : s + block].float().norm(dim=1) for s in range(0, len(rows), block)]
+    return torch.cat(parts).clamp_min(1e-12) if parts else torch.zeros(0)
+
+
 def _near_pairs(
-    features: torch.Tensor, threshold: float, block: int = 1024
+    rows: torch.Tensor, threshold: float, block: int = 1024
 ) -> list[tuple[int, int, float]]:
-    """Pairs ``(i, j, similarity)``, ``i < j``, of unit rows at or above ``threshold``."""
+    """Pairs ``(i, j, similarity)``, ``i < j``, of rows whose cosine is at least ``threshold``.
+
+    Blocks of ``block`` rows are compared with the rows after them, so memory holds a
+    ``block x N`` strip of similarities, never the ``N x N`` matrix; the rows are read as
+    they are stored (a memory map for many), normalised block by block.
+    """
+    norms = _norms(rows)
     pairs = []
-    for start in range(0, len(features), block):
-        sims = features[start : start + block] @ features.T
-        rows = torch.arange(start, start + len(sims))[:, None]
-        sims[torch.arange(len(features))[None, :] <= rows] = -1  # each pair once, not itself
-        for i, j in (sims >= threshold).nonzero().tolist():
-            pairs.append((start + i, j, float(sims[i, j])))
+    for start in range(0, len(rows), block):
+        a = rows[start : start + block].float() / norms[start : start + block, None]
+        for later in range(start, len(rows), 4 * block):
+            b = rows[later : later + 4 * block].float() / norms[later : later + 4 * block, None]
+            sims = a @ b.T
+            i_index = torch.arange(start, start + len(a))[:, None]
+            j_index = torch.arange(later, later + len(b))[None, :]
+            sims[j_index <= i_index] = -1  # each pair once, not itself
+            for i, j in (sims >= threshold).nonzero().tolist():
+                pairs.append((start + i, later + j, float(sims[i, j])))
     return pairs
+
+
+def _standardised(rows: torch.Tensor, order: torch.Tensor, block: int = 8192) -> torch.Tensor:
+    """``rows[order]`` with each column at mean 0 and standard deviation 1, block by block."""
+    total = torch.zeros(rows.shape[1], dtype=torch.float64)
+    squares = torch.zeros(rows.shape[1], dtype=torch.float64)
+    for s in range(0, len(rows), block):
+        part = rows[s : s + block].double()
+        total += part.sum(0)
+        squares += (part * part).sum(0)
+    n = max(len(rows), 1)
+    mean = total / n
+    std = ((squares - n * mean * mean) / max(n - 1, 1)).clamp_min(0).sqrt()
+    out = empty_rows(rows.shape, torch.float32)
+    for s in range(0, len(rows), block):
+        part = rows[order[s : s + block]].double()
+        out[s : s + block] = ((part - mean) / (std + 1e-6)).float()
+    return out
 
 
 def out_of_sample_probs(
@@ -212,8 +248,12 @@ def out_of_sample_probs(
 ) -> torch.Tensor:
     """Class probabilities of each row from a logistic regression that never saw it.
 
+    The rows are standardised once, in a shuffled order that makes each fold one
+    contiguous range, so a fold's training rows are two slices of that one array: nothing
+    is copied per fold or per step, and the full-batch gradient is summed a block at a time.
+
     Args:
-        features: ``(N, D)`` features.
+        features: ``(N, D)`` features (in memory or memory-mapped).
         labels: ``(N,)`` class indices.
         classes: Number of classes.
         folds: Stratification-free folds (rows are shuffled with ``seed``).
@@ -224,22 +264,27 @@ def out_of_sample_probs(
     """
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(labels), generator=g)
-    x = (features - features.mean(0)) / (features.std(0) + 1e-6)
+    x, y = _standardised(features, order), labels[order]
+    bounds = [len(labels) * f // folds for f in range(folds + 1)]
     probs = torch.zeros(len(labels), classes)
+    block = 16_384
     for fold in range(folds):
-        held = order[fold::folds]
-        train = torch.ones(len(labels), dtype=torch.bool)
-        train[held] = False
+        lo, hi = bounds[fold], bounds[fold + 1]
+        parts = [(0, lo), (hi, len(labels))]
+        n_train = max(1, len(labels) - (hi - lo))
         torch.manual_seed(seed + fold)
         model = nn.Linear(x.shape[1], classes)
         optimizer = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.05)
         for _ in range(150):  # full-batch: a few seconds for 10 000 rows
             optimizer.zero_grad()
-            loss = nn.functional.cross_entropy(model(x[train]), labels[train])
-            loss.backward()  # type: ignore[no-untyped-call]
+            for first, last in parts:
+                for s in range(first, last, block):
+                    e = min(s + block, last)
+                    loss = nn.functional.cross_entropy(model(x[s:e]), y[s:e], reduction="sum")
+                    (loss / n_train).backward()  # type: ignore[no-untyped-call]
             optimizer.step()
         with torch.no_grad():
-            probs[held] = model(x[held]).softmax(1)
+            probs[order[lo:hi]] = model(x[lo:hi]).softmax(1)
     return probs
 
 
@@ -322,12 +367,14 @@ def deep_check(
         backbone, weights=weights, cache_dir=cache_dir, device=device, verbose=verbose
     )
     pipeline = make_pipeline(params, build_backbone(backbone, weights))
-    unreadable = Unreadable("collect")
     paths = [p for p, _, _ in samples]
     feats = pipeline.features(
-        paths, [label for _, label, _ in samples], unreadable=unreadable, desc="check --deep"
+        paths,
+        [label for _, label, _ in samples],
+        unreadable=Unreadable("collect"),
+        desc="check --deep",
     )
-    report.skipped = unreadable.messages
+    report.skipped = [u.message for u in feats.skipped]
     kept = [samples[i] for i in feats.positions.tolist()]
     report.n_images = len(kept)
     hashes = [_pixel_hash(p) for p, _, _ in kept]
@@ -342,15 +389,14 @@ def deep_check(
             found[(j, i)] = Duplicate((files[j], files[i]), (kept[j][2], kept[i][2]), 1.0, True)
         else:
             first[digest] = i
-    unit = nn.functional.normalize(feats.features.float(), dim=1)
-    for i, j, sim in _near_pairs(unit, near):
+    for i, j, sim in _near_pairs(feats.features, near):
         if (i, j) not in found and hashes[i] is not None and hashes[i] == hashes[j]:
             continue  # the same pixels as an earlier copy: reported against that one
         found.setdefault(
             (i, j), Duplicate((files[i], files[j]), (kept[i][2], kept[j][2]), sim, False)
         )
     report.duplicates = sorted(found.values(), key=lambda d: (not d.leak, -d.similarity))
-    probs = out_of_sample_probs(feats.features.float(), feats.labels, len(classes), folds)
+    probs = out_of_sample_probs(feats.features, feats.labels, len(classes), folds)
     report.mislabels = [
         LikelyMislabel(
             files[i],

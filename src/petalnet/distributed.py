@@ -1,10 +1,11 @@
 """Running under ``torchrun``: process group set-up, sharding and gathering.
 
 petalnet needs no code change to run on several processes: under ``torchrun`` (which sets
-``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``) ``fit`` joins the process group (NCCL on GPUs,
-gloo on CPUs), splits feature extraction across ranks, trains the classifier with
-``DistributedDataParallel`` on a shard of every epoch, reduces the validation metrics, and
-only rank 0 prints and saves.
+``WORLD_SIZE``, ``RANK`` and ``LOCAL_RANK``) the image pipeline joins the process group
+(NCCL on GPUs, each rank on its own ``LOCAL_RANK`` GPU; gloo on CPUs). Each rank extracts and
+keeps only its share of the rows (every ``world``-th image) and trains on it with
+``DistributedDataParallel``; only labels, counts, metrics and the outputs of prediction
+travel between ranks, as tensors. Only rank 0 prints and saves.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import torch
 import torch.distributed as dist
 
 __all__ = [
+    "all_reduce_max",
     "all_reduce_sum",
     "broadcast_seed",
-    "gather",
+    "gather_objects",
+    "gather_tensor",
     "init",
     "is_main",
     "local_device",
@@ -39,6 +42,8 @@ def init(device: torch.device) -> bool:
     """Join the process group when launched by ``torchrun``; return whether distributed."""
     if not dist.is_available() or not _launched():
         return False
+    if device.type == "cuda":  # NCCL stages collectives on the current device
+        torch.cuda.set_device(local_device(device))
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
@@ -73,8 +78,8 @@ def shard(items: Sequence[T]) -> list[T]:
     return list(items[rank() :: world_size()])
 
 
-def gather(local: Sequence[T]) -> list[T]:
-    """Concatenate every rank's list, in rank order (identity outside ``torchrun``)."""
+def gather_objects(local: Sequence[T]) -> list[T]:
+    """Concatenate every rank's (short) list, in rank order (identity outside ``torchrun``)."""
     if world_size() == 1:
         return list(local)
     parts: list[list[T] | None] = [None] * world_size()
@@ -91,10 +96,53 @@ def broadcast_seed(seed: int | None) -> int | None:
     return box[0]
 
 
-def all_reduce_sum(values: Sequence[float], device: torch.device) -> list[float]:
+def all_reduce_sum(values: Sequence[float]) -> list[float]:
     """Sum numbers over ranks (identity outside ``torchrun``)."""
     if world_size() == 1:
         return list(values)
-    t = torch.tensor(list(values), dtype=torch.float64, device=device)
+    t = torch.tensor(list(values), dtype=torch.float64, device=_wire())
     dist.all_reduce(t)
     return t.tolist()
+
+
+def _wire() -> torch.device:
+    """Where collectives take their tensors: the current GPU for NCCL, else the CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def gather_tensor(local: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's rows along dimension 0, in rank order, on the CPU.
+
+    Ranks may hold different numbers of rows (padded for the collective, then cut).
+
+    Args:
+        local: This rank's ``(n, ...)`` rows.
+
+    Returns:
+        ``(sum of n, ...)`` rows (``local`` itself outside ``torchrun``).
+    """
+    if world_size() == 1:
+        return local
+    if local.dtype == torch.bool:  # not every backend reduces booleans
+        return gather_tensor(local.to(torch.uint8)).bool()
+    wire = _wire()
+    counts = torch.zeros(world_size(), dtype=torch.long, device=wire)
+    counts[rank()] = len(local)
+    dist.all_reduce(counts)
+    most = int(counts.max())
+    padded = torch.zeros((most, *local.shape[1:]), dtype=local.dtype, device=wire)
+    padded[: len(local)] = local.to(wire)
+    parts = [torch.empty_like(padded) for _ in range(world_size())]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[: int(n)].cpu() for p, n in zip(parts, counts.tolist(), strict=True)])
+
+
+def all_reduce_max(value: int) -> int:
+    """The largest ``value`` over ranks (``value`` outside ``torchrun``)."""
+    if world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.long, device=_wire())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())

@@ -13,26 +13,35 @@ import hashlib
 import os
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from tqdm.auto import tqdm
 
 from petalnet.backbones.base import FeatureExtractor
-from petalnet.cache import FeatureCache, default_cache_dir, parameter_fingerprint
+from petalnet.cache import default_cache_dir, parameter_fingerprint
+from petalnet.errors import PetalnetError
 from petalnet.images import ImageInput, Transform, Unreadable, image_loader
 from petalnet.precision import autocast
 from petalnet.preprocessing import Augmentation, Preprocessing
+from petalnet.rows import compact, empty_rows
+from petalnet.rowstore import RowStore
 
 __all__ = [
     "Features",
+    "Unread",
     "View",
+    "as_labels",
     "extract_features",
     "feature_cache",
+    "fill_rows",
     "prepare_backbone",
+    "readable_rows",
     "run_backbone",
     "sample_seed",
 ]
@@ -112,8 +121,8 @@ def feature_cache(
     precision: torch.dtype,
     root: str | os.PathLike[str] | None,
     storage: torch.dtype = torch.float32,
-) -> FeatureCache | None:
-    """Open the on-disk feature cache for ``backbone``, or ``None`` where caching is pointless.
+) -> RowStore | None:
+    """Open the row store for ``backbone``, or ``None`` where storing rows is pointless.
 
     The namespace is the backbone's registered name, weights id, a hash of its parameters
     (so fine-tuned or file weights never share entries), its output size, preprocessing and
@@ -124,10 +133,10 @@ def feature_cache(
         backbone: The unprepared backbone (its parameters are fingerprinted).
         precision: The dtype features are computed in.
         root: Cache folder; ``None`` for :func:`~petalnet.cache.default_cache_dir`.
-        storage: The dtype entries are stored in (``torch.float32`` or ``torch.float16``).
+        storage: The dtype rows are stored in (``torch.float32`` or ``torch.float16``).
 
     Returns:
-        The cache, or ``None``.
+        The store, or ``None``.
     """
     meta = backbone.meta
     if meta.source == "random":
@@ -140,7 +149,7 @@ def feature_cache(
         "preprocessing": meta.preprocessing.to_dict(),
         "precision": str(precision),
     }
-    return FeatureCache(
+    return RowStore(
         default_cache_dir() if root is None else root,
         namespace,
         dtype=str(storage).removeprefix("torch."),
@@ -186,27 +195,177 @@ CENTER = View()
 MIRROR = View("mirror")
 
 
-class Features(NamedTuple):
-    """What :func:`extract_features` returns.
+class Unread(NamedTuple):
+    """An input that could not be read.
 
     Attributes:
-        features: ``(N, D)`` rows on the CPU, one per readable image (float32 unless
-            extracted with another ``storage`` dtype).
+        position: Its position in the input list.
+        message: What went wrong, naming the file.
+    """
+
+    position: int
+    message: str
+
+
+class Features(NamedTuple):
+    """What :func:`extract_features` and :meth:`ImagePipeline.features` return.
+
+    Attributes:
+        features: ``(N, D)`` rows on the CPU, one per readable image in input order, or
+            ``(V, N, D)`` for ``V`` views (float32 unless extracted with another ``storage``
+            dtype; memory-mapped when large, see :mod:`petalnet.rows`).
         labels: ``(N,)`` int64 labels of those images.
         positions: ``(N,)`` positions of those images in the input list.
-        skipped: One message per unreadable image left out.
+        skipped: Each unreadable input, with its position, in input order.
     """
 
     features: torch.Tensor
     labels: torch.Tensor
     positions: torch.Tensor
-    skipped: list[str]
+    skipped: list[Unread]
 
 
 def sample_seed(image: object, view: str, seed: int | None) -> int:
     """A 63-bit seed for one image's random draw, fixed by its path, the view and ``seed``."""
     digest = hashlib.blake2b(f"{image}\0{view}\0{seed}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+BLOCK = 16_384
+"""Images looked up and extracted per block: what a call holds besides the rows is bounded."""
+
+
+def fill_rows(
+    backbone: nn.Module,
+    images: Sequence[ImageInput],
+    out: torch.Tensor,
+    *,
+    preprocessing: Preprocessing,
+    device: torch.device,
+    unreadable: Unreadable,
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    precision: torch.dtype = torch.float32,
+    cache: RowStore | None = None,
+    view: View = CENTER,
+    seed: int | None = None,
+    augmentation: Augmentation = "classic",
+    desc: str = "features",
+    verbose: int = 1,
+) -> list[Unread]:
+    """Write the row of image ``i`` into ``out[i]``, from the row store or the backbone.
+
+    Args:
+        backbone: A prepared (frozen, eval-mode) backbone on ``device``.
+        images: File paths (stored when ``cache`` is given) or in-memory images.
+        out: ``(len(images), D)`` CPU tensor to fill; its dtype is the storage dtype.
+        preprocessing: How images become the backbone's input.
+        device: Where to compute.
+        unreadable: What to do with an unreadable file.
+        batch_size: Images per forward pass.
+        num_workers: Image-decoding workers; ``None`` picks a default for this machine.
+        precision: Autocast dtype (see :func:`~petalnet.precision.resolve_precision`).
+        cache: Row store to read and fill, or ``None``.
+        view: Which rendering of each image (see :class:`View`).
+        seed: Seed of augmented views.
+        augmentation: Policy of augmented views.
+        desc: Label of the progress bar.
+        verbose: ``0`` silences progress output.
+
+    Returns:
+        The unreadable images, in input order (their rows of ``out`` are left unset).
+
+    Raises:
+        ImageReadError: ``unreadable`` raises (the message names the file).
+        PetalnetError: The backbone's rows are not ``D`` wide.
+    """
+    name = view.key(preprocessing, augmentation, seed)
+    start = time.perf_counter()
+    skipped: list[Unread] = []
+    computed = 0
+    transform = view.transform(preprocessing, augmentation)
+    bar_off = None if verbose > 0 and images else True  # None: bars on a terminal only
+    with (
+        tqdm(total=len(images), desc=desc, unit="img", disable=bar_off, leave=False) as bar,
+        cache.appender() if cache is not None else nullcontext() as store,
+    ):
+        for first in range(0, len(images), BLOCK):
+            block = images[first : first + BLOCK]
+            keys: list[bytes | None] = [None] * len(block)
+            found = np.zeros(len(block), dtype=bool)
+            if cache is not None:
+                for i, image in enumerate(block):
+                    if isinstance(image, (str, os.PathLike)):
+                        with suppress(OSError):  # a missing file: the loader reports it
+                            keys[i] = cache.key(image, name)
+                found = cache.read_into(keys, out[first : first + len(block)].numpy())
+                bar.update(int(found.sum()))
+            todo = np.flatnonzero(~found).tolist()
+            computed += len(todo)
+            seeds = None
+            if view.kind == "augmented":
+                seeds = [sample_seed(block[i], name, seed) for i in todo]
+            loader = image_loader(
+                [block[i] for i in todo],
+                transform,
+                draft_size=preprocessing.resize_size,
+                seeds=seeds,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                pin_memory=device.type == "cuda",
+            )
+            for batch, positions, errors in loader:
+                for pos, message in errors:
+                    unreadable(message)
+                    skipped.append(Unread(first + todo[pos], message))
+                if batch is not None:
+                    if view.kind == "mirror":
+                        batch = batch.flip(-1)
+                    feats = run_backbone(backbone, batch, device, precision).cpu().flatten(1)
+                    if feats.shape[1:] != out.shape[1:]:
+                        raise PetalnetError(
+                            f"The backbone returned rows of {feats.shape[1]} values, but "
+                            f"declares feature_dim={out.shape[1]}; fix its feature_dim."
+                        )
+                    if out.dtype != feats.dtype:  # clamped: an overflow would be inf, then NaN
+                        limit = torch.finfo(out.dtype).max
+                        feats = feats.clamp(-limit, limit).to(out.dtype)
+                    slots = [todo[p] for p in positions]
+                    out[first : first + len(block)][slots] = feats
+                    if store is not None:
+                        stored = [(keys[s], j) for j, s in enumerate(slots) if keys[s] is not None]
+                        if stored:
+                            store.add([k for k, _ in stored], feats[[j for _, j in stored]].numpy())
+                bar.update(len(positions) + len(errors))
+    elapsed = time.perf_counter() - start
+    if verbose > 0 and images:
+        cached = len(images) - computed
+        rate = f", {computed / elapsed:.1f} img/s" if computed and elapsed > 0 else ""
+        bad = f", {len(skipped)} unreadable skipped" if skipped else ""
+        print(f"{desc}: {len(images)} images ({cached} from cache{bad}) in {elapsed:.1f}s{rate}")
+    return sorted(skipped)
+
+
+def readable_rows(rows: torch.Tensor, labels: torch.Tensor, skipped: Sequence[Unread]) -> Features:
+    """The :class:`Features` of filled ``rows``: unreadable inputs' slots squeezed out.
+
+    Args:
+        rows: ``(N, D)`` or ``(V, N, D)`` rows at their input positions.
+        labels: ``(N,)`` labels of all inputs.
+        skipped: The unreadable inputs (their slots are unset).
+
+    Returns:
+        Rows of the readable inputs, their labels, positions, and ``skipped``.
+    """
+    n = labels.shape[0]
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[[u.position for u in skipped]] = False
+    positions = keep.nonzero().flatten()
+    if rows.ndim == 3:
+        rows = torch.stack([compact(view, positions) for view in rows]) if skipped else rows
+    else:
+        rows = compact(rows, positions)
+    return Features(rows, labels[positions], positions, list(skipped))
 
 
 def extract_features(
@@ -217,37 +376,23 @@ def extract_features(
     preprocessing: Preprocessing,
     device: torch.device,
     unreadable: Unreadable,
-    batch_size: int = 32,
-    num_workers: int | None = None,
-    precision: torch.dtype = torch.float32,
-    cache: FeatureCache | None = None,
-    view: View = CENTER,
-    seed: int | None = None,
-    augmentation: Augmentation = "classic",
+    feature_dim: int,
     storage: torch.dtype = torch.float32,
-    desc: str = "features",
-    verbose: int = 1,
+    **options: Any,
 ) -> Features:
-    """Run ``backbone`` over images, reusing cached features where they exist.
+    """Run ``backbone`` over images, reusing stored rows where they exist.
 
     Args:
         backbone: A prepared (frozen, eval-mode) backbone on ``device``.
-        images: File paths (cached when ``cache`` is given) or in-memory images.
+        images: File paths (stored when ``cache`` is given) or in-memory images.
         labels: One label per image; positions in ``images`` when ``None``.
         preprocessing: How images become the backbone's input.
         device: Where to compute.
-        unreadable: What to do with an unreadable file (see :class:`~petalnet.images.Unreadable`).
-        batch_size: Images per forward pass.
-        num_workers: Image-decoding workers; ``None`` picks a default for this machine.
-        precision: Autocast dtype (see :func:`~petalnet.precision.resolve_precision`).
-        cache: Feature cache to read and fill, or ``None``.
-        view: Which rendering of each image (see :class:`View`).
-        seed: Seed of augmented views.
-        augmentation: Policy of augmented views.
-        storage: The dtype rows are kept in (and ``cache`` stores): ``torch.float16``
+        unreadable: What to do with an unreadable file.
+        feature_dim: Width ``D`` of the backbone's rows.
+        storage: The dtype rows are kept in (and the store keeps): ``torch.float16``
             halves the memory of large rows such as frozen-layer outputs.
-        desc: Label of the progress bar.
-        verbose: ``0`` silences progress output.
+        **options: The other arguments of :func:`fill_rows`.
 
     Returns:
         The rows of the readable images, their labels and positions, and what was skipped.
@@ -255,71 +400,19 @@ def extract_features(
     Raises:
         ImageReadError: ``unreadable`` raises (the message names the file).
     """
-    name = view.key(preprocessing, augmentation, seed)
-    start = time.perf_counter()
-    targets = torch.tensor(
-        list(labels) if labels is not None else range(len(images)), dtype=torch.long
+    rows = empty_rows((len(images), feature_dim), storage)
+    skipped = fill_rows(
+        backbone,
+        images,
+        rows,
+        preprocessing=preprocessing,
+        device=device,
+        unreadable=unreadable,
+        **options,
     )
-    rows: list[torch.Tensor | None] = [None] * len(images)
-    keys: list[str | None] = [None] * len(images)
-    if cache is not None:
-        for i, image in enumerate(images):
-            if not isinstance(image, (str, os.PathLike)):
-                continue
-            try:
-                key = keys[i] = cache.key(image, name)
-            except OSError:
-                continue  # unreadable file: the loader below reports it
-            hit = cache.get(key)
-            if hit is not None:
-                rows[i] = torch.from_numpy(hit).to(storage)
-    todo = [i for i, r in enumerate(rows) if r is None]
-    seeds = None
-    if view.kind == "augmented":
-        seeds = [sample_seed(images[i], name, seed) for i in todo]
-    loader = image_loader(
-        [images[i] for i in todo],
-        view.transform(preprocessing, augmentation),
-        draft_size=preprocessing.resize_size,
-        seeds=seeds,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-    )
-    skipped: list[str] = []
-    # disable=None: tqdm draws bars on a terminal only; redirected output gets the summary line
-    bar_off = None if verbose > 0 and todo else True
-    with tqdm(total=len(todo), desc=desc, unit="img", disable=bar_off, leave=False) as bar:
-        for batch, positions, errors in loader:
-            for _, message in errors:
-                unreadable(message)
-                skipped.append(message)
-            if batch is not None:
-                if view.kind == "mirror":
-                    batch = batch.flip(-1)
-                feats = run_backbone(backbone, batch, device, precision).cpu()
-                if storage != feats.dtype:  # clamped: an overflow would be inf, then NaN
-                    limit = torch.finfo(storage).max
-                    feats = feats.clamp(-limit, limit).to(storage)
-                for pos, row in zip(positions, feats, strict=True):
-                    i = todo[pos]
-                    rows[i] = row
-                    key = keys[i]
-                    if cache is not None and key is not None:
-                        cache.put(key, row.numpy())
-            bar.update(len(positions) + len(errors))
-    elapsed = time.perf_counter() - start
-    if cache is not None and todo:
-        cache.prune()
-    if verbose > 0 and images:
-        cached = len(images) - len(todo)
-        rate = f", {len(todo) / elapsed:.1f} img/s" if todo and elapsed > 0 else ""
-        bad = f", {len(skipped)} unreadable skipped" if skipped else ""
-        print(f"{desc}: {len(images)} images ({cached} from cache{bad}) in {elapsed:.1f}s{rate}")
-    kept = [i for i, r in enumerate(rows) if r is not None]
-    index = torch.tensor(kept, dtype=torch.long)
-    found = [r for r in rows if r is not None]
-    if not found:
-        dim = int(getattr(backbone, "feature_dim", 0))
-        return Features(torch.empty(0, dim, dtype=storage), targets[:0], index, skipped)
-    return Features(torch.stack(found), targets[index], index, skipped)
+    return readable_rows(rows, as_labels(labels, len(images)), skipped)
+
+
+def as_labels(labels: Sequence[int] | None, n: int) -> torch.Tensor:
+    """``labels`` as an int64 tensor; the positions ``0..n-1`` when ``None``."""
+    return torch.as_tensor(list(labels) if labels is not None else range(n), dtype=torch.long)

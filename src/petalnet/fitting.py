@@ -155,7 +155,6 @@ def fit_model(
     names_file = params.category_names
     names_file = names_file if names_file is not None else data.category_names_file
     names = load_category_names(names_file) if names_file is not None else None
-    distributed.init(distributed.local_device(resolve_device(params.device)))
     unreadable = Unreadable.for_training(params.strict)
     run = _Run(params, data, names, unreadable, pipeline_for, keep)
     model = run.train(resume, str(resume_from))
@@ -208,7 +207,8 @@ class _Run:
         train, valid = training_batches(
             plan, pipeline, data, self.unreadable, augment_views=params.augment_views
         )
-        if len(train.labels) == 0:
+        n_train, n_valid = _readable(train), _readable(valid)
+        if n_train == 0:
             raise DataError(
                 f"None of the {len(data.train)} training images under {str(data.root)!r} "
                 "could be read; see the warnings above."
@@ -232,8 +232,8 @@ class _Run:
             list(data.classes),
             self.names,
             state,
-            n_train=len(train.labels),
-            n_valid=len(valid.labels),
+            n_train=n_train,
+            n_valid=n_valid,
             skipped=self.unreadable.messages,
         )
         self.keep(model)
@@ -277,6 +277,6 @@ class _Run:
 
 
 def _readable(rows: Batches) -> int:
-    """Rows used: streamed images found unreadable during training do not count."""
+    """Rows used, over every rank: streamed images found unreadable do not count."""
     skipped = len(rows.skipped_rows) if isinstance(rows, ImageBatches) else 0
-    return len(rows.labels) - skipped
+    return int(distributed.all_reduce_sum([len(rows.labels) - skipped])[0])

@@ -16,11 +16,10 @@ import numpy as np
 import torch
 
 from petalnet import results
-from petalnet.calibration import HeadOutput
 from petalnet.checkpoint import FittedModel
 from petalnet.data import list_samples, resolve_eval_folder
 from petalnet.images import FileOrArray, ImageInput, Unreadable, as_image_list
-from petalnet.pipeline import ImagePipeline
+from petalnet.pipeline import ImagePipeline, Scored
 from petalnet.results import EvaluationReport, ImagePrediction, TopK
 
 __all__ = ["Inference"]
@@ -52,7 +51,7 @@ class Inference:
             NotFittedError: Called before ``fit``/``load``.
             ImageReadError: An image file cannot be read (the message names it).
         """
-        result: np.ndarray = self._outputs(as_image_list(images)[0])[0].log_probs.exp().numpy()
+        result: np.ndarray = self._outputs(as_image_list(images)[0]).head.log_probs.exp().numpy()
         return result
 
     def novelty_score(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
@@ -69,12 +68,10 @@ class Inference:
             NotFittedError: Called before ``fit``/``load``.
             ImageReadError: An image file cannot be read (the message names it).
         """
-        result: np.ndarray = self._outputs(as_image_list(images)[0])[0].novelty.numpy()
+        result: np.ndarray = self._outputs(as_image_list(images)[0]).head.novelty.numpy()
         return result
 
-    def _outputs(
-        self, batch: Sequence[ImageInput], unreadable: Unreadable | None = None
-    ) -> tuple[HeadOutput, torch.Tensor]:
+    def _outputs(self, batch: Sequence[ImageInput], unreadable: Unreadable | None = None) -> Scored:
         model = self.fitted_model()
         return self._pipeline().outputs(
             model.head,
@@ -112,7 +109,7 @@ class Inference:
         if int(topk) < 1:
             raise ValueError(f"topk must be at least 1, got {topk}.")
         batch, single = as_image_list(images)
-        out, model = self._outputs(batch)[0], self.fitted_model()
+        out, model = self._outputs(batch).head, self.fitted_model()
         preds = results.top_predictions(
             out.log_probs, topk, model.classes, model.category_names, out.novelty, out.unknown
         )
@@ -140,13 +137,13 @@ class Inference:
             raise ValueError(f"topk must be at least 1, got {topk}.")
         model, source = self.fitted_model(), iter(images)
         while chunk := list(itertools.islice(source, chunk_size)):
-            policy = Unreadable("collect")
-            out, positions = self._outputs(chunk, policy)
+            got = self._outputs(chunk, Unreadable("collect"))
+            out = got.head
             yield from results.image_predictions(
                 chunk,
                 out.log_probs,
-                positions,
-                policy.messages,
+                got.positions,
+                got.skipped,
                 topk,
                 model.classes,
                 model.category_names,
@@ -170,16 +167,24 @@ class Inference:
         model, pipe = self.fitted_model(), self._pipeline()
         folder = resolve_eval_folder(path)
         paths, labels = zip(*list_samples(folder, model.class_to_idx), strict=True)
-        unreadable, views = Unreadable.for_training(self.strict), pipe.test_views(self.tta)
-        feats = pipe.features(paths, labels, unreadable=unreadable, views=views, desc="evaluate")
-        out = model.calibration.outputs(model.head, feats.features, pipe.device)
-        files = [str(paths[i]) for i in feats.positions.tolist()]
+        got = pipe.outputs(
+            model.head,
+            model.calibration,
+            paths,
+            labels,
+            unreadable=Unreadable.for_training(self.strict),
+            tta=self.tta,
+            use_cache=True,
+            desc="evaluate",
+            quiet=False,
+        )
+        files = [str(paths[i]) for i in got.positions.tolist()]
         return results.evaluation_report(
-            out.log_probs,
-            feats.labels,
+            got.head.log_probs,
+            got.labels,
             model.classes,
             str(folder),
-            feats.skipped,
+            [u.message for u in got.skipped],
             files,
-            out.unknown,
+            got.head.unknown,
         )

@@ -12,27 +12,32 @@ import copy
 import functools
 import os
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from petalnet import distributed
 from petalnet.backbones.base import FeatureExtractor
-from petalnet.cache import FeatureCache
 from petalnet.calibration import Calibration, HeadOutput
 from petalnet.features import (
     CENTER,
     MIRROR,
     Features,
+    Unread,
     View,
-    extract_features,
+    as_labels,
     feature_cache,
+    fill_rows,
     prepare_backbone,
+    readable_rows,
 )
 from petalnet.images import ImageInput, Unreadable
 from petalnet.preprocessing import Augmentation
+from petalnet.rows import empty_rows
+from petalnet.rowstore import RowStore
 
-__all__ = ["ImagePipeline"]
+__all__ = ["ImagePipeline", "Scored"]
 
 
 class ImagePipeline:
@@ -79,6 +84,7 @@ class ImagePipeline:
         self.seed = seed
         self.augmentation: Augmentation = augmentation
         self.storage = storage
+        distributed.init(device)  # under torchrun: join the process group, pick the GPU
         self.verbose = verbose if distributed.is_main() else 0
 
     @functools.cached_property
@@ -87,8 +93,8 @@ class ImagePipeline:
         return prepare_backbone(self.backbone, self.device)
 
     @functools.cached_property
-    def cache(self) -> FeatureCache | None:
-        """The feature cache of this backbone (its parameters hashed on first use)."""
+    def cache(self) -> RowStore | None:
+        """The row store of this backbone (its parameters hashed on first use)."""
         if not self.use_cache:
             return None
         return feature_cache(self.backbone, self.precision, self.cache_dir, self.storage)
@@ -129,34 +135,39 @@ class ImagePipeline:
         use_cache: bool = True,
         quiet: bool = False,
     ) -> Features:
-        """Backbone outputs of ``images``, one pass per view, cached where possible.
+        """Backbone outputs of ``images``, one pass per view, stored where possible.
 
-        Under ``torchrun`` each rank computes its shard and every rank gets all rows (in
-        rank order, with their labels).
+        Every batch is written into its slot of one array (memory-mapped when large, see
+        :mod:`petalnet.rows`), so memory does not grow with the number of images. Under
+        ``torchrun`` each rank computes and keeps only its share, every ``world``-th image
+        from its rank; positions are always those in the whole ``images`` list.
 
         Args:
             images: File paths or in-memory images.
             labels: One label per image; positions in ``images`` when ``None``.
             unreadable: What to do with an unreadable file.
-            views: The renderings to compute; with several, rows are stacked ``(V, N, D)``.
+            views: The renderings to compute; with several, rows are ``(V, N, D)``.
             desc: Label of the progress output.
-            use_cache: ``False`` skips the feature cache for this call (predictions).
+            use_cache: ``False`` skips the row store for this call (predictions).
             quiet: No progress output for this call.
 
         Returns:
-            Rows of the readable images, their labels, positions and the unreadable ones.
+            Rows of the readable images (this rank's share), their labels, positions and
+            the unreadable ones.
         """
-        world = distributed.world_size()
+        world, me = distributed.world_size(), distributed.rank()
+        targets = as_labels(labels, len(images))
         if world > 1:
-            desc = f"{desc} (rank 0's share of {world})"
-            rank = distributed.rank()
-            labels = list(labels) if labels is not None else list(range(len(images)))
-            images, labels = distributed.shard(images), distributed.shard(labels)
-        results = [
-            extract_features(
+            desc = f"{desc} (rank {me}'s share of {world})"
+            images, targets = distributed.shard(images), targets[me::world]
+        n, dim = len(images), self.backbone.feature_dim
+        rows = empty_rows((len(views), n, dim) if len(views) > 1 else (n, dim), self.storage)
+        skipped: dict[int, Unread] = {}
+        for v, view in enumerate(views):
+            for bad in fill_rows(
                 self.runner,
                 images,
-                labels,
+                rows[v] if len(views) > 1 else rows,
                 preprocessing=self.backbone.preprocessing,
                 device=self.device,
                 unreadable=unreadable,
@@ -167,27 +178,18 @@ class ImagePipeline:
                 view=view,
                 seed=self.seed,
                 augmentation=self.augmentation,
-                storage=self.storage,
                 desc=desc if len(views) == 1 else f"{desc} ({view.label})",
                 verbose=0 if quiet else self.verbose,
-            )
-            for view in views
-        ]
-        if world > 1:
-            results = [
-                Features(
-                    torch.cat(distributed.gather([r.features])),
-                    torch.cat(distributed.gather([r.labels])),
-                    torch.cat(distributed.gather([r.positions * world + rank])),
-                    distributed.gather(r.skipped),
-                )
-                for r in results
-            ]
-        first = results[0]
-        if len(results) == 1:
-            return first
+            ):
+                skipped.setdefault(bad.position, bad)
+        got = readable_rows(rows, targets, sorted(skipped.values()))
+        if world == 1:
+            return got
         return Features(
-            torch.stack([r.features for r in results]), first.labels, first.positions, first.skipped
+            got.features,
+            got.labels,
+            got.positions * world + me,
+            [Unread(u.position * world + me, u.message) for u in got.skipped],
         )
 
     def outputs(
@@ -195,25 +197,62 @@ class ImagePipeline:
         head: nn.Module,
         calibration: Calibration,
         images: Sequence[ImageInput],
+        labels: Sequence[int] | None = None,
         *,
         unreadable: Unreadable,
         tta: bool,
-    ) -> tuple[HeadOutput, torch.Tensor]:
-        """What the head says of images never seen before (no cache, no progress).
+        use_cache: bool = False,
+        desc: str = "predict",
+        quiet: bool = True,
+    ) -> Scored:
+        """What the head says of images, in input order (under ``torchrun`` on every rank).
 
         Args:
             head: Maps this backbone's features to log-probabilities.
             calibration: The temperature, novelty score and threshold to apply.
             images: File paths or in-memory images.
+            labels: Their labels (evaluation), or ``None``.
             unreadable: What to do with an unreadable file.
             tta: Average the centre crop and its mirror.
+            use_cache: Read and fill the row store (evaluation of files seen again).
+            desc: Label of the progress output.
+            quiet: No progress output.
 
         Returns:
-            Calibrated log-probabilities, novelty and unknown flags of the readable images,
-            and their ``(N,)`` positions.
+            The calibrated outputs of the readable images with their labels and positions,
+            and the unreadable ones, all in input order.
         """
-        views = self.test_views(tta)
         feats = self.features(
-            images, unreadable=unreadable, views=views, use_cache=False, quiet=True
+            images,
+            labels,
+            unreadable=unreadable,
+            views=self.test_views(tta),
+            desc=desc,
+            use_cache=use_cache,
+            quiet=quiet,
         )
-        return calibration.outputs(head, feats.features, self.device), feats.positions
+        out = calibration.outputs(head, feats.features, self.device)
+        if distributed.world_size() == 1:
+            return Scored(out, feats.labels, feats.positions, feats.skipped)
+        # only the outputs travel: every rank gets all of them, put back in input order
+        positions = distributed.gather_tensor(feats.positions)
+        order = positions.argsort()
+        gathered = [distributed.gather_tensor(t)[order] for t in (*out, feats.labels)]
+        skipped = sorted(distributed.gather_objects(feats.skipped))
+        return Scored(HeadOutput(*gathered[:3]), gathered[3], positions[order], skipped)
+
+
+class Scored(NamedTuple):
+    """What :meth:`ImagePipeline.outputs` returns.
+
+    Attributes:
+        head: Calibrated log-probabilities, novelty and unknown flags of the readable images.
+        labels: ``(N,)`` their labels (positions when none were given).
+        positions: ``(N,)`` their positions in the input list, ascending.
+        skipped: Each unreadable input with its position, in input order.
+    """
+
+    head: HeadOutput
+    labels: torch.Tensor
+    positions: torch.Tensor
+    skipped: list[Unread]

@@ -198,7 +198,7 @@ def image_predictions(
     images: Sequence[ImageInput],
     log_probs: torch.Tensor,
     positions: torch.Tensor,
-    errors: Sequence[str],
+    errors: Sequence[tuple[int, str]],
     topk: int,
     classes: Sequence[str],
     names: Mapping[str, str] | None,
@@ -211,7 +211,8 @@ def image_predictions(
         images: The images, in order.
         log_probs: ``(N, C)`` outputs for the readable ones.
         positions: ``(N,)`` their positions in ``images``.
-        errors: One message per unreadable image, in the order of ``images``.
+        errors: ``(position, message)`` of each unreadable image (a repeated file is
+            named at each of its positions).
         topk: How many classes per image.
         classes: Class folder names by output index.
         names: Class folder name to display name.
@@ -223,9 +224,9 @@ def image_predictions(
     """
     tops = top_predictions(log_probs, topk, classes, names, novelty, unknown)
     found = dict(zip(positions.tolist(), tops, strict=True))
-    unread = iter(errors)
+    unread = dict(errors)
     return [
-        ImagePrediction(image, found[i]) if i in found else ImagePrediction(image, [], next(unread))
+        ImagePrediction(image, found[i]) if i in found else ImagePrediction(image, [], unread[i])
         for i, image in enumerate(images)
     ]
 

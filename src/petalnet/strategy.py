@@ -15,6 +15,7 @@ from typing import get_args
 import torch
 from torch import nn
 
+from petalnet import distributed
 from petalnet._types import Strategy
 from petalnet.backbones.base import FeatureExtractor
 from petalnet.batches import Batches, ImageBatches, TensorBatches
@@ -119,7 +120,8 @@ def training_batches(
         augment_views: Cached augmented views per training image (0: the centre crop).
 
     Returns:
-        ``(train, valid)`` sources on the pipeline's device.
+        ``(train, valid)`` sources on the pipeline's device (under ``torchrun``: this
+        rank's share of each).
     """
     device = pipeline.device
     if plan.front is None:
@@ -135,7 +137,11 @@ def training_batches(
                 augmentation=pipeline.augmentation,
                 num_workers=pipeline.num_workers,
             )
-            for samples, augment in ((data.train, True), (data.valid, False))
+            # under torchrun each rank decodes its share, as rows are extracted by share
+            for samples, augment in (
+                (distributed.shard(data.train), True),
+                (distributed.shard(data.valid), False),
+            )
         )
         return train_images, valid_images
     source = pipeline

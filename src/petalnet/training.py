@@ -226,8 +226,9 @@ class Trainer:
     def _class_weights(self, train: Batches, n_classes: int) -> torch.Tensor | None:
         if self.class_weight != "balanced":
             return None
-        counts = torch.bincount(train.labels.cpu(), minlength=n_classes).float()
-        return (len(train.labels) / (n_classes * counts.clamp(min=1))).to(self.device)
+        local = torch.bincount(train.labels.cpu(), minlength=n_classes).tolist()
+        counts = torch.tensor(distributed.all_reduce_sum(local))  # over every rank's share
+        return (counts.sum() / (n_classes * counts.clamp(min=1))).float().to(self.device)
 
     def fit(
         self,
@@ -287,10 +288,18 @@ class Trainer:
         backbone: nn.Module | None,
         state: TrainingState,
     ) -> None:
-        n_train, n_valid = len(train.labels), len(valid.labels)
+        n_train, n_valid = len(train.labels), len(valid.labels)  # this rank's share
         optimizer = self._optimizer(model, backbone)
-        world, me = distributed.world_size(), distributed.rank()
-        steps_per_epoch = max(1, math.ceil(math.ceil(n_train / world) / self.batch_size))
+        world = distributed.world_size()
+        # under torchrun every rank takes as many rows per epoch as the largest share, its
+        # own order padded by wrapping (as DistributedSampler does), so ranks step together
+        per_rank = distributed.all_reduce_max(n_train)
+        if world > 1 and not n_train:
+            raise PetalnetError(
+                f"A rank holds no training images (fewer readable images than the {world} "
+                "ranks): run on fewer processes."
+            )
+        steps_per_epoch = max(1, math.ceil(per_rank / self.batch_size))
         done = len(state.history)
         if done:
             optimizer.load_state_dict(state.optimizer_state)
@@ -334,7 +343,7 @@ class Trainer:
         seed = distributed.broadcast_seed(self.seed) if world > 1 else self.seed
         # rows of fine-tuned layers cost far more memory per row than feature vectors
         eval_batch = 1024 if backbone is None else self.batch_size
-        valid_order = torch.arange(n_valid)[me::world]
+        valid_order = torch.arange(n_valid)
         best_key: tuple[float, float] | None = None
         if done and state.best_epoch:
             best_key = rank(state.history[state.best_epoch - 1])
@@ -363,8 +372,8 @@ class Trainer:
                     if frozen and backbone is not None:
                         backbone.eval()  # frozen batch-norm statistics too
                     order = torch.randperm(n_train)
-                    if world > 1:  # equal-length shards (padded by wrapping), as DistributedSampler
-                        order = torch.cat([order, order[: (-len(order)) % world]])[me::world]
+                    if per_rank > n_train:  # a shorter share: padded by wrapping
+                        order = order.repeat(math.ceil(per_rank / n_train))[:per_rank]
                     total, seen = 0.0, 0
                     for x, y in train.batches(order, self.batch_size, epoch):
                         optimizer.zero_grad(set_to_none=True)
@@ -392,8 +401,7 @@ class Trainer:
                                 valid_loss * n if n else 0.0,
                                 valid_acc * n if n else 0,
                                 n,
-                            ],
-                            self.device,
+                            ]
                         )
                         total, seen = sums[0], int(sums[1])
                         if sums[4]:
