@@ -373,6 +373,16 @@ def test_predict_keeps_every_good_row_and_names_every_bad_file(
     assert "wrote 5 predictions" in captured.out
 
 
+def test_predict_repeated_bad_files_keep_the_good_row(checkpoint, folder_with_bad_files, capsys):
+    page, good = folder_with_bad_files / "1_page.jpg", folder_with_bad_files / "0_1.jpg"
+    assert main(["predict", str(page), str(page), str(good), str(checkpoint)]) == 0
+    captured = capsys.readouterr()
+    bad_lines = [line for line in captured.err.splitlines() if "skipped: " in line]
+    assert len(bad_lines) == 2 and all("1_page.jpg" in line for line in bad_lines)
+    assert str(good) in captured.out.splitlines()[0]  # the good row is written
+    assert "Traceback" not in captured.err and "StopIteration" not in captured.err
+
+
 def test_predict_with_no_readable_image_fails(checkpoint, folder_with_bad_files, capsys):
     page = folder_with_bad_files / "1_page.jpg"
     assert main(["predict", str(page), str(checkpoint)]) == 1

@@ -26,6 +26,14 @@ SCRIPT = textwrap.dedent(
     import torch.distributed as dist
     from petalnet import FlowerClassifier
 
+    import petalnet.batches
+    held = []  # the rows each training source of this rank holds
+    real_init = petalnet.batches.TensorBatches.__init__
+    def recording(self, inputs, labels, device):
+        held.append(len(labels))
+        real_init(self, inputs, labels, device)
+    petalnet.batches.TensorBatches.__init__ = recording
+
     backbone, strategy = sys.argv[4], sys.argv[5]
     clf = FlowerClassifier(backbone, hidden_units=16, epochs=3, batch_size=8,
                            learning_rate=0.01, device="cpu", random_state=0, cache=False,
@@ -33,10 +41,17 @@ SCRIPT = textwrap.dedent(
                            freeze_epochs=1)
     clf.fit(sys.argv[1])
     path = clf.save(sys.argv[2])
+    dist.barrier()  # rank 0 has written the checkpoint
     weights = sum(float(p.double().sum()) for p in clf.backbone_.parameters())
+    images = json.loads(sys.argv[6])
+    loaded = FlowerClassifier.load(path, device="cpu")
+    proba = loaded.predict_proba([i for i in images if "bad" not in i]).tolist()
+    outcomes = [(str(r.image), r.error is not None, [p.label for p in r.predictions])
+                for r in loaded.iter_predictions(images, topk=2)]
     # one file per rank: the ranks' stdout lines interleave (even mid-line)
     report = {"rank": dist.get_rank(), "world": dist.get_world_size(), "train": clf.n_train_,
-              "backbone": weights, "history": clf.history_}
+              "backbone": weights, "history": clf.history_, "held": held, "proba": proba,
+              "outcomes": outcomes}
     with open(f"{sys.argv[2]}.rank{dist.get_rank()}.json", "w") as f:
         json.dump(report, f)
     dist.destroy_process_group()
@@ -50,6 +65,11 @@ SCRIPT = textwrap.dedent(
 def test_two_process_gloo_training(single_folder, tmp_path, backbone, strategy):
     script = tmp_path / "train_ddp.py"
     script.write_text(SCRIPT)
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    files = sorted(single_folder.rglob("*.jpg"))
+    # repeats and a bad file (twice) among them: every answer must come back in input order
+    images = [str(f) for f in [files[3], bad, *files[:7], files[3], bad, files[0]]]
     ckpt = tmp_path / "ddp.pt"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     run = subprocess.run(
@@ -66,6 +86,7 @@ def test_two_process_gloo_training(single_folder, tmp_path, backbone, strategy):
             str(TESTS),
             backbone,
             strategy,
+            json.dumps(images),
         ],
         capture_output=True,
         text=True,
@@ -76,8 +97,10 @@ def test_two_process_gloo_training(single_folder, tmp_path, backbone, strategy):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     reports = [json.loads((tmp_path / f"ddp.pt.rank{r}.json").read_text()) for r in (0, 1)]
     assert [(r["rank"], r["world"]) for r in reports] == [(0, 2), (1, 2)]
-    # every rank saw all 25 training images and holds the same reduced metrics
+    # 25 training images in all; each rank holds only its share of the rows
     assert all(r["train"] == 25 for r in reports)
+    assert sorted(r["held"][0] for r in reports) == [12, 13]  # train rows, not 25 each
+    assert sum(r["held"][1] for r in reports) == 5  # valid rows, split too
     strip = [
         [{k: v for k, v in e.items() if k != "seconds"} for e in r["history"]] for r in reports
     ]
@@ -88,5 +111,13 @@ def test_two_process_gloo_training(single_folder, tmp_path, backbone, strategy):
     clf = FlowerClassifier.load(ckpt, device="cpu")
     raw = torch.load(ckpt, weights_only=True)
     assert raw["format"] == "petalnet.checkpoint" and len(clf.history_) == 3
-    proba = clf.predict_proba(single_folder / "2" / "img_000.jpg")
-    np.testing.assert_allclose(proba.sum(), 1, rtol=1e-5)
+    # under torchrun, predictions equal one process's, row for row, on every rank
+    alone = clf.predict_proba([i for i in images if "bad" not in i])
+    for r in reports:
+        np.testing.assert_allclose(np.array(r["proba"]), alone, rtol=1e-5, atol=1e-6)
+    expected = [
+        [str(r.image), r.error is not None, [p.label for p in r.predictions]]
+        for r in clf.iter_predictions(images, topk=2)
+    ]
+    assert [e[1] for e in expected] == [False, True] + [False] * 8 + [True, False]
+    assert reports[0]["outcomes"] == reports[1]["outcomes"] == expected
