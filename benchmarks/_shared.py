@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from petalnet.data import load_training_data
-from petalnet.params import add_arguments, param_specs
+from petalnet.flags import add_arguments
+from petalnet.params import param_specs
 
 # ../shared/data/flowers102 beside the repository: train/ (6552) and valid/ (818) images
 DEFAULT_DATA = (

@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    python benchmarks/fit_flowers.py                       # efficientnet_lite0, seed recipe
+    python benchmarks/fit_flowers.py                       # efficientnet_lite0, the classic recipe
     python benchmarks/fit_flowers.py --data DIR --arch vgg16 --epochs 5
 
 Every ``FlowerClassifier`` parameter is a flag, spelled as in ``petalnet train`` (dashes
@@ -10,7 +10,7 @@ work too): ``--hidden-units 1024 --strategy freeze_unfreeze --amp false`` ...
 
 The default data is ``../shared/data/flowers102`` (Flowers-102 train 6552 / valid 818).
 It has no ``test/`` split, so ``evaluate`` runs on ``valid/``, the split that also picks the
-best epoch: the figure is the seed's "valid accuracy", not an untouched test score.
+best epoch: the figure is the classic recipe's "valid accuracy", not an untouched test score.
 """
 
 from __future__ import annotations

@@ -9,13 +9,13 @@ import petalnet
 from petalnet import CheckpointError, TrainingState
 from petalnet.checkpoint import (
     FORMAT_VERSION,
-    FittedModel,
     from_payload,
     read_checkpoint,
     resume_state,
     to_payload,
     write_checkpoint,
 )
+from petalnet.fitted import FittedModel
 from petalnet.head import build_head
 
 

@@ -27,8 +27,9 @@ from petalnet import (
 )
 from petalnet import images as images_module
 from petalnet.check import check_dataset
-from petalnet.checkpoint import FittedModel, read_checkpoint, write_checkpoint
+from petalnet.checkpoint import read_checkpoint, write_checkpoint
 from petalnet.cli import main
+from petalnet.fitted import FittedModel
 from petalnet.images import read_image
 
 FAST = {**QUICK_FIT, "epochs": 3}

@@ -35,7 +35,7 @@ Strategy = Literal["freeze", "freeze_unfreeze", "full"]
 """What trains: the head only, the head then the last backbone blocks, or everything."""
 
 Schedule = Literal["constant", "cosine", "onecycle"]
-"""Learning-rate schedules: the seed's constant rate, cosine decay to 0, or one-cycle."""
+"""Learning-rate schedules: the classic recipe's constant rate, cosine decay to 0, or one-cycle."""
 
 Monitor = Literal["valid_loss", "valid_accuracy", "last"]
 """What picks the epoch whose weights are kept: the lowest validation loss, the highest

@@ -130,8 +130,8 @@ class ImageBatches:
             pin_memory=self.device.type == "cuda",
         )
         for images, positions, errors in loader:
-            for position, message in errors:
-                self.unreadable(message)
+            for position, error in errors:
+                self.unreadable(error)
                 self.skipped_rows.add(idx[position])
             if images is None:
                 continue

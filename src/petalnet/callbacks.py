@@ -126,16 +126,20 @@ class EarlyStopping(Callback):
         self._waited = 0
 
     def on_train_begin(self, state: TrainingState) -> None:
-        """Reset the counters."""
+        """Set the counters from the epochs already run (none, or those of a resumed run)."""
         self._best, self._waited = float("inf"), 0
+        for record in state.history:  # a resumed run counts as the uninterrupted one did
+            self._count(record["valid_loss"])
+
+    def _count(self, loss: float) -> None:
+        if math.isfinite(loss) and loss < self._best - self.min_delta:
+            self._best, self._waited = loss, 0
+        else:
+            self._waited += 1
 
     def on_epoch_end(self, state: TrainingState) -> None:
         """Count epochs without improvement; stop after ``patience`` of them."""
-        loss = state.history[-1]["valid_loss"]
-        if math.isfinite(loss) and loss < self._best - self.min_delta:
-            self._best, self._waited = loss, 0
-            return
-        self._waited += 1
+        self._count(state.history[-1]["valid_loss"])
         if self._waited >= self.patience:
             state.stop = True
             state.stop_reason = (

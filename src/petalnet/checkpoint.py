@@ -6,9 +6,10 @@ and renames it over the target, so a crash mid-save never leaves a half-written 
 place of a good one. Every tensor is stored on the CPU, so a GPU-trained checkpoint loads
 anywhere.
 
-This module owns the format both ways: :func:`to_payload` turns a :class:`FittedModel`
-(what ``fit`` learned) and the classifier's parameters into plain data, :func:`from_payload`
-rebuilds them, and :func:`resume_state` gives a training run what it continues from.
+This module owns the format, and only the format, both ways: :func:`to_payload` turns a
+:class:`~petalnet.fitted.FittedModel` (what ``fit`` learned) and the classifier's
+parameters into plain data, :func:`from_payload` rebuilds them, and :func:`resume_state`
+gives a training run what it continues from.
 """
 
 from __future__ import annotations
@@ -18,20 +19,19 @@ import pickle
 import re
 import tempfile
 import warnings
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar, overload
+from typing import Any
 
 import torch
 from torch import nn
 
 from petalnet._version import __version__
-from petalnet.backbones.base import FeatureExtractor
 from petalnet.backbones.registry import build_backbone
 from petalnet.calibration import Calibration
 from petalnet.callbacks import EpochRecord, TrainingState
 from petalnet.errors import CheckpointError, PetalnetError
+from petalnet.fitted import FittedModel
 from petalnet.head import build_head
 from petalnet.params import ClassifierParams, param_specs
 from petalnet.preprocessing import Preprocessing
@@ -39,8 +39,6 @@ from petalnet.preprocessing import Preprocessing
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
-    "FittedAttribute",
-    "FittedModel",
     "from_payload",
     "load_model",
     "read_checkpoint",
@@ -53,85 +51,6 @@ __all__ = [
 FORMAT = "petalnet.checkpoint"
 FORMAT_VERSION = 1
 _REQUIRED = ("backbone", "head", "classes", "preprocessing")
-
-
-@dataclass
-class FittedModel:
-    """What ``fit`` learned (or ``load`` read): everything needed to predict, and to resume.
-
-    Attributes:
-        backbone: The feature extractor (fine-tuned when ``meta.source == "trained"``).
-        head: The classifier on its features; outputs log-probabilities.
-        hidden_units: The head's hidden-layer widths.
-        dropout: The head's dropout probability.
-        classes: Class folder names; ``classes[i]`` is output ``i``.
-        category_names: Class folder name to flower name, if known.
-        training: History, best epoch and what a resumed run continues from.
-        n_train: Readable training images used.
-        n_valid: Readable validation images used.
-        skipped: One message per unreadable image left out while fitting.
-        selection_history: With ``refit=True``: the history of the run whose validation
-            split chose the epoch count (``training`` is then the refit's).
-        calibration: Temperature, novelty score and unknown threshold (identity and never
-            unknown until :func:`~petalnet.calibration.fit_calibration` sets them).
-    """
-
-    backbone: FeatureExtractor
-    head: nn.Module
-    hidden_units: list[int]
-    dropout: float
-    classes: list[str]
-    category_names: dict[str, str] | None
-    training: TrainingState = field(default_factory=TrainingState)
-    n_train: int = 0
-    n_valid: int = 0
-    skipped: list[str] = field(default_factory=list)
-    selection_history: list[EpochRecord] = field(default_factory=list)
-    calibration: Calibration = field(default_factory=lambda: Calibration(score="msp"))
-
-    @property
-    def class_to_idx(self) -> dict[str, int]:
-        """Class folder name to output index."""
-        return {c: i for i, c in enumerate(self.classes)}
-
-
-T = TypeVar("T")
-
-
-class HoldsModel(Protocol):
-    """Something that holds a :class:`FittedModel` once fitted (the estimator)."""
-
-    def fitted_model(self) -> FittedModel:
-        """The model; raises :class:`~petalnet.NotFittedError` before ``fit``/``load``."""
-        ...
-
-
-class FittedAttribute(Generic[T]):
-    """An attribute of the estimator (``classes_``, ...) read from its fitted model.
-
-    Args:
-        get: Reads the value from the fitted model.
-        settable: The :class:`FittedModel` field that assigning to the attribute sets;
-            read-only when empty.
-    """
-
-    def __init__(self, get: Callable[[FittedModel], T], settable: str = "") -> None:
-        self.get = get
-        self.settable = settable
-
-    def __set__(self, obj: HoldsModel, value: T) -> None:
-        """Set the model's field, where the attribute is settable."""
-        if not self.settable:
-            raise AttributeError("a fitted attribute is read-only; it comes from fit or load")
-        setattr(obj.fitted_model(), self.settable, value)
-
-    @overload
-    def __get__(self, obj: None, owner: type) -> FittedAttribute[T]: ...
-    @overload
-    def __get__(self, obj: HoldsModel, owner: type) -> T: ...
-    def __get__(self, obj: HoldsModel | None, owner: type) -> FittedAttribute[T] | T:
-        """The value, from ``obj``'s fitted model."""
-        return self if obj is None else self.get(obj.fitted_model())
 
 
 def _plain(value: Any) -> Any:

@@ -6,9 +6,11 @@ See docs/architecture.md for the data path and which module owns what.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
+import numpy as np
 import torch
 from typing_extensions import Self
 
@@ -16,19 +18,21 @@ from petalnet import checkpoint, distributed
 from petalnet._types import Amp
 from petalnet.backbones.base import FeatureExtractor
 from petalnet.callbacks import EpochRecord
-from petalnet.checkpoint import FittedAttribute, FittedModel
 from petalnet.errors import NotFittedError
 from petalnet.export import ExportFormat, export_model
+from petalnet.fitted import FittedAttribute, FittedModel
 from petalnet.fitting import PIPELINE_PARAMS, fit_model, make_pipeline
-from petalnet.inference import Inference
+from petalnet.images import FileOrArray, ImageInput
 from petalnet.params import ClassifierParams, params_docstring
 from petalnet.pipeline import ImagePipeline
 from petalnet.precision import cpu_has_native_bf16
+from petalnet.predictor import Predictor
+from petalnet.results import EvaluationReport, ImagePrediction, TopK
 
 __all__ = ["FlowerClassifier"]
 
 
-class FlowerClassifier(ClassifierParams, Inference):
+class FlowerClassifier(ClassifierParams):
     """A flower-photo classifier trained by transfer learning on an ImageNet backbone.
 
     The default is the classic recipe: a frozen, ImageNet-pretrained VGG16, a new classifier
@@ -79,9 +83,116 @@ class FlowerClassifier(ClassifierParams, Inference):
         if cached is None or cached[0] != key:
             cached = key, make_pipeline(self, backbone)
             self.__dict__["_pipe"] = cached
-            if "model_" in self.__dict__:
-                self.model_.head.to(cached[1].device)
         return cached[1]
+
+    @property
+    def predictor_(self) -> Predictor:
+        """What answers about images: the fitted model, its pipeline, ``tta``, ``strict``."""
+        model, pipe = self.fitted_model(), self._pipeline()
+        held: Predictor | None = self.__dict__.get("_predictor")
+        if held is None or (held.model, held.pipeline, held.tta, held.strict) != (
+            model,
+            pipe,
+            self.tta,
+            self.strict,
+        ):
+            held = self.__dict__["_predictor"] = Predictor(
+                model, pipe, tta=self.tta, strict=self.strict
+            )
+        return held
+
+    def predict_proba(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
+        """Return class probabilities for one image or a list of images.
+
+        Args:
+            images: One image (path, ``PIL.Image``, HxWxC array, CxHxW tensor) or a list.
+
+        Returns:
+            ``(N, n_classes)`` float32 probabilities; column ``i`` is ``classes_[i]``.
+
+        Raises:
+            NotFittedError: Called before ``fit``/``load``.
+            ImageReadError: An image file cannot be read (the message names it).
+        """
+        return self.predictor_.predict_proba(images)
+
+    def novelty_score(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
+        """How unlike every known flower each image is (docs/unknown.md).
+
+        Args:
+            images: One image (path, ``PIL.Image``, HxWxC array, CxHxW tensor) or a list.
+
+        Returns:
+            ``(N,)`` float32 scores, higher meaning less like any known class; above
+            ``model_.calibration.threshold`` an image is reported unknown.
+
+        Raises:
+            NotFittedError: Called before ``fit``/``load``.
+            ImageReadError: An image file cannot be read (the message names it).
+        """
+        return self.predictor_.novelty_score(images)
+
+    @overload  # str is a Sequence too; this first overload wins for it, as at run time
+    def predict(self, images: FileOrArray, topk: int = 5) -> TopK: ...  # type: ignore[overload-overlap]
+    @overload
+    def predict(self, images: torch.Tensor, topk: int = 5) -> TopK | list[TopK]: ...
+    @overload
+    def predict(self, images: Sequence[ImageInput], topk: int = 5) -> list[TopK]: ...
+    def predict(
+        self, images: ImageInput | Sequence[ImageInput], topk: int = 5
+    ) -> TopK | list[TopK]:
+        """Predict the ``topk`` most likely flowers for one image or a list of images.
+
+        Args:
+            images: One image (path, ``PIL.Image``, HxWxC array, CxHxW tensor) or a list
+                (a 4-D tensor counts as a list).
+            topk: Number of classes to return per image.
+
+        Returns:
+            One image: its :class:`~petalnet.TopK` list of :class:`~petalnet.Prediction`,
+            most likely first, with ``unknown`` and ``novelty``; a list of images: one each.
+
+        Raises:
+            NotFittedError: Called before ``fit``/``load``.
+            ImageReadError: An image file cannot be read (the message names it).
+            ValueError: ``topk`` is not a whole number from 1.
+        """
+        return self.predictor_.predict(images, topk)
+
+    def iter_predictions(
+        self, images: Iterable[ImageInput], topk: int = 5, *, chunk_size: int = 64
+    ) -> Iterator[ImagePrediction]:
+        """Predict many images in bounded memory, carrying on past unreadable files.
+
+        Args:
+            images: Paths or in-memory images (any iterable, ``chunk_size`` at a time).
+            topk: Number of classes to return per image.
+            chunk_size: Images held in memory at once.
+
+        Yields:
+            One :class:`~petalnet.ImagePrediction` per image, in order (an unreadable one:
+            no predictions, an ``error`` naming it).
+
+        Raises:
+            NotFittedError: Called before ``fit``/``load``.
+            ValueError: ``topk`` is not a whole number from 1.
+        """
+        return self.predictor_.iter_predictions(images, topk, chunk_size=chunk_size)
+
+    def evaluate(self, path: str | os.PathLike[str]) -> EvaluationReport:
+        """Measure the classifier on a labelled folder.
+
+        Args:
+            path: Class folders, or a root holding ``test/`` (used first) or ``valid/``.
+
+        Returns:
+            The metrics (see :class:`~petalnet.EvaluationReport`).
+
+        Raises:
+            NotFittedError: Called before ``fit``/``load``.
+            DataError: The folder is missing, empty, or has classes the model does not know.
+        """
+        return self.predictor_.evaluate(path)
 
     def fit(
         self, data_dir: str | os.PathLike[str], *, resume_from: str | os.PathLike[str] | None = None
@@ -178,7 +289,7 @@ class FlowerClassifier(ClassifierParams, Inference):
         clf = cls(**saved).set_params(device="auto" if device is None else device, **params)
         clf.validate()
         clf.model_ = model
-        clf._pipeline()  # resolve the device now; the head moves there
+        clf.predictor_  # noqa: B018  # resolve the device now; the head moves there
         return clf
 
 

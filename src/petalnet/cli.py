@@ -17,10 +17,12 @@ from typing import IO, TYPE_CHECKING, Any, NoReturn, cast, get_args
 
 from petalnet._types import ExportFormat
 from petalnet._version import __version__
-from petalnet.errors import PetalnetError
-from petalnet.params import add_arguments, param_specs
+from petalnet.errors import ExportOptionsError, PetalnetError
+from petalnet.flags import add_arguments, word_parser
+from petalnet.params import param_specs
 
 if TYPE_CHECKING:  # torch loads only when a command needs it: --help stays fast
+    from petalnet.classifier import FlowerClassifier
     from petalnet.results import TopK
 
 __all__ = ["UsageError", "build_parser", "main"]
@@ -44,6 +46,24 @@ def _device(args: argparse.Namespace) -> str:
             return "cpu"
         return "auto"
     return "cpu"
+
+
+def _load(args: argparse.Namespace, verbose: int = 0) -> FlowerClassifier:
+    """The checkpoint, with its saved ``tta``, ``amp`` and device unless a flag says otherwise."""
+    from petalnet.classifier import FlowerClassifier
+
+    chosen = {name: getattr(args, name) for name in ("tta", "amp")}
+    device = _device(args) if args.gpu or args.device else None
+    return FlowerClassifier.load(
+        args.checkpoint,
+        device=device,
+        verbose=verbose,
+        **{name: value for name, value in chosen.items() if value is not None},
+    )
+
+
+def _tta_said(clf: FlowerClassifier) -> str:
+    return "TTA on (centre crop and mirror averaged)" if clf.tta else "TTA off"
 
 
 def _verbose(args: argparse.Namespace) -> int:
@@ -173,14 +193,14 @@ def _record(image: Path, top: TopK) -> dict[str, Any]:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from petalnet.classifier import FlowerClassifier
     from petalnet.data import load_category_names
+    from petalnet.results import check_topk
 
-    if args.top_k < 1:
-        raise UsageError(f"--top_k must be at least 1; got {args.top_k}.")
-    clf = FlowerClassifier.load(
-        args.checkpoint, device=_device(args), verbose=0, tta=args.tta, amp=args.amp
-    )
+    try:
+        check_topk(args.top_k)
+    except ValueError as exc:
+        raise UsageError(f"--top_k: {exc}") from None
+    clf = _load(args)
     if args.category_names:
         clf.category_names_ = load_category_names(args.category_names)
     images = _expand_images(args.images)
@@ -238,11 +258,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from petalnet.classifier import FlowerClassifier
 
-    clf = FlowerClassifier.load(
-        args.checkpoint, device=_device(args), verbose=_verbose(args), tta=args.tta, amp=args.amp
-    )
+    clf = _load(args, _verbose(args))
     report = clf.evaluate(args.data_dir)
     if Path(report["folder"]).name in ("valid", "val"):
         print(
@@ -251,13 +268,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     if args.json:
-        print(json.dumps({k: v for k, v in report.items() if k != "confusion_matrix"}))
+        shown = {k: v for k, v in report.items() if k != "confusion_matrix"}
+        print(json.dumps({**shown, "tta": clf.tta}))
     else:
         print(
             f"{report['folder']}: accuracy {report['accuracy']:.2%}, top-5 "
             f"{report['top5_accuracy']:.2%}, loss {report['loss']:.4f}, "
             f"ECE {report['ece']:.2%} on {report['n_images']} images; "
-            f"{report['unknown_rate']:.1%} of them called unknown"
+            f"{report['unknown_rate']:.1%} of them called unknown; {_tta_said(clf)}"
         )
         worst = sorted(report["per_class_accuracy"].items(), key=lambda kv: kv[1])[:5]
         names, counts = clf.category_names_ or {}, report["per_class_count"]
@@ -386,25 +404,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
     clf = FlowerClassifier.load(args.checkpoint, device="cpu")
     try:
         path = clf.export(args.output, format=args.format, amp=args.amp)
-    except PetalnetError as exc:
-        if "bfloat16" in str(exc):
-            raise UsageError(str(exc)) from None
-        raise
+    except ExportOptionsError as exc:
+        raise UsageError(str(exc)) from None
     print(f"exported {path} (+ {path.name}.json with classes, names and preprocessing)")
     return 0
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from petalnet import serve
-    from petalnet.classifier import FlowerClassifier
 
     if not 0 < args.port < 65536:
         raise UsageError(f"--port must be in 1..65535; got {args.port}.")
     if args.max_upload_mb <= 0:
         raise UsageError(f"--max_upload_mb must be positive; got {args.max_upload_mb}.")
-    clf = FlowerClassifier.load(
-        args.checkpoint, device=_device(args), verbose=0, tta=args.tta, amp=args.amp
-    )
+    clf = _load(args)
     limit = int(args.max_upload_mb * 1024 * 1024)
     serve.run(clf, args.host, args.port, max_upload_bytes=limit)
     return 0
@@ -419,22 +432,35 @@ def _cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
-def _device_flags(p: argparse.ArgumentParser, *, amp: bool = True) -> None:
-    p.add_argument("--gpu", action="store_true", help="use a GPU (cuda or mps); an error without")
+def _device_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--gpu",
+        action="store_true",
+        help="use a GPU (cuda or mps); without one, the CPU with a notice",
+    )
     p.add_argument("--device", help="explicit device, e.g. cpu or cuda:1 (overrides --gpu)")
-    if amp:
-        _amp_flag(p)
 
 
-def _amp_flag(p: argparse.ArgumentParser, *, default: Any = None, help: str | None = None) -> None:
+def _saved_flags(p: argparse.ArgumentParser) -> None:
+    """Device, ``--tta/--no-tta`` and ``--amp`` of a command that loads a checkpoint.
+
+    Each overrides what the checkpoint was saved with only when given.
+    """
+    _device_flags(p)
+    p.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average the image and its mirror (default: as the checkpoint was trained)",
+    )
+    _amp_flag(p, default=None, help="computing precision (default: as the checkpoint was saved)")
+
+
+def _amp_flag(p: argparse.ArgumentParser, *, default: Any, help: str) -> None:
     """``--amp auto|on|off``, parsed like train's (from the parameter spec)."""
     spec = next(s for s in param_specs() if s.name == "amp")
     p.add_argument(
-        "--amp",
-        type=spec.parse,
-        default=spec.default if default is None else default,
-        metavar="auto|on|off",
-        help=help or spec.doc,
+        "--amp", type=word_parser(spec), default=default, metavar="auto|on|off", help=help
     )
 
 
@@ -480,7 +506,7 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
     add_arguments(t, defaults=get_preset(preset).params if preset else None)
     t.add_argument("--resume", metavar="CHECKPOINT", help="continue a run saved earlier")
     t.add_argument("--quiet", action="store_true", help="no progress output")
-    _device_flags(t, amp=False)  # train has --amp from the parameter spec
+    _device_flags(t)  # train has --amp from the parameter spec
     t.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("predict", help="top-k flower names for images")
@@ -491,19 +517,20 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--output", help="write predictions to a .csv or .jsonl file")
     p.add_argument("--json", action="store_true", help="JSON lines instead of text")
     p.add_argument("--plot", help="PNG of the (first) image beside its top-k chart")
-    p.add_argument("--tta", action="store_true", help="average the image and its mirror")
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
-    _device_flags(p)
+    _saved_flags(p)
     p.set_defaults(func=_cmd_predict)
 
     e = sub.add_parser("evaluate", help="accuracy of a checkpoint on a labelled folder")
     e.add_argument("data_dir", help="class folders, or a root with test/ or valid/")
     e.add_argument("checkpoint")
     e.add_argument("--json", action="store_true", help="print the report as JSON")
-    e.add_argument("--plots", help="folder for confusion_matrix.png")
-    e.add_argument("--tta", action="store_true", help="average the image and its mirror")
+    e.add_argument(
+        "--plots",
+        help="folder for confusion_matrix.png, misclassified.png and reliability.png",
+    )
     e.add_argument("--quiet", action="store_true")
-    _device_flags(e)
+    _saved_flags(e)
     e.set_defaults(func=_cmd_evaluate)
 
     r = sub.add_parser("presets", help="list the named recipes and what they measured")
@@ -535,7 +562,7 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
         "petalnet.deep_check.NEAR_THRESHOLD; see docs/data-doctor.md)",
     )
     c.add_argument("--quiet", action="store_true", help="no progress output")
-    _device_flags(c, amp=False)
+    _device_flags(c)
     c.set_defaults(func=_cmd_check)
 
     x = sub.add_parser("export", help="export a checkpoint to a torch.export program or ONNX")
@@ -558,8 +585,7 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
     v.add_argument(
         "--max_upload_mb", type=float, default=20, help="upload limit (default: %(default)s MB)"
     )
-    v.add_argument("--tta", action="store_true", help="average the image and its mirror")
-    _device_flags(v)
+    _saved_flags(v)
     v.set_defaults(func=_cmd_serve)
 
     d = sub.add_parser("download", help="download a data set in the train/valid/test layout")

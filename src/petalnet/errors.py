@@ -39,6 +39,14 @@ class ImageReadError(DataError):
     """One image file cannot be read; the message names the file."""
 
 
+class NotAnImageError(ImageReadError):
+    """The file is no image format Pillow knows (an HTML page saved as .jpg, say)."""
+
+
+class ImageTooLargeError(ImageReadError):
+    """The image has more pixels than :data:`petalnet.images.MAX_IMAGE_PIXELS` (a bomb?)."""
+
+
 class BackboneNotFoundError(PetalnetError, KeyError):
     """No backbone is registered under the requested name."""
 
@@ -48,6 +56,10 @@ class BackboneNotFoundError(PetalnetError, KeyError):
 
 class WeightsUnavailableError(PetalnetError, OSError):
     """Pretrained weights could not be found locally nor downloaded."""
+
+
+class ExportOptionsError(PetalnetError, ValueError):
+    """The export options asked for cannot be combined (an unknown format, bfloat16 ONNX)."""
 
 
 class CheckpointError(PetalnetError, ValueError):

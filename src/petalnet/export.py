@@ -21,9 +21,9 @@ from torch import nn
 
 from petalnet._types import ExportFormat
 from petalnet._version import __version__
-from petalnet.checkpoint import FittedModel
-from petalnet.errors import PetalnetError
+from petalnet.errors import ExportOptionsError, PetalnetError
 from petalnet.features import prepare_backbone
+from petalnet.fitted import FittedModel
 
 __all__ = ["FORMATS", "ExportFormat", "export_metadata", "export_model"]
 
@@ -103,13 +103,13 @@ def export_model(
         The model's path.
 
     Raises:
-        PetalnetError: Unknown format, ``amp`` with ONNX, or the export failed (the message
-            says why).
+        ExportOptionsError: Unknown format, or ``amp`` with ONNX.
+        PetalnetError: The export failed (the message says why).
     """
     if format not in FORMATS:
-        raise PetalnetError(f"format must be one of {', '.join(FORMATS)}, got {format!r}.")
+        raise ExportOptionsError(f"format must be one of {', '.join(FORMATS)}, got {format!r}.")
     if amp and format == "onnx":
-        raise PetalnetError(
+        raise ExportOptionsError(
             "ONNX exports are float32 (ONNX Runtime's CPU kernels lack bfloat16); "
             "export with amp off, or use format pt2."
         )

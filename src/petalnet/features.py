@@ -315,9 +315,9 @@ def fill_rows(
                 pin_memory=device.type == "cuda",
             )
             for batch, positions, errors in loader:
-                for pos, message in errors:
-                    unreadable(message)
-                    skipped.append(Unread(first + todo[pos], message))
+                for pos, error in errors:
+                    unreadable(error)
+                    skipped.append(Unread(first + todo[pos], str(error)))
                 if batch is not None:
                     if view.kind == "mirror":
                         batch = batch.flip(-1)

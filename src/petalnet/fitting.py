@@ -23,9 +23,10 @@ from petalnet.backbones.registry import build_backbone
 from petalnet.batches import Batches, ImageBatches
 from petalnet.calibration import Calibration, fit_calibration, sample_rows
 from petalnet.callbacks import TrainingState
-from petalnet.checkpoint import FittedModel, read_checkpoint, resume_state
+from petalnet.checkpoint import read_checkpoint, resume_state
 from petalnet.data import TrainingData, load_category_names, load_training_data
 from petalnet.errors import DataError
+from petalnet.fitted import FittedModel
 from petalnet.head import build_head, normalize_hidden_units
 from petalnet.images import Unreadable
 from petalnet.params import ClassifierParams

@@ -32,7 +32,7 @@ def normalize_hidden_units(hidden_units: int | Sequence[int] | None) -> list[int
 def build_head(
     in_features: int, num_classes: int, hidden_units: Sequence[int], dropout: float
 ) -> nn.Sequential:
-    """Build the seed's classifier: ``[Linear, ReLU, Dropout] * k, Linear, LogSoftmax``.
+    """Build the classic recipe's classifier: ``[Linear, ReLU, Dropout] * k, Linear, LogSoftmax``.
 
     Args:
         in_features: Length of the backbone's feature vector.

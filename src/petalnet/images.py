@@ -8,6 +8,7 @@ whether a bad file stops the run, is skipped with a warning, or is collected for
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -15,13 +16,14 @@ from typing import IO, Any, Literal
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
-from petalnet.errors import ImageReadError, PetalnetWarning
+from petalnet.errors import ImageReadError, ImageTooLargeError, NotAnImageError, PetalnetWarning
 
 __all__ = [
     "MAX_IMAGE_PIXELS",
+    "EncodedImage",
     "FileOrArray",
     "ImageInput",
     "LoadedBatch",
@@ -38,11 +40,12 @@ __all__ = [
 MAX_IMAGE_PIXELS = 89_478_485
 """Images with more pixels are refused before decoding (Pillow's decompression-bomb limit)."""
 
-ImageInput = str | os.PathLike[str] | Image.Image | np.ndarray | torch.Tensor
-"""One image: a file path, a ``PIL.Image``, an HxWxC array or a CxHxW tensor."""
+ImageInput = str | os.PathLike[str] | bytes | IO[bytes] | Image.Image | np.ndarray | torch.Tensor
+"""One image: a file path, its bytes or an open binary file (decoded by :func:`read_image`),
+or one already decoded: a ``PIL.Image``, an HxWxC array or a CxHxW tensor."""
 
-FileOrArray = str | os.PathLike[str] | Image.Image | np.ndarray
-"""One image that is never a batch: a path, a ``PIL.Image`` or an array."""
+FileOrArray = str | os.PathLike[str] | bytes | IO[bytes] | Image.Image | np.ndarray
+"""One image that is never a batch: a path, bytes, an open file, a ``PIL.Image``, an array."""
 
 Transform = Callable[[Any], torch.Tensor]
 """Maps an RGB ``PIL.Image`` (or a CxHxW tensor) to a normalised CxHxW float tensor."""
@@ -73,17 +76,19 @@ class Unreadable:
             return cls("raise", hint=" (strict=True stops at the first one)")
         return cls("warn")
 
-    def __call__(self, message: str) -> None:
-        """Handle one unreadable file (the same file twice counts once).
+    def __call__(self, error: ImageReadError | str) -> None:
+        """Handle one unreadable file (the same file twice is warned about once).
 
         Args:
-            message: What :func:`read_image` said, naming the file.
+            error: What :func:`read_image` raised (or said), naming the file.
 
         Raises:
-            ImageReadError: In ``"raise"`` mode.
+            ImageReadError: In ``"raise"`` mode (of the same kind as ``error``).
         """
+        message = str(error)
         if self.mode == "raise":
-            raise ImageReadError(message + self.hint)
+            kind = type(error) if isinstance(error, ImageReadError) else ImageReadError
+            raise kind(message + self.hint)
         if message in self.messages:
             return
         self.messages.append(message)
@@ -115,29 +120,38 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def read_image(
-    path: str | os.PathLike[str] | IO[bytes], draft_size: int | None = None
-) -> Image.Image:
-    """Read an image file as RGB, applying its EXIF orientation.
+EncodedImage = str | os.PathLike[str] | bytes | IO[bytes]
+"""An image not decoded yet: a file path, its bytes, or an open binary file."""
+
+
+def read_image(source: EncodedImage, draft_size: int | None = None) -> Image.Image:
+    """Decode an image as RGB, applying its EXIF orientation: the one decoder of every door.
+
+    Files, uploads (bytes) and open files all pass here, so a photo gives the same pixels
+    whichever way it arrives.
 
     Args:
-        path: The image file (or an open binary file, e.g. an upload in memory).
-        draft_size: For JPEG files, let the decoder shrink by a power of two while both sides
+        source: The image file, its bytes (an upload), or an open binary file.
+        draft_size: For JPEGs, let the decoder shrink by a power of two while both sides
             stay at least this many pixels (much faster for large photos).
 
     Returns:
         The decoded RGB image.
 
     Raises:
-        ImageReadError: The file is missing, not an image, truncated or corrupt, or larger
-            than :data:`MAX_IMAGE_PIXELS` (checked from the header, before decoding).
+        NotAnImageError: No image format recognised (the message names the file).
+        ImageTooLargeError: More than :data:`MAX_IMAGE_PIXELS` pixels (read from the
+            header, before decoding).
+        ImageReadError: Missing, truncated or corrupt.
     """
+    name = str(source) if isinstance(source, (str, os.PathLike)) else "<image in memory>"
+    opened = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
-        with Image.open(path) as im:  # reads the header only
+        with Image.open(opened) as im:  # reads the header only
             width, height = im.size
             if width * height > MAX_IMAGE_PIXELS:
-                raise ImageReadError(
-                    f"Image {str(path)!r} is {width}x{height} pixels, more than the "
+                raise ImageTooLargeError(
+                    f"Image {name!r} is {width}x{height} pixels, more than the "
                     f"{MAX_IMAGE_PIXELS:,}-pixel limit (a decompression bomb?); shrink it, or "
                     "raise petalnet.images.MAX_IMAGE_PIXELS if you trust it."
                 )
@@ -148,9 +162,13 @@ def read_image(
     except ImageReadError:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageReadError(
-            f"Cannot read image {str(path)!r} ({type(exc).__name__}: {exc}); "
-            "remove or replace the file."
+        kind = ImageReadError
+        if isinstance(exc, Image.DecompressionBombError):
+            kind = ImageTooLargeError
+        elif isinstance(exc, UnidentifiedImageError):
+            kind = NotAnImageError
+        raise kind(
+            f"Cannot read image {name!r} ({type(exc).__name__}: {exc}); remove or replace the file."
         ) from None
 
 
@@ -185,8 +203,8 @@ def image_to_tensor(image: ImageInput, transform: Transform, draft_size: int | N
         ValueError: An array or tensor has an unsupported shape or dtype.
         TypeError: ``image`` is none of the supported kinds.
     """
-    if isinstance(image, (str, os.PathLike)):
-        return transform(read_image(image, draft_size))
+    if isinstance(image, (str, os.PathLike, bytes)) or hasattr(image, "read"):
+        return transform(read_image(image, draft_size))  # type: ignore[arg-type]  # IO
     if isinstance(image, Image.Image):
         return transform(to_rgb(image))
     if isinstance(image, np.ndarray):
@@ -211,15 +229,21 @@ def as_image_list(images: ImageInput | Sequence[ImageInput]) -> tuple[list[Image
         ``(images as a list, single)``.
     """
     if isinstance(images, (list, tuple)) or (isinstance(images, torch.Tensor) and images.ndim == 4):
-        return list(images), False
-    return [images], True  # type: ignore[list-item]  # not a sequence: one ImageInput
+        return [_readable(i) for i in images], False
+    return [_readable(images)], True  # type: ignore[arg-type]  # not a sequence: one ImageInput
 
 
-_Item = tuple[torch.Tensor | None, int, str | None]
+def _readable(image: ImageInput) -> ImageInput:
+    """An open file's bytes (a loader's worker processes cannot share an open file)."""
+    read = getattr(image, "read", None)
+    return read() if callable(read) and not isinstance(image, Image.Image) else image
+
+
+_Item = tuple[torch.Tensor | None, int, ImageReadError | None]
 
 
 class _ImageDataset(Dataset[_Item]):
-    """``(tensor or None, index, error message or None)`` for each image.
+    """``(tensor or None, index, error or None)`` for each image.
 
     It never raises :class:`ImageReadError`: the loader's consumer hands the messages to an
     :class:`Unreadable`.
@@ -249,11 +273,11 @@ class _ImageDataset(Dataset[_Item]):
                 torch.manual_seed(self.seeds[index])
                 return image_to_tensor(image, self.transform, self.draft_size), index, None
         except ImageReadError as exc:
-            return None, index, str(exc)
+            return None, index, exc
 
 
-LoadedBatch = tuple[torch.Tensor | None, list[int], list[tuple[int, str]]]
-"""``(stacked images or None, their positions in the input list, (position, message) of
+LoadedBatch = tuple[torch.Tensor | None, list[int], list[tuple[int, ImageReadError]]]
+"""``(stacked images or None, their positions in the input list, (position, error) of
 each unreadable one)``."""
 
 

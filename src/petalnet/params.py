@@ -3,14 +3,13 @@
 :class:`ClassifierParams` is a dataclass whose fields are the parameters of
 :class:`~petalnet.FlowerClassifier`. Everything else is derived from it: the constructor
 (which only stores values, scikit-learn style), validation (:meth:`validate`),
-``get_params``/``set_params`` (so ``sklearn.base.clone`` works), the ``petalnet train``
-flags and the benchmark flags (:func:`add_arguments`). Allowed values of a choice come from
-its ``Literal`` type, so they are written once too.
+``get_params``/``set_params`` (so ``sklearn.base.clone`` works), and the ``petalnet train``
+and benchmark flags, which :mod:`petalnet.flags` renders from :func:`param_specs`. Allowed
+values of a choice come from its ``Literal`` type, so they are written once too.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import types
@@ -40,7 +39,7 @@ __all__ = [
     "ClassWeight",
     "ClassifierParams",
     "ParamSpec",
-    "add_arguments",
+    "members",
     "param_specs",
     "params_docstring",
 ]
@@ -208,8 +207,8 @@ class ClassifierParams:
         2,
         "backbone blocks freeze_unfreeze trains, from the end (all: the whole backbone)",
         check=_at_least_one,
-        rule="at least 1 or None",
-        none_words=("none", "all", "0"),
+        rule="at least 1, or None for every block",
+        none_words=("none", "all"),
     )
     freeze_epochs: int | None = _param(
         None,
@@ -264,7 +263,9 @@ class ClassifierParams:
         "test-time augmentation: average the centre crop and its mirror in evaluate and predict",
     )
     strict: bool = _param(False, "stop at the first unreadable image instead of skipping it")
-    verbose: int = _param(1, "0 silent, 1 progress and one line per epoch", flag=None)
+    verbose: int | bool = _param(
+        1, "0 or False silent, 1 or True progress and one line per epoch", flag=None
+    )
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         """Return the parameters as a dict (scikit-learn style).
@@ -370,14 +371,14 @@ class ParamSpec:
         """Allowed values of a ``Literal`` parameter (``None`` too where it is optional)."""
         return tuple(
             v
-            for t in _members(self.annotation)
+            for t in members(self.annotation)
             for v in (get_args(t) if get_origin(t) is Literal else ())
         )
 
     def describe(self) -> str:
         """The type in words, for messages."""
         words = []
-        for t in _members(self.annotation):
+        for t in members(self.annotation):
             if get_origin(t) is Literal:
                 words.append(" or ".join(repr(v) for v in get_args(t)))
             elif t is type(None):
@@ -398,25 +399,26 @@ class ParamSpec:
             The value.
 
         Raises:
-            argparse.ArgumentTypeError: ``text`` fits none of the parameter's types.
+            ValueError: ``text`` fits none of the parameter's types.
         """
-        members = _members(self.annotation)
+        kinds = members(self.annotation)
         word = text.strip()
-        if type(None) in members and word.lower() in self.none_words:
+        if type(None) in kinds and word.lower() in self.none_words:
             return None
-        for t in members:
+        for t in kinds:
             value = _parse_as(word, t)
             if value is not _NO:
                 return value
-        raise argparse.ArgumentTypeError(f"invalid {self.describe()}: {text!r}")
+        raise ValueError(f"invalid {self.describe()}: {text!r}")
 
 
 _NO = object()
 
 
-def _members(annotation: Any) -> tuple[Any, ...]:
+def members(annotation: Any) -> tuple[Any, ...]:
+    """The types a (possibly nested) union annotation allows, in order."""
     if get_origin(annotation) in (Union, types.UnionType):
-        return tuple(m for a in get_args(annotation) for m in _members(a))
+        return tuple(m for a in get_args(annotation) for m in members(a))
     return (annotation,)
 
 
@@ -457,7 +459,7 @@ def _parse_as(word: str, t: Any) -> Any:
 
 def _matches(value: Any, annotation: Any) -> bool:
     """Whether ``value`` fits ``annotation`` (ints count as floats; bools are not ints)."""
-    for t in _members(annotation):
+    for t in members(annotation):
         origin = get_origin(t)
         if t is type(None) and value is None:
             return True
@@ -539,74 +541,3 @@ def param_specs() -> tuple[ParamSpec, ...]:
             for f in dataclasses.fields(ClassifierParams)
         )
     return _SPECS
-
-
-def add_arguments(
-    parser: argparse.ArgumentParser, *, defaults: Mapping[str, Any] | None = None
-) -> None:
-    """Add one flag per parameter to ``parser`` (dest = the parameter's name).
-
-    A flag is spelled ``--name`` (also ``--name-with-dashes``), and the classic recipe's
-    ``--arch`` and ``--seed`` for ``backbone`` and ``random_state``. Booleans are switches:
-    ``--tta`` for one that is off by default, ``--no_cache`` for one that is on. Every
-    other flag takes one word parsed by the parameter's type; the word ``none`` means
-    ``None`` where allowed.
-
-    Args:
-        parser: The parser (or argument group) to extend.
-        defaults: Other defaults than the parameters' own, by parameter name.
-    """
-    defaults = dict(defaults or {})
-    for spec in param_specs():
-        if spec.flag is None:
-            continue
-        default = defaults.get(spec.name, spec.default)
-        names = [spec.flag] if spec.flag == f"--{spec.name}" else [spec.flag, f"--{spec.name}"]
-        if spec.annotation is bool:
-            if default:
-                names = [f"--no_{spec.name}", f"--no-{spec.name.replace('_', '-')}"]
-                parser.add_argument(
-                    *names, dest=spec.name, action="store_false", help=f"do not: {spec.doc}"
-                )
-            else:
-                names += [n.replace("_", "-") for n in names if "_" in n]
-                parser.add_argument(*names, dest=spec.name, action="store_true", help=spec.doc)
-            continue
-        names += [n.replace("_", "-") for n in names if "_" in n]
-        choices = [str(c) for c in spec.choices]
-        if choices and bool in _members(spec.annotation):
-            choices += ["on", "off"]  # true/false/yes/no/1/0 parse too
-        metavar = "|".join(choices) if choices else spec.name.upper()
-        if choices and type(None) in _members(spec.annotation):
-            metavar += "|none"
-        shown = "none" if default is None else default
-        several = any(get_origin(t) is Sequence for t in _members(spec.annotation))
-        parser.add_argument(
-            *names,
-            dest=spec.name,
-            type=spec.parse if not several else str,
-            nargs="+" if several else None,
-            action=_Joined if several else "store",
-            default=default,
-            metavar=metavar,
-            help=f"{spec.doc} (default: {shown})",
-        )
-
-
-class _Joined(argparse.Action):
-    """A list flag: ``--hidden_units 512 256`` and ``--hidden_units 512,256`` alike."""
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: str | Sequence[Any] | None,
-        option_string: str | None = None,
-    ) -> None:
-        words = [values] if isinstance(values, str) else [str(v) for v in values or []]
-        spec = next(s for s in param_specs() if s.name == self.dest)
-        try:
-            value = spec.parse(",".join(words))
-        except argparse.ArgumentTypeError as exc:
-            parser.error(f"argument {option_string}: {exc}")
-        setattr(namespace, self.dest, value)

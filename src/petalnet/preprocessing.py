@@ -6,6 +6,7 @@ checkpoint and rebuilds the exact same transform on another machine.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, get_args
@@ -133,8 +134,19 @@ class Preprocessing:
         return augment
 
     def augmentation_id(self, policy: Augmentation = "classic") -> str:
-        """Short id of :meth:`augment_transform`'s recipe, part of feature-cache keys."""
-        return "rot30-rrc-flip-v2" if policy == "classic" else f"rot30-rrc-flip-{policy}-v1"
+        """Id of :meth:`augment_transform`'s recipe, part of row-store keys.
+
+        A hash of the transform's own description (every step and its settings), so a
+        changed recipe can never be served the views of the old one.
+
+        Args:
+            policy: One of :data:`AUGMENTATIONS`.
+
+        Returns:
+            ``policy`` and 12 hex digits.
+        """
+        described = repr(self.augment_transform(policy))
+        return f"{policy}-{hashlib.blake2b(described.encode(), digest_size=6).hexdigest()}"
 
     def transform(self) -> Callable[[Any], torch.Tensor]:
         """Build the evaluation transform.

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TypedDict
 
+import numpy as np
 import torch
 
 from petalnet.calibration import ReliabilityBin, calibration_metrics, reliability_bins
@@ -19,6 +20,7 @@ __all__ = [
     "Prediction",
     "ReliabilityBin",
     "TopK",
+    "check_topk",
     "evaluation_report",
     "image_predictions",
     "top_predictions",
@@ -120,9 +122,7 @@ class EvaluationReport(TypedDict):
     top5_accuracy: float
     """Share of images whose class is among the five most likely."""
     loss: float
-    """Mean negative log-likelihood."""
-    nll: float
-    """The same as ``loss``, by its calibration name."""
+    """Mean negative log-likelihood (the calibration metrics' ``nll``: one name per number)."""
     ece: float
     """Expected calibration error (15 equal-width confidence bins)."""
     brier: float
@@ -147,6 +147,30 @@ class EvaluationReport(TypedDict):
     """One message per unreadable image, naming it."""
     misclassified: list[Misclassified]
     """The images got wrong, most confident mistake first."""
+
+
+def check_topk(topk: object, most: int | None = None) -> int:
+    """``topk`` as a whole number from 1 (to ``most``): the one check every door makes.
+
+    Args:
+        topk: What the caller asked for (a number, or a query string's text).
+        most: The largest allowed, if any.
+
+    Returns:
+        The number.
+
+    Raises:
+        ValueError: Not a whole number, or out of range (the message says which).
+    """
+    if isinstance(topk, str) and topk.strip().lstrip("-").isdigit():
+        topk = int(topk)
+    if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)):
+        raise ValueError(f"topk must be a whole number; got {topk!r}.")
+    if most is not None and not 1 <= topk <= most:
+        raise ValueError(f"topk must be between 1 and {most}; got {topk}.")
+    if topk < 1:
+        raise ValueError(f"topk must be at least 1; got {topk}.")
+    return int(topk)
 
 
 def top_predictions(
@@ -265,7 +289,6 @@ def evaluation_report(
             "accuracy": nan,
             "top5_accuracy": nan,
             "loss": nan,
-            "nll": nan,
             "ece": nan,
             "brier": nan,
             "unknown_rate": nan,
@@ -305,7 +328,6 @@ def evaluation_report(
         "accuracy": float(correct.float().mean()),
         "top5_accuracy": float((top5 == labels[:, None]).any(1).float().mean()),
         "loss": calibration["nll"],
-        "nll": calibration["nll"],
         "ece": calibration["ece"],
         "brier": calibration["brier"],
         "unknown_rate": float(unknown.float().mean()) if unknown is not None else 0.0,

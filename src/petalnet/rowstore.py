@@ -145,13 +145,17 @@ class RowStore:
         for attempt in (1, 2):
             con = sqlite3.connect(db, timeout=120, isolation_level=None)  # explicit transactions
             try:
-                con.execute("PRAGMA journal_mode=WAL")
                 con.execute("PRAGMA synchronous=NORMAL")
-                con.executescript(_SCHEMA)
+                known = con.execute("SELECT 1 FROM sqlite_master WHERE name = 'rows'").fetchone()
+                if known is None:  # a new index: readers never take the write lock for this
+                    con.execute("PRAGMA journal_mode=WAL")  # persistent: set once
+                    con.executescript(_SCHEMA)
                 return con
-            except sqlite3.DatabaseError:
+            except sqlite3.DatabaseError as exc:
                 con.close()
-                if attempt == 2 or not create:
+                # "locked" and other operational errors leave the store alone; only a file
+                # that is no database at all is replaced
+                if attempt == 2 or not create or isinstance(exc, sqlite3.OperationalError):
                     raise
                 shutil.rmtree(self.home, ignore_errors=True)
                 self.home.mkdir(parents=True, exist_ok=True)
@@ -356,10 +360,6 @@ class RowStore:
         for shard, name in doomed:  # after the commit: no index entry points there any more
             (self.home / name / f"{shard:06d}.rows").unlink(missing_ok=True)
         return freed
-
-    def files(self) -> list[Path]:
-        """Every file the store keeps under ``root`` (shards and the index)."""
-        return sorted(p for p in self.home.rglob("*") if p.is_file()) if self.home.exists() else []
 
 
 class _Appender:

@@ -15,14 +15,14 @@ Endpoints:
 - ``GET /`` — a page to pick or drop a photo and see its top-k chart (no CDN, works offline).
 
 Safety: uploads above ``max_upload_bytes`` are refused with 413 before they are parsed;
-non-images, truncated files and decompression bombs get 400/413/415 with a message, never
-500; uploads are decoded in memory (no client-supplied name ever touches the file system);
-inference runs in a worker thread, one request at a time, so the event loop keeps serving.
+non-images, truncated files and decompression bombs get 415/400/413 with a message, never
+500; uploads are decoded in memory by the same reader as files (no client-supplied name ever
+touches the file system); decoding and inference run in a worker thread, one request at a
+time, so the event loop keeps serving.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from collections.abc import Callable, MutableMapping
@@ -30,8 +30,8 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from petalnet._version import __version__
-from petalnet.errors import ImageReadError, PetalnetError
-from petalnet.images import read_image
+from petalnet.errors import ImageReadError, ImageTooLargeError, NotAnImageError, PetalnetError
+from petalnet.results import check_topk
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
@@ -117,6 +117,7 @@ def create_app(
     except ModuleNotFoundError:
         raise PetalnetError("Serving needs Starlette: pip install 'petalnet[serve]'.") from None
     info = model_info(clf)  # also raises NotFittedError now, not at the first request
+    predictor = clf.predictor_
     one_at_a_time = anyio.CapacityLimiter(1)
     page = resources.files("petalnet").joinpath("serve_page.html").read_text(encoding="utf-8")
 
@@ -134,11 +135,9 @@ def create_app(
 
     async def predict(request: Request) -> Response:
         try:
-            k = int(request.query_params.get("topk", topk))
-        except ValueError:
-            return error(400, "topk must be a whole number")
-        if not 1 <= k <= MAX_TOPK:
-            return error(400, f"topk must be between 1 and {MAX_TOPK}")
+            k = check_topk(request.query_params.get("topk", topk), most=MAX_TOPK)
+        except ValueError as exc:
+            return error(400, str(exc))
         try:
             body = await _read_body(request, max_upload_bytes)
         except _TooLarge:
@@ -152,18 +151,16 @@ def create_app(
             return error(400, "send the photo as multipart/form-data field 'file'")
         data = await upload.read()
         name = upload.filename or "upload"
-        try:
-            image = read_image(io.BytesIO(data))
-        except ImageReadError as exc:
-            reason = str(exc)
-            if "pixel limit" in reason:
-                return error(413, f"{name}: too many pixels for one photo (a decompression bomb?)")
-            return error(
-                415 if "cannot identify" in reason else 400, f"{name}: not a readable image"
+        try:  # decoded in the worker thread, by the same reader as files (draft JPEG decoding)
+            top = await anyio.to_thread.run_sync(
+                lambda: predictor.predict(data, topk=k), limiter=one_at_a_time
             )
-        top = await anyio.to_thread.run_sync(
-            lambda: clf.predict(image, topk=k), limiter=one_at_a_time
-        )
+        except ImageTooLargeError:
+            return error(413, f"{name}: too many pixels for one photo (a decompression bomb?)")
+        except NotAnImageError:
+            return error(415, f"{name}: not a readable image")
+        except ImageReadError:
+            return error(400, f"{name}: not a readable image")
         return JSONResponse(
             {
                 "predictions": [
@@ -239,5 +236,7 @@ def run(
     except ModuleNotFoundError:
         raise PetalnetError("Serving needs uvicorn: pip install 'petalnet[serve]'.") from None
     app = create_app(clf, max_upload_bytes=max_upload_bytes)
-    log(f"serving {json.dumps(clf.backbone_.meta.name)} on http://{host}:{port}/ (Ctrl-C stops)")
+    tta = "TTA on: centre crop and mirror averaged" if clf.tta else "TTA off"
+    name = json.dumps(clf.backbone_.meta.name)
+    log(f"serving {name} on http://{host}:{port}/ ({tta}; Ctrl-C stops)")
     uvicorn.run(app, host=host, port=port, log_level="warning")

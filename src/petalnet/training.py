@@ -139,7 +139,7 @@ def _lr_scheduler(
 class Trainer:
     """Trains a model returning log-probabilities; keeps the best validation epoch.
 
-    The loss is the negative log-likelihood of the model's log-probabilities (the seed's
+    The loss is the negative log-likelihood of the model's log-probabilities (the classic recipe's
     ``NLLLoss``), optionally with label smoothing and class weights. The best epoch is the
     one with the lowest validation loss (ties: higher accuracy), a finer and steadier signal
     than accuracy on small validation sets; ``monitor="valid_accuracy"`` picks the most

@@ -1,0 +1,147 @@
+"""The one object behind every door: a fitted model ready to answer about images.
+
+A :class:`Predictor` is the fitted model, its image pipeline, test-time augmentation, the
+precision (in the pipeline) and the unknown-flower policy (in the model's calibration).
+It owns probabilities, top-k predictions, novelty and evaluation.
+:class:`~petalnet.FlowerClassifier` delegates to it, ``petalnet predict``/``evaluate`` and
+``petalnet serve`` hold one, and the export checks compare against it, so Python, the
+command line, HTTP and an exported program give the same answer for the same photo.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from typing import overload
+
+import numpy as np
+import torch
+
+from petalnet import results
+from petalnet.data import list_samples, resolve_eval_folder
+from petalnet.fitted import FittedModel
+from petalnet.images import FileOrArray, ImageInput, Unreadable, as_image_list
+from petalnet.pipeline import ImagePipeline, Scored
+from petalnet.results import EvaluationReport, ImagePrediction, TopK, check_topk
+
+__all__ = ["Predictor"]
+
+
+class Predictor:
+    """Answers about images from a fitted model.
+
+    Args:
+        model: What ``fit`` learned (or ``load`` read).
+        pipeline: The image pipeline over ``model.backbone`` (device, precision, store).
+        tta: Average the centre crop and its mirror.
+        strict: ``evaluate`` stops at the first unreadable image instead of skipping it.
+    """
+
+    def __init__(
+        self,
+        model: FittedModel,
+        pipeline: ImagePipeline,
+        *,
+        tta: bool = False,
+        strict: bool = False,
+    ) -> None:
+        self.model = model
+        self.pipeline = pipeline
+        self.tta = tta
+        self.strict = strict
+        model.head.to(pipeline.device)
+
+    def outputs(self, images: Sequence[ImageInput], unreadable: Unreadable | None = None) -> Scored:
+        """Calibrated outputs of ``images``, in input order.
+
+        Args:
+            images: Paths, bytes, open files or in-memory images.
+            unreadable: What to do with an unreadable one (default: raise).
+
+        Returns:
+            The outputs of the readable images with their positions, and the unreadable ones.
+
+        Raises:
+            ImageReadError: An image cannot be read and ``unreadable`` raises.
+        """
+        return self.pipeline.outputs(
+            self.model.head,
+            self.model.calibration,
+            images,
+            unreadable=unreadable or Unreadable("raise"),
+            tta=self.tta,
+        )
+
+    def predict_proba(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
+        """``(N, n_classes)`` float32 probabilities; see :meth:`FlowerClassifier.predict_proba`."""
+        result: np.ndarray = self.outputs(as_image_list(images)[0]).head.log_probs.exp().numpy()
+        return result
+
+    def novelty_score(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
+        """``(N,)`` novelty scores; see :meth:`FlowerClassifier.novelty_score`."""
+        result: np.ndarray = self.outputs(as_image_list(images)[0]).head.novelty.numpy()
+        return result
+
+    @overload  # str is a Sequence too; this first overload wins for it, as at run time
+    def predict(self, images: FileOrArray, topk: int = 5) -> TopK: ...  # type: ignore[overload-overlap]
+    @overload
+    def predict(self, images: torch.Tensor, topk: int = 5) -> TopK | list[TopK]: ...
+    @overload
+    def predict(self, images: Sequence[ImageInput], topk: int = 5) -> list[TopK]: ...
+    def predict(
+        self, images: ImageInput | Sequence[ImageInput], topk: int = 5
+    ) -> TopK | list[TopK]:
+        """Top-k predictions; see :meth:`FlowerClassifier.predict`."""
+        k = check_topk(topk)
+        batch, single = as_image_list(images)
+        out = self.outputs(batch).head
+        model = self.model
+        preds = results.top_predictions(
+            out.log_probs, k, model.classes, model.category_names, out.novelty, out.unknown
+        )
+        return preds[0] if single else preds
+
+    def iter_predictions(
+        self, images: Iterable[ImageInput], topk: int = 5, *, chunk_size: int = 64
+    ) -> Iterator[ImagePrediction]:
+        """One outcome per image, in order; see :meth:`FlowerClassifier.iter_predictions`."""
+        k, model, source = check_topk(topk), self.model, iter(images)
+        while chunk := list(itertools.islice(source, chunk_size)):
+            got = self.outputs(chunk, Unreadable("collect"))
+            yield from results.image_predictions(
+                chunk,
+                got.head.log_probs,
+                got.positions,
+                got.skipped,
+                k,
+                model.classes,
+                model.category_names,
+                got.head.novelty,
+                got.head.unknown,
+            )
+
+    def evaluate(self, path: str | os.PathLike[str]) -> EvaluationReport:
+        """Metrics on a labelled folder; see :meth:`FlowerClassifier.evaluate`."""
+        model, folder = self.model, resolve_eval_folder(path)
+        paths, labels = zip(*list_samples(folder, model.class_to_idx), strict=True)
+        got = self.pipeline.outputs(
+            model.head,
+            model.calibration,
+            paths,
+            labels,
+            unreadable=Unreadable.for_training(self.strict),
+            tta=self.tta,
+            use_cache=True,
+            desc="evaluate",
+            quiet=False,
+        )
+        return results.evaluation_report(
+            got.head.log_probs,
+            got.labels,
+            model.classes,
+            str(folder),
+            [u.message for u in got.skipped],
+            [str(paths[i]) for i in got.positions.tolist()],
+            got.head.unknown,
+        )
