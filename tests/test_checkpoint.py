@@ -49,6 +49,7 @@ def test_round_trip_through_a_file(tmp_path):
     for key, value in model.head.state_dict().items():
         assert torch.equal(back.head.state_dict()[key], value)
     assert back.training.history == model.training.history and back.training.best_epoch == 2
+    assert (back.n_train, back.n_valid) == (30, 6)  # /model and n_train_ after load
 
 
 @pytest.mark.parametrize(

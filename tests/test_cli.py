@@ -128,7 +128,9 @@ def test_predict_folder_to_csv_and_jsonl(checkpoint, flowers_root, tmp_path, mon
         "label_2",
         "class_id_2",
         "probability_2",
+        "error",
     }
+    assert not any(r["error"] for r in rows)
     right = sum(r["class_id_1"] == r["image"].split("/")[-2] for r in rows)
     assert right >= 20
     out_jsonl = tmp_path / "preds.jsonl"
@@ -356,13 +358,20 @@ def test_predict_keeps_every_good_row_and_names_every_bad_file(
     argv = ["predict", str(folder_with_bad_files), str(checkpoint), "--output", str(out)]
     assert main(argv) == 0
     rows = list(csv.DictReader(out.open()))
+    # a row for every input, in order; the unreadable ones empty but for their error
     assert [Path(r["image"]).name for r in rows] == [
         "0_1.jpg",
+        "1_page.jpg",
         "2_4.jpg",
+        "3_truncated.jpg",
         "4_7.jpg",
         "6_9.jpg",
         "8_12.jpg",
     ]
+    errors = {Path(r["image"]).name: r["error"] for r in rows}
+    assert "1_page.jpg" in errors["1_page.jpg"] and "3_truncated.jpg" in errors["3_truncated.jpg"]
+    assert all(not errors[n] for n in ("0_1.jpg", "2_4.jpg", "4_7.jpg", "6_9.jpg", "8_12.jpg"))
+    assert rows[1]["label_1"] == "" and rows[0]["label_1"]
     captured = capsys.readouterr()
     bad_lines = [
         line for line in captured.err.splitlines() if line.startswith("petalnet: skipped:")
@@ -370,7 +379,11 @@ def test_predict_keeps_every_good_row_and_names_every_bad_file(
     assert len(bad_lines) == 2
     assert "1_page.jpg" in bad_lines[0] and "3_truncated.jpg" in bad_lines[1]
     assert "2 unreadable image(s) skipped" in captured.err
-    assert "wrote 5 predictions" in captured.out
+    assert "wrote 5 predictions and 2 error row(s)" in captured.out
+    jsonl = tmp_path / "p.jsonl"
+    assert main([*argv[:-1], str(jsonl)]) == 0
+    lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [bool(r["error"]) for r in lines] == [False, True, False, True, False, False, False]
 
 
 def test_predict_repeated_bad_files_keep_the_good_row(checkpoint, folder_with_bad_files, capsys):
@@ -400,7 +413,9 @@ def test_predict_strict_stops_at_the_first_bad_file_after_flushing(
     err = capsys.readouterr().err
     assert "1_page.jpg" in err and "--strict" in err and "Traceback" not in err
     lines = out.read_text().splitlines()
-    assert [Path(json.loads(line)["image"]).name for line in lines] == ["0_1.jpg"]
+    # the rows before the stop, the bad file's own error row included
+    assert [Path(json.loads(line)["image"]).name for line in lines] == ["0_1.jpg", "1_page.jpg"]
+    assert json.loads(lines[1])["error"] and not json.loads(lines[0])["error"]
 
 
 def _invalid_train_words():

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from petalnet import ImageReadError, PetalnetWarning
+from petalnet.errors import NotAnImageError
 from petalnet.images import Unreadable, image_loader, image_to_tensor, read_image
 
 
@@ -125,4 +126,5 @@ def test_loader_carries_on_past_bad_files_and_says_where(tmp_path):
         bad += errors
     assert kept == [0, 2, 4]
     assert [p for p, _ in bad] == [1, 3]
-    assert "page.jpg" in bad[0][1] and "missing.jpg" in bad[1][1]
+    assert "page.jpg" in str(bad[0][1]) and "missing.jpg" in str(bad[1][1])
+    assert isinstance(bad[0][1], NotAnImageError)  # typed: the kind travels with it

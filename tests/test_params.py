@@ -82,7 +82,7 @@ BAD_VALUES = {
     "novelty": ["odin"],
     "known_recall": [0, 1.5],
     "strict": ["yes"],
-    "verbose": [True],
+    "verbose": ["loud", 1.5],
 }
 
 
@@ -131,7 +131,7 @@ def test_every_flagged_parameter_is_a_train_flag_with_the_spec_default():
         (["--amp", "false"], "amp", False),
         (["--amp", "auto"], "amp", "auto"),
         (["--unfreeze_blocks", "all"], "unfreeze_blocks", None),
-        (["--unfreeze_blocks", "0"], "unfreeze_blocks", None),
+        (["--unfreeze_blocks", "0"], "unfreeze_blocks", 0),  # parsed, then refused
         (["--weights", "none"], "weights", None),
         (["--class_weight", "balanced"], "class_weight", "balanced"),
         (["--strategy", "FREEZE_UNFREEZE"], "strategy", "freeze_unfreeze"),

@@ -51,11 +51,11 @@ def test_early_stopping_counts_epochs_without_improvement():
         state.history.append({"epoch": len(state.history) + 1.0, "valid_loss": loss})
         stopper.on_epoch_end(state)
     assert state.stop and "2 epoch" in state.stop_reason
-    stopper.on_train_begin(state)  # reusable
-    state.stop = False
-    state.history.append({"epoch": 5.0, "valid_loss": 0.95})
-    stopper.on_epoch_end(state)
-    assert not state.stop
+    fresh = TrainingState(epochs=10)
+    stopper.on_train_begin(fresh)  # reusable: a new run starts from zero
+    fresh.history.append({"epoch": 1.0, "valid_loss": 0.95})
+    stopper.on_epoch_end(fresh)
+    assert not fresh.stop
 
 
 def test_early_stopping_in_fit_keeps_best(single_folder, monkeypatch):

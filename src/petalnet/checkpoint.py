@@ -131,6 +131,7 @@ def to_payload(
         "history": [dict(r) for r in state.history],
         "selection_history": [dict(r) for r in model.selection_history],
         "best_epoch": int(state.best_epoch),
+        "data": {"n_train": int(model.n_train), "n_valid": int(model.n_valid)},
         "optimizer": state.optimizer_state,
         "calibration": model.calibration.to_payload(),
     }
@@ -193,6 +194,8 @@ def from_payload(data: Mapping[str, Any]) -> tuple[dict[str, Any], FittedModel]:
         classes=classes,
         category_names=dict(names) if names is not None else None,
         training=state,
+        n_train=int(data.get("data", {}).get("n_train", 0)),  # 0: saved before they were
+        n_valid=int(data.get("data", {}).get("n_valid", 0)),
         selection_history=_history(data.get("selection_history", [])),
         calibration=Calibration.from_payload(data.get("calibration")),
     )

@@ -22,7 +22,7 @@ from petalnet.errors import NotFittedError
 from petalnet.export import ExportFormat, export_model
 from petalnet.fitted import FittedAttribute, FittedModel
 from petalnet.fitting import PIPELINE_PARAMS, fit_model, make_pipeline
-from petalnet.images import FileOrArray, ImageInput
+from petalnet.images import FileOrArray, ImageInput, as_image_list
 from petalnet.params import ClassifierParams, params_docstring
 from petalnet.pipeline import ImagePipeline
 from petalnet.precision import cpu_has_native_bf16
@@ -157,7 +157,9 @@ class FlowerClassifier(ClassifierParams):
             ImageReadError: An image file cannot be read (the message names it).
             ValueError: ``topk`` is not a whole number from 1.
         """
-        return self.predictor_.predict(images, topk)
+        batch, single = as_image_list(images)
+        preds = self.predictor_.top_k(batch, topk)
+        return preds[0] if single else preds
 
     def iter_predictions(
         self, images: Iterable[ImageInput], topk: int = 5, *, chunk_size: int = 64

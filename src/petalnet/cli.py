@@ -161,34 +161,45 @@ def _chunks(items: Sequence[Path], size: int) -> Iterator[Sequence[Path]]:
 
 
 class _Writer:
-    """Writes predictions as CSV or JSON lines, one image per row, flushed per chunk."""
+    """Writes one row per input image as CSV or JSON lines, flushed per chunk.
+
+    An unreadable image gets its row too, empty but for ``error`` (empty when fine), so the
+    output joins back to the list of inputs.
+    """
 
     def __init__(self, stream: IO[str], fmt: str, topk: int) -> None:
-        self.stream, self.fmt = stream, fmt
+        self.stream, self.fmt, self.topk = stream, fmt, topk
         if fmt == "csv":
             self.csv = csv.writer(stream)
             header = ["image", "unknown", "novelty"]
             for k in range(1, topk + 1):
                 header += [f"label_{k}", f"class_id_{k}", f"probability_{k}"]
-            self.csv.writerow(header)
+            self.csv.writerow([*header, "error"])
 
-    def write(self, image: Path, top: TopK) -> None:
-        if self.fmt == "csv":
-            row: list[Any] = [str(image), int(top.unknown), f"{top.novelty:.6f}"]
-            for p in top:
-                row += [p.label, p.class_id, f"{p.probability:.6f}"]
-            self.csv.writerow(row)
-        else:
-            self.stream.write(json.dumps(_record(image, top)) + "\n")
+    def write(self, image: Path, top: TopK | None, error: str | None = None) -> None:
+        if self.fmt != "csv":
+            self.stream.write(json.dumps(_record(image, top, error)) + "\n")
+            return
+        if top is None:
+            self.csv.writerow([str(image), "", "", *[""] * (3 * self.topk), error or ""])
+            return
+        row: list[Any] = [str(image), int(top.unknown), f"{top.novelty:.6f}"]
+        for p in top:
+            row += [p.label, p.class_id, f"{p.probability:.6f}"]
+        row += [""] * (3 * (self.topk - len(top)))
+        self.csv.writerow([*row, ""])
 
 
-def _record(image: Path, top: TopK) -> dict[str, Any]:
-    """One image's JSON line: its top-k, and whether it looks like no known flower."""
+def _record(image: Path, top: TopK | None, error: str | None = None) -> dict[str, Any]:
+    """One image's JSON line: its top-k and whether it is unknown, or why it is unreadable."""
+    if top is None:
+        return {"image": str(image), "unknown": None, "novelty": None, "top": [], "error": error}
     return {
         "image": str(image),
         "unknown": top.unknown,
         "novelty": top.novelty,
         "top": [p.to_dict() for p in top],
+        "error": None,
     }
 
 
@@ -220,6 +231,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             if result.error is not None:
                 bad += 1
                 print(f"petalnet: skipped: {result.error}", file=sys.stderr)
+                if writer is not None:
+                    writer.write(image, None, result.error)
+                elif args.json:
+                    print(json.dumps(_record(image, None, result.error)))
                 if args.strict:
                     raise PetalnetError(f"stopped at an unreadable image (--strict): {image}")
                 continue
@@ -244,7 +259,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         if stream is not None:
             stream.close()
     if out_path:
-        print(f"wrote {written} predictions to {out_path}")
+        failed = f" and {bad} error row(s)" if bad else ""
+        print(f"wrote {written} predictions{failed} to {out_path}")
     if bad and not written:
         raise PetalnetError(f"none of the {bad} image(s) could be read (named above).")
     if bad:

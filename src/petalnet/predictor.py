@@ -13,15 +13,13 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from typing import overload
 
 import numpy as np
-import torch
 
 from petalnet import results
 from petalnet.data import list_samples, resolve_eval_folder
 from petalnet.fitted import FittedModel
-from petalnet.images import FileOrArray, ImageInput, Unreadable, as_image_list
+from petalnet.images import ImageInput, Unreadable, as_image_list
 from petalnet.pipeline import ImagePipeline, Scored
 from petalnet.results import EvaluationReport, ImagePrediction, TopK, check_topk
 
@@ -83,24 +81,25 @@ class Predictor:
         result: np.ndarray = self.outputs(as_image_list(images)[0]).head.novelty.numpy()
         return result
 
-    @overload  # str is a Sequence too; this first overload wins for it, as at run time
-    def predict(self, images: FileOrArray, topk: int = 5) -> TopK: ...  # type: ignore[overload-overlap]
-    @overload
-    def predict(self, images: torch.Tensor, topk: int = 5) -> TopK | list[TopK]: ...
-    @overload
-    def predict(self, images: Sequence[ImageInput], topk: int = 5) -> list[TopK]: ...
-    def predict(
-        self, images: ImageInput | Sequence[ImageInput], topk: int = 5
-    ) -> TopK | list[TopK]:
-        """Top-k predictions; see :meth:`FlowerClassifier.predict`."""
+    def top_k(self, images: Sequence[ImageInput], topk: int = 5) -> list[TopK]:
+        """The ``topk`` most likely flowers of each image, most likely first.
+
+        Args:
+            images: Paths, bytes, open files or in-memory images.
+            topk: Number of classes per image.
+
+        Returns:
+            One :class:`~petalnet.TopK` per image, with ``unknown`` and ``novelty``.
+
+        Raises:
+            ImageReadError: An image cannot be read (the message names it).
+            ValueError: ``topk`` is not a whole number from 1.
+        """
         k = check_topk(topk)
-        batch, single = as_image_list(images)
-        out = self.outputs(batch).head
-        model = self.model
-        preds = results.top_predictions(
+        out, model = self.outputs(images).head, self.model
+        return results.top_predictions(
             out.log_probs, k, model.classes, model.category_names, out.novelty, out.unknown
         )
-        return preds[0] if single else preds
 
     def iter_predictions(
         self, images: Iterable[ImageInput], topk: int = 5, *, chunk_size: int = 64

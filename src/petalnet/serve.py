@@ -153,7 +153,7 @@ def create_app(
         name = upload.filename or "upload"
         try:  # decoded in the worker thread, by the same reader as files (draft JPEG decoding)
             top = await anyio.to_thread.run_sync(
-                lambda: predictor.predict(data, topk=k), limiter=one_at_a_time
+                lambda: predictor.top_k([data], topk=k)[0], limiter=one_at_a_time
             )
         except ImageTooLargeError:
             return error(413, f"{name}: too many pixels for one photo (a decompression bomb?)")
