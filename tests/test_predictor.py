@@ -158,3 +158,63 @@ def test_a_bad_upload_is_refused_by_its_kind(fitted):
         cut = client.post("/predict", files={"file": ("b.jpg", whole[: len(whole) // 3])})
     assert page.status_code == 415 and "a.jpg" in page.json()["error"]
     assert cut.status_code == 400 and "b.jpg" in cut.json()["error"]
+
+
+def test_history_epochs_are_whole_numbers(fitted):
+    assert all(type(r["epoch"]) is int for r in fitted.history_)
+
+
+def test_training_curves_mark_the_kept_epoch(fitted):
+    pytest.importorskip("matplotlib")
+    from petalnet import plot
+
+    fig = plot.training_curves(fitted.history_, kept=2)
+    (label,) = fig.axes[1].texts
+    assert label.xy[0] == 2 and label.get_text().startswith("kept")
+
+
+def test_check_names_its_layouts_in_words(flowers_root, single_folder):
+    from petalnet.check import check_dataset as check_data
+
+    assert "Udacity layout" in check_data(flowers_root).summary()
+    assert "one folder of class folders" in check_data(single_folder).summary()
+
+
+def test_an_unknown_backbone_suggests_without_listing_every_name():
+    from petalnet import BackboneNotFoundError, get_backbone
+
+    with pytest.raises(BackboneNotFoundError) as caught:
+        get_backbone("vgg17")
+    message = str(caught.value)
+    assert "Did you mean vgg1" in message and "petalnet backbones` lists all" in message
+    assert len(message) < 600  # not the ~80 names
+
+
+def test_train_says_it_kept_the_last_epoch_when_told_to(single_folder, tmp_path, capsys):
+    argv = ["train", str(single_folder), "--arch", "tiny_test", "--epochs", "2", "--quiet"]
+    argv += ["--monitor", "last", "--no_cache", "--save_dir", str(tmp_path)]
+    assert main(argv) == 0
+    assert "kept the last epoch (2)" in capsys.readouterr().out
+
+
+def test_serve_logs_each_request_and_says_whether_tta_is_on(fitted, monkeypatch):
+    uvicorn = pytest.importorskip("uvicorn")
+    pytest.importorskip("starlette")
+    from petalnet import serve
+
+    seen: dict = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(kw))
+    lines: list[str] = []
+    serve.run(fitted, log=lines.append)
+    assert seen["access_log"] is True and seen["log_level"] == "info"
+    assert "TTA off" in lines[0]
+
+
+def test_augmented_draws_keep_their_seeds_when_the_recipe_id_moves():
+    from petalnet.features import View
+
+    view = View("augmented", 1)
+    # the names the draws have always had: the same seed, the same augmentations
+    assert view.draw("classic", 0) == "aug1:rot30-rrc-flip-v2:0"
+    assert view.draw("trivialaugment", 3) == "aug1:rot30-rrc-flip-trivialaugment-v1:3"
+    assert view.key(Preprocessing(), "classic", 0) != view.draw("classic", 0)

@@ -185,10 +185,27 @@ class View:
         return pre.augment_transform(augmentation) if self.kind == "augmented" else pre.transform()
 
     def key(self, pre: Preprocessing, augmentation: Augmentation, seed: int | None) -> str:
-        """Name of this view in cache keys and augmentation seeds."""
+        """Name of this view in row-store keys (for augmented ones, the recipe's own id).
+
+        A changed recipe therefore never meets the stored rows of the old one.
+        """
         if self.kind != "augmented":
             return self.kind
         return f"aug{self.index}:{pre.augmentation_id(augmentation)}:{seed}"
+
+    def draw(self, augmentation: Augmentation, seed: int | None) -> str:
+        """Name of this view's random draw (with the image, it fixes each image's seed).
+
+        Fixed words, not the recipe's id, so that the same seed draws the same
+        augmentations from one petalnet version to the next.
+        """
+        return f"aug{self.index}:{_DRAW_NAMES[augmentation]}:{seed}"
+
+
+_DRAW_NAMES: dict[str, str] = {
+    "classic": "rot30-rrc-flip-v2",
+    "trivialaugment": "rot30-rrc-flip-trivialaugment-v1",
+}
 
 
 CENTER = View()
@@ -304,7 +321,8 @@ def fill_rows(
             computed += len(todo)
             seeds = None
             if view.kind == "augmented":
-                seeds = [sample_seed(block[i], name, seed) for i in todo]
+                draw = view.draw(augmentation, seed)
+                seeds = [sample_seed(block[i], draw, seed) for i in todo]
             loader = image_loader(
                 [block[i] for i in todo],
                 transform,
