@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _shared import emit, machine
 from PIL import Image
 
 HERE = Path(__file__).resolve()
@@ -205,9 +204,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--cache", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.child:
+    if args.child:  # imports nothing of this checkout's benchmarks: --src may be older
         child(args)
         return []
+    from _shared import emit, machine
+
     results = []
     for n in args.sizes:
         data = make_folders(args.work / f"data-{n}", n, args.classes)
