@@ -492,6 +492,23 @@ def test_ctrl_c_saves_the_best_epoch_and_exits_130(
     assert "call save" not in err and "warnings.warn" not in err  # no source line echoed
     assert "the best epoch (" in err and str(tmp_path / "checkpoint.pt") in err
     assert len(FlowerClassifier.load(tmp_path / "checkpoint.pt").history_) == 2
+    assert "not calibrated yet" in err and "calibration runs when training completes" in err
+    command = err.split("with the same settings: ")[1].split()
+    assert command[:2] == ["petalnet", "train"] and "--resume" in command
+
+
+def test_resume_alone_restores_the_run(single_folder, tmp_path, interrupt_in_epoch_3, capsys):
+    argv = ["train", str(single_folder), "--arch", "tiny_test", "--epochs", "5", "--quiet"]
+    argv += ["--lr_schedule", "cosine", "--hidden_units", "8", "--no_cache", "--amp", "false"]
+    assert main([*argv, "--save_dir", str(tmp_path / "a")]) == 130
+    command = capsys.readouterr().err.split("with the same settings: ")[1].split()
+    # the printed command names no backbone, epochs or schedule: they come from the checkpoint
+    assert "--arch" not in command and "--epochs" not in command
+    assert main([*command[1:], "--quiet"]) == 0
+    clf = FlowerClassifier.load(tmp_path / "a" / "checkpoint.pt", device="cpu")
+    assert clf.backbone == "tiny_test" and clf.lr_schedule == "cosine" and clf.epochs == 5
+    assert len(clf.history_) == 5 and clf.hidden_units in (8, [8])
+    assert clf.model_.calibration.metrics  # calibrated once the run completed
 
 
 def test_gpu_without_a_gpu_says_which_device_it_uses(checkpoint, flowers_root, monkeypatch, capsys):

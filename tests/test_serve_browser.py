@@ -81,3 +81,28 @@ def test_upload_through_the_page_shows_the_top_label(server, fitted, tmp_path):
             driver.save_screenshot(shot)
     finally:
         driver.quit()
+
+
+def test_a_failed_upload_leaves_no_broken_image(server, tmp_path):
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page = tmp_path / "notes.jpg"
+    page.write_text("<html>not a photo</html>")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(_CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1100,650"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(str(_DRIVER)))
+    try:
+        driver.get(server)
+        driver.find_element(By.ID, "file").send_keys(str(page))
+        error = WebDriverWait(driver, 30).until(
+            lambda d: d.find_element(By.ID, "error").text or None
+        )
+        assert "notes.jpg" in error and "not a readable image" in error
+        assert not driver.find_element(By.ID, "preview").is_displayed()
+        assert "has-image" not in (driver.find_element(By.ID, "drop").get_attribute("class") or "")
+    finally:
+        driver.quit()

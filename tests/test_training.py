@@ -293,3 +293,20 @@ def test_without_validation_images_the_last_epoch_is_kept(single_folder):
     untrained.fit(single_folder)
     # the kept weights are the trained ones, not the initial head's
     assert not torch.equal(clf.head_[0].weight, untrained.head_[0].weight)
+
+
+def test_fit_resume_from_restores_the_runs_parameters(
+    single_folder, tmp_path, interrupt_in_epoch_3
+):
+    run = dict(hidden_units=8, lr_schedule="cosine", epochs=5, random_state=0)
+    here = dict(device="cpu", verbose=0, cache=False, amp=False)
+    with pytest.warns(UserWarning, match="interrupted after 2"):
+        first = FlowerClassifier("tiny_test", **run, **here).fit(single_folder)
+    path = first.save(tmp_path / "run.pt")
+    # a bare estimator: every parameter at its default comes from the checkpoint
+    again = FlowerClassifier(**here).fit(single_folder, resume_from=path)
+    assert (again.backbone, again.lr_schedule, again.epochs) == ("tiny_test", "cosine", 5)
+    assert again.hidden_units == 8 and len(again.history_) == 5
+    # one set to anything else wins, as a flag does on the command line
+    longer = FlowerClassifier(**{**here, "epochs": 6}).fit(single_folder, resume_from=path)
+    assert longer.epochs == 6 and len(longer.history_) == 6

@@ -18,7 +18,7 @@ __all__ = ["Callback", "EarlyStopping", "EpochLogger", "EpochRecord", "TrainingS
 class EpochRecord(TypedDict):
     """One row of the training history, one per epoch."""
 
-    epoch: float
+    epoch: int
     """1-based epoch number."""
     train_loss: float
     """Mean training loss of the epoch (with label smoothing and class weights, if set)."""

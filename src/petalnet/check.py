@@ -9,6 +9,7 @@ from pathlib import Path
 from petalnet.data import CATEGORY_NAMES_FILE, class_dirs, is_image_file, load_category_names
 from petalnet.errors import DataError
 from petalnet.images import Unreadable, read_image
+from petalnet.tables import is_table, labelled, read_table
 
 __all__ = ["DatasetReport", "check_dataset"]
 
@@ -43,7 +44,12 @@ class DatasetReport:
 
     def summary(self) -> str:
         """A readable multi-line summary."""
-        lines = [f"{self.root}: layout {self.layout}"]
+        words = {
+            "split": "Udacity layout (train/ valid/ test/)",
+            "holdout": "one folder of class folders (fit holds out valid_fraction)",
+            "table": "a labels table (path,label[,split] rows)",
+        }
+        lines = [f"{self.root}: {words.get(self.layout, 'no usable layout')}"]
         for split, per_class in self.counts.items():
             lines.append(
                 f"  {split}: {sum(per_class.values())} readable images in {len(per_class)} classes"
@@ -78,6 +84,28 @@ def _scan_split(report: DatasetReport, name: str, folder: Path, decode: bool) ->
     report.warnings += [f"unreadable, will be skipped: {m}" for m in unreadable.messages]
 
 
+def _scan_table(report: DatasetReport, decode: bool) -> None:
+    """Counts per split and class of a labels table; missing and unreadable files."""
+    try:
+        rows = read_table(report.root)
+    except DataError as exc:
+        report.errors.append(str(exc))
+        return
+    unreadable = Unreadable("collect")
+    for split in ("train", "valid", "test"):
+        per_class: dict[str, int] = {}
+        for row in labelled(rows, split):
+            if not row.path.is_file():
+                report.warnings.append(f"missing, will be skipped: {row.path}")
+                continue
+            if decode and not _readable(row.path, unreadable):
+                continue
+            per_class[row.label] = per_class.get(row.label, 0) + 1
+        if per_class:
+            report.counts[split] = per_class
+    report.warnings += [f"unreadable, will be skipped: {m}" for m in unreadable.messages]
+
+
 def _readable(path: Path, unreadable: Unreadable) -> bool:
     """Decode ``path`` (small); hand a failure to ``unreadable``."""
     try:
@@ -92,7 +120,8 @@ def check_dataset(data_dir: str | os.PathLike[str], *, decode: bool = True) -> D
     """Scan a data folder the way ``fit`` would read it, and report every problem at once.
 
     Args:
-        data_dir: A root with ``train/`` (and ``valid/``, ``test/``) or a folder of classes.
+        data_dir: A root with ``train/`` (and ``valid/``, ``test/``), a folder of classes,
+            or a labels ``.csv``.
         decode: Decode every image (slower, finds corrupt files); else check names only.
 
     Returns:
@@ -100,18 +129,27 @@ def check_dataset(data_dir: str | os.PathLike[str], *, decode: bool = True) -> D
     """
     root = Path(data_dir)
     report = DatasetReport(root)
-    if not root.is_dir():
-        report.errors.append(f"{str(root)!r} does not exist")
+    splits: list[str]
+    if is_table(root):
+        report.layout = "table"
+        _scan_table(report, decode)
+        splits = [s for s in ("train", "valid", "test") if s in report.counts]
+    elif not root.is_dir():
+        report.errors.append(
+            f"{str(root)!r} is a file, not a data folder or a labels .csv"
+            if root.is_file()
+            else f"{str(root)!r} does not exist"
+        )
         return report
-    splits = [s for s in ("train", "valid", "val", "test") if (root / s).is_dir()]
-    if "train" in splits:
-        report.layout = "split"
-        for s in splits:
-            _scan_split(report, s, root / s, decode)
     else:
-        report.layout = "holdout"
-        _scan_split(report, "all", root, decode)
-    base = "train" if report.layout == "split" else "all"
+        splits = [s for s in ("train", "valid", "val", "test") if (root / s).is_dir()]
+        report.layout = "split" if "train" in splits else "holdout"
+        if report.layout == "split":
+            for s in splits:
+                _scan_split(report, s, root / s, decode)
+        else:
+            _scan_split(report, "all", root, decode)
+    base = "train" if report.layout in ("split", "table") else "all"
     train_classes = set(report.counts.get(base, {}))
     if len(train_classes) < 2:
         report.errors.append(

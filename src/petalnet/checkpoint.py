@@ -30,6 +30,7 @@ from petalnet._version import __version__
 from petalnet.backbones.registry import build_backbone
 from petalnet.calibration import Calibration
 from petalnet.callbacks import EpochRecord, TrainingState
+from petalnet.data import HeldOut
 from petalnet.errors import CheckpointError, PetalnetError
 from petalnet.fitted import FittedModel
 from petalnet.head import build_head
@@ -68,7 +69,7 @@ def _history(rows: Any) -> list[EpochRecord]:
     """History rows read back as typed records."""
     return [
         {
-            "epoch": float(r["epoch"]),
+            "epoch": int(r["epoch"]),
             "train_loss": float(r["train_loss"]),
             "valid_loss": float(r["valid_loss"]),
             "valid_accuracy": float(r["valid_accuracy"]),
@@ -131,7 +132,11 @@ def to_payload(
         "history": [dict(r) for r in state.history],
         "selection_history": [dict(r) for r in model.selection_history],
         "best_epoch": int(state.best_epoch),
-        "data": {"n_train": int(model.n_train), "n_valid": int(model.n_valid)},
+        "data": {
+            "n_train": int(model.n_train),
+            "n_valid": int(model.n_valid),
+            "held_out": model.held_out.to_dict() if model.held_out else None,
+        },
         "optimizer": state.optimizer_state,
         "calibration": model.calibration.to_payload(),
     }
@@ -196,6 +201,7 @@ def from_payload(data: Mapping[str, Any]) -> tuple[dict[str, Any], FittedModel]:
         training=state,
         n_train=int(data.get("data", {}).get("n_train", 0)),  # 0: saved before they were
         n_valid=int(data.get("data", {}).get("n_valid", 0)),
+        held_out=HeldOut.from_dict(data.get("data", {}).get("held_out")),
         selection_history=_history(data.get("selection_history", [])),
         calibration=Calibration.from_payload(data.get("calibration")),
     )

@@ -18,6 +18,7 @@ from petalnet import checkpoint, distributed
 from petalnet._types import Amp
 from petalnet.backbones.base import FeatureExtractor
 from petalnet.callbacks import EpochRecord
+from petalnet.data import DataSource
 from petalnet.errors import NotFittedError
 from petalnet.export import ExportFormat, export_model
 from petalnet.fitted import FittedAttribute, FittedModel
@@ -25,7 +26,6 @@ from petalnet.fitting import PIPELINE_PARAMS, fit_model, make_pipeline
 from petalnet.images import FileOrArray, ImageInput, as_image_list
 from petalnet.params import ClassifierParams, params_docstring
 from petalnet.pipeline import ImagePipeline
-from petalnet.precision import cpu_has_native_bf16
 from petalnet.predictor import Predictor
 from petalnet.results import EvaluationReport, ImagePrediction, TopK
 
@@ -90,15 +90,10 @@ class FlowerClassifier(ClassifierParams):
         """What answers about images: the fitted model, its pipeline, ``tta``, ``strict``."""
         model, pipe = self.fitted_model(), self._pipeline()
         held: Predictor | None = self.__dict__.get("_predictor")
-        if held is None or (held.model, held.pipeline, held.tta, held.strict) != (
-            model,
-            pipe,
-            self.tta,
-            self.strict,
-        ):
-            held = self.__dict__["_predictor"] = Predictor(
-                model, pipe, tta=self.tta, strict=self.strict
-            )
+        wanted = (model, pipe, self.tta, self.strict)
+        if held is None or (held.model, held.pipeline, held.tta, held.strict) != wanted:
+            held = Predictor(model, pipe, tta=self.tta, strict=self.strict)
+            self.__dict__["_predictor"] = held
         return held
 
     def predict_proba(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
@@ -181,11 +176,12 @@ class FlowerClassifier(ClassifierParams):
         """
         return self.predictor_.iter_predictions(images, topk, chunk_size=chunk_size)
 
-    def evaluate(self, path: str | os.PathLike[str]) -> EvaluationReport:
-        """Measure the classifier on a labelled folder.
+    def evaluate(self, path: DataSource) -> EvaluationReport:
+        """Measure the classifier on labelled images it never trained on.
 
         Args:
-            path: Class folders, or a root holding ``test/`` (used first) or ``valid/``.
+            path: Class folders, a root holding ``test/`` (used first) or ``valid/``, or a
+                labels table; the folder ``fit`` held a split out of: that split only.
 
         Returns:
             The metrics (see :class:`~petalnet.EvaluationReport`).
@@ -197,15 +193,18 @@ class FlowerClassifier(ClassifierParams):
         return self.predictor_.evaluate(path)
 
     def fit(
-        self, data_dir: str | os.PathLike[str], *, resume_from: str | os.PathLike[str] | None = None
+        self, data_dir: DataSource, *, resume_from: str | os.PathLike[str] | None = None
     ) -> Self:
         """Train the classifier on a folder of flower photos.
 
         Args:
             data_dir: A root with ``train/`` and ``valid/`` (and maybe ``test/``) class
-                folders, or one folder of class folders (``valid_fraction`` held out).
-            resume_from: A checkpoint of an earlier, shorter or interrupted ``fit`` with the
-                same data and settings: training goes on exactly as if it had not stopped.
+                folders, one folder of class folders (``valid_fraction`` held out), or a
+                labels table: a ``.csv`` (``path,label[,split]``), ``(path, label)`` pairs
+                or a DataFrame.
+            resume_from: A checkpoint of an earlier, shorter or interrupted ``fit`` on the
+                same data: training goes on exactly as if it had not stopped, with its
+                settings wherever this estimator's are at their defaults.
 
         Returns:
             ``self``, with ``model_`` and the attributes ending in ``_`` set.
@@ -254,18 +253,18 @@ class FlowerClassifier(ClassifierParams):
         Args:
             path: Target file; ``<path>.json`` next to it gets classes, names and preprocessing.
             format: ``"pt2"`` (a ``torch.export`` program) or ``"onnx"`` (``[onnx]`` extra).
-            amp: ``True``: a ``pt2`` program computing in bfloat16; ``"auto"``: so where this
-                CPU has native bfloat16 and the format allows it; ``False``: float32.
+            amp: ``True``: a ``pt2`` program in bfloat16; ``"auto"``: so where this CPU
+                has native bfloat16 and the format allows it; ``False``: float32.
 
         Returns:
             The model's path.
 
         Raises:
             NotFittedError: Called before ``fit``/``load``.
-            PetalnetError: Unknown format, bfloat16 ONNX, or a failed export.
+            ExportOptionsError: Unknown format, or bfloat16 ONNX.
+            PetalnetError: The export failed.
         """
-        low = amp is True or (amp == "auto" and format == "pt2" and cpu_has_native_bf16())
-        return export_model(self.fitted_model(), path, format, amp=low)
+        return export_model(self.fitted_model(), path, format, amp=amp)
 
     @classmethod
     def load(

@@ -11,7 +11,7 @@ import csv
 import json
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NoReturn, cast, get_args
 
@@ -113,7 +113,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if not distributed.is_main():  # under torchrun, rank 0 reports and plots
         return 0
     best = clf.history_[clf.best_epoch_ - 1]
-    print(f"best epoch {clf.best_epoch_}: valid accuracy {best['valid_accuracy']:.2%}")
+    which = "last epoch" if clf.monitor == "last" or not clf.n_valid_ else "best epoch"
+    print(f"kept the {which} ({clf.best_epoch_}): valid accuracy {best['valid_accuracy']:.2%}")
     if clf.tta:
         print(
             "(accuracies during training are of the centre crop; evaluate and predict with "
@@ -121,9 +122,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         )
     print(f"saved {path}")
     if clf.model_.training.interrupted:
+        command = f"petalnet train {args.data_dir} --resume {path} --save_dir {args.save_dir}"
         print(
             f"petalnet: interrupted after {len(clf.history_)} epoch(s); the best epoch "
-            f"({clf.best_epoch_}) is saved in {path}",
+            f"({clf.best_epoch_}) is saved in {path}. It is not calibrated yet (no "
+            "temperature, never 'unknown'): calibration runs when training completes. "
+            f"To go on where it stopped, with the same settings: {command}",
             file=sys.stderr,
         )
         return 130
@@ -131,7 +135,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from petalnet import plot
 
         curves = save_dir / f"{Path(args.checkpoint_name).stem}_curves.png"
-        plot.training_curves(clf.history_, path=curves)
+        plot.training_curves(clf.history_, kept=clf.best_epoch_, path=curves)
         print(f"training curves: {curves}")
     return 0
 
@@ -274,10 +278,16 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-
     clf = _load(args, _verbose(args))
     report = clf.evaluate(args.data_dir)
-    if Path(report["folder"]).name in ("valid", "val"):
+    if report["held_out"]:
+        print(
+            f"note: the model was fitted on {report['folder']}: these are the "
+            f"{report['n_images']} images it held out for validation, not the ones it trained "
+            "on; that split also picked the kept epoch.",
+            file=sys.stderr,
+        )
+    elif Path(report["folder"]).name in ("valid", "val"):
         print(
             f"note: {args.data_dir} has no test/ split, so this is {report['folder']}, the split "
             "that picked the kept epoch: expect untouched photos to score a little lower.",
@@ -488,12 +498,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"petalnet: error: {message} (see `{self.prog} --help`)\n")
 
 
-def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
+def build_parser(
+    preset: str | None = None, saved: Mapping[str, Any] | None = None
+) -> argparse.ArgumentParser:
     """Build the argument parser.
 
     Args:
         preset: A preset whose parameters become the ``train`` defaults (explicit flags
             still win).
+        saved: The parameters of a checkpoint ``train --resume`` continues: defaults over
+            the preset's (explicit flags still win).
 
     Returns:
         The parser of every command; the ``train`` flags come from the parameter spec.
@@ -519,7 +533,7 @@ def build_parser(preset: str | None = None) -> argparse.ArgumentParser:
         default=preset,
         help="start from a named recipe (`petalnet presets`); other flags override it",
     )
-    add_arguments(t, defaults=get_preset(preset).params if preset else None)
+    add_arguments(t, defaults={**(get_preset(preset).params if preset else {}), **(saved or {})})
     t.add_argument("--resume", metavar="CHECKPOINT", help="continue a run saved earlier")
     t.add_argument("--quiet", action="store_true", help="no progress output")
     _device_flags(t)  # train has --amp from the parameter spec
@@ -635,6 +649,21 @@ def _preset_in(argv: Sequence[str]) -> str | None:
     return next((w for w in reversed(words) if w in known), None)
 
 
+def _resumed_params(argv: Sequence[str]) -> dict[str, Any] | None:
+    """The parameters of the checkpoint ``train --resume`` names: the run's own defaults."""
+    if not argv or argv[0] != "train":
+        return None
+    named = [w.split("=", 1)[1] for w in argv if w.startswith("--resume=")]
+    named += [argv[i + 1] for i, w in enumerate(argv[:-1]) if w == "--resume"]
+    if not named:
+        return None
+    from petalnet.checkpoint import read_checkpoint
+    from petalnet.fitting import RESUME_KEEPS
+
+    saved = dict(read_checkpoint(named[-1]).get("params", {}))
+    return {k: v for k, v in saved.items() if k not in RESUME_KEEPS}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line.
 
@@ -645,7 +674,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         The exit status: 0 on success, 1 on an error, 130 when interrupted.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(preset=_preset_in(argv)).parse_args(argv)
+    try:
+        saved = _resumed_params(argv)
+    except PetalnetError as exc:
+        print(f"petalnet: error: {exc}", file=sys.stderr)
+        return 1
+    args = build_parser(preset=_preset_in(argv), saved=saved).parse_args(argv)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning

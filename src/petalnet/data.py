@@ -1,10 +1,13 @@
-"""Image folders: layouts, splits, class lists and category names.
+"""Image folders and label tables: layouts, splits, class lists and category names.
 
-Two layouts are understood:
+Three sources are understood:
 
 * the Udacity layout: ``root/train/<class>/*.jpg``, ``root/valid/<class>/...`` and maybe
   ``root/test/<class>/...``, with an optional ``root/cat_to_name.json``;
-* one folder of class folders, from which a seeded, stratified validation fraction is held out.
+* one folder of class folders, from which a seeded, stratified validation fraction is held out;
+* a table of labels (:mod:`petalnet.tables`): a ``.csv`` with ``path,label`` (and maybe
+  ``split``) columns, ``(path, label)`` pairs, or a DataFrame; without a ``valid`` split the
+  fraction is held out the same way.
 
 Class folders are sorted as strings, exactly like ``torchvision.datasets.ImageFolder``
 (``"1", "10", "100", "101", "11", ...``); ``classes[i]`` is the folder of output ``i``.
@@ -12,6 +15,7 @@ Class folders are sorted as strings, exactly like ``torchvision.datasets.ImageFo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -23,14 +27,19 @@ import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from petalnet.errors import DataError
+from petalnet.tables import is_table, labelled, read_table
 
 __all__ = [
     "CATEGORY_NAMES_FILE",
     "IMG_EXTENSIONS",
+    "DataSource",
+    "HeldOut",
     "Sample",
     "TrainingData",
     "class_dirs",
+    "evaluation_samples",
     "find_classes",
+    "held_out_samples",
     "is_image_file",
     "list_samples",
     "load_category_names",
@@ -41,6 +50,8 @@ __all__ = [
 CATEGORY_NAMES_FILE = "cat_to_name.json"
 Sample = tuple[Path, int]
 """An image path and the index of its class in the training class list."""
+DataSource = str | os.PathLike[str] | Sequence[Any] | Any
+"""A data folder, a labels ``.csv``, ``(path, label)`` pairs, or a DataFrame."""
 
 
 def is_image_file(path: Path) -> bool:
@@ -151,6 +162,85 @@ def load_category_names(source: str | os.PathLike[str] | Mapping[str, str]) -> d
     return {str(k): str(v) for k, v in data.items()}
 
 
+@dataclass(frozen=True)
+class HeldOut:
+    """How ``fit`` carved its validation split out of one folder of class folders.
+
+    Enough to carve the same split again later (``evaluate`` on that folder then scores the
+    held-out images only), and to know when the folder has changed since.
+
+    Attributes:
+        folder: The folder split (absolute).
+        fraction: Share of each class held out (0 after ``refit``: every image trained on).
+        seed: Seed of the split.
+        files: Hash of the folder's sorted image list (class folder and file name).
+    """
+
+    folder: str
+    fraction: float
+    seed: int | None
+    files: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values, for the checkpoint."""
+        return {
+            "folder": self.folder,
+            "fraction": self.fraction,
+            "seed": self.seed,
+            "files": self.files,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> HeldOut | None:
+        """The split :meth:`to_dict` described (``None`` stays ``None``)."""
+        if not data:
+            return None
+        seed = None if data.get("seed") is None else int(data["seed"])
+        return cls(str(data["folder"]), float(data["fraction"]), seed, str(data["files"]))
+
+    @classmethod
+    def of(
+        cls, folder: Path, samples: Sequence[Sample], fraction: float, seed: int | None
+    ) -> HeldOut:
+        """The split of ``samples`` (all of ``folder``) that :func:`_stratified_split` makes."""
+        return cls(str(folder.resolve()), float(fraction), seed, _files_digest(samples))
+
+
+def _files_digest(samples: Sequence[Sample]) -> str:
+    """Hash of the class folder and file name of each sample (where the folder lives aside)."""
+    names = sorted(f"{p.parent.name}/{p.name}" for p, _ in samples)
+    return hashlib.blake2b("\0".join(names).encode(), digest_size=12).hexdigest()
+
+
+def held_out_samples(
+    folder: str | os.PathLike[str], samples: Sequence[Sample], held: HeldOut
+) -> list[Sample] | None:
+    """The validation split ``fit`` carved from ``folder``, carved again.
+
+    Args:
+        folder: A folder of class folders.
+        samples: Its samples (:func:`list_samples` with the model's classes).
+        held: How the split was carved.
+
+    Returns:
+        Its validation samples when ``folder`` holds the images the split was carved from
+        (wherever it now lives); ``None`` when it holds others.
+
+    Raises:
+        DataError: ``folder`` is the folder split and its images changed since (which were
+            held out is then unknown).
+    """
+    if _files_digest(samples) == held.files:
+        return _stratified_split(samples, held.fraction, held.seed)[1]
+    if str(Path(folder).resolve()) == held.folder:
+        raise DataError(
+            f"{str(folder)!r} changed since the model was fitted on it, so which of its "
+            "images were held out for validation is unknown (the rest were trained on); "
+            "evaluate on images kept apart, such as a test/ folder."
+        )
+    return None
+
+
 @dataclass
 class TrainingData:
     """The images ``fit`` learns from.
@@ -161,6 +251,9 @@ class TrainingData:
         valid: Validation samples (held out from ``train`` for a single folder).
         root: The folder given to ``fit``.
         category_names_file: ``cat_to_name.json`` found in ``root``, if any.
+        layout: ``"split"`` (a ``valid/`` folder), ``"holdout"`` (carved here) or
+            ``"table"`` (a labels table).
+        held_out: How the validation split was carved, for ``"holdout"``.
     """
 
     classes: list[str]
@@ -169,6 +262,7 @@ class TrainingData:
     root: Path
     category_names_file: Path | None = None
     layout: str = "split"
+    held_out: HeldOut | None = None
     class_to_idx: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -204,14 +298,99 @@ def _at_least_two(classes: list[str], folder: Path) -> list[str]:
     return classes
 
 
+def _folder(data_dir: DataSource) -> Path:
+    """``data_dir`` as a folder, or a one-line error saying what else it may be."""
+    if not isinstance(data_dir, (str, os.PathLike)):
+        raise DataError(
+            f"Cannot read images from {type(data_dir).__name__}: pass a data folder, a labels "
+            ".csv, a list of (path, label) pairs or a DataFrame with path and label columns."
+        )
+    root = Path(data_dir)
+    if root.is_file():
+        raise DataError(
+            f"{str(root)!r} is a file, not a data folder: pass a folder of class folders, a "
+            "root with train/ (and valid/), or a labels .csv with path,label columns."
+        )
+    if not root.is_dir():
+        raise DataError(f"Data folder {str(root)!r} does not exist; check the path.")
+    return root
+
+
+def _table_data(source: DataSource, fraction: float, seed: int | None) -> TrainingData:
+    """The training data of a labels table (validation rows, or a held-out fraction)."""
+    rows = read_table(source)
+    where = Path(source) if isinstance(source, (str, os.PathLike)) else None
+    home = where.parent if where is not None else Path.cwd()
+    names = home / CATEGORY_NAMES_FILE if where is not None else None
+    classes = _at_least_two(sorted({r.label for r in rows}), where or home)
+    data = TrainingData(classes, [], [], home, names if names and names.is_file() else None)
+    data.layout = "table"
+    idx = data.class_to_idx
+    data.train = [(r.path, idx[r.label]) for r in labelled(rows, "train")]
+    data.valid = [(r.path, idx[r.label]) for r in labelled(rows, "valid") if r.label in idx]
+    if not data.valid:
+        data.held_out = HeldOut.of(where or home, data.train, fraction, seed)
+        data.train, data.valid = _stratified_split(data.train, fraction, seed)
+    return data
+
+
+def evaluation_samples(
+    source: DataSource, class_to_idx: Mapping[str, int], held: HeldOut | None
+) -> tuple[str, list[Sample], bool]:
+    """What ``evaluate`` scores: never images the model trained on.
+
+    ``test/`` if present, else ``valid/``; a table's ``test`` rows, else its ``valid`` rows.
+    Otherwise the folder or table itself: when it is the one ``fit`` carved its validation
+    split from (``held``, the same images wherever they now live), only that split.
+
+    Args:
+        source: A folder, a root with ``test/``/``valid/``, or a labels table.
+        class_to_idx: The model's classes.
+        held: How the model's validation split was carved, if it was.
+
+    Returns:
+        ``(what was evaluated, its samples, whether they are a held-out split)``.
+
+    Raises:
+        DataError: Missing, unknown classes, every image trained on, or the split folder
+            changed since fitting.
+    """
+    if is_table(source):
+        rows = read_table(source)
+        unknown = sorted({r.label for r in rows} - set(class_to_idx))
+        if unknown:
+            raise DataError(
+                f"{source!s:.80}: labels the model does not know: {', '.join(unknown)}."
+            )
+        chosen = labelled(rows, "test") or labelled(rows, "valid") or rows
+        name = str(source) if isinstance(source, (str, os.PathLike)) else "the table"
+        samples = [(r.path, class_to_idx[r.label]) for r in chosen]
+        split_here = chosen is rows
+    else:
+        folder = resolve_eval_folder(_folder(source))
+        name, samples = str(folder), list_samples(folder, class_to_idx)
+        split_here = folder.name not in ("test", "valid", "val")
+    if held is None or not split_here:
+        return name, samples, False
+    kept = held_out_samples(name, samples, held)
+    if kept is None:
+        return name, samples, False
+    if not kept:
+        raise DataError(
+            f"Every image of {name!r} was trained on (refit, or no class with two images), "
+            "so none is left to measure; evaluate on images kept apart, such as a test/ folder."
+        )
+    return name, kept, True
+
+
 def load_training_data(
-    data_dir: str | os.PathLike[str], *, valid_fraction: float = 0.2, seed: int | None = None
+    data_dir: DataSource, *, valid_fraction: float = 0.2, seed: int | None = None
 ) -> TrainingData:
     """Find the training and validation images under ``data_dir``.
 
     Args:
-        data_dir: A root with ``train/`` (and usually ``valid/``) class folders, or one folder
-            of class folders.
+        data_dir: A root with ``train/`` (and usually ``valid/``) class folders, one folder
+            of class folders, or a labels table (:mod:`petalnet.tables`).
         valid_fraction: Share of each class held out for validation when there is no
             ``valid/`` folder.
         seed: Seed of that hold-out split.
@@ -222,9 +401,9 @@ def load_training_data(
     Raises:
         DataError: The folder is missing or holds no usable images.
     """
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise DataError(f"Data folder {str(root)!r} does not exist; check the path.")
+    if is_table(data_dir):
+        return _table_data(data_dir, valid_fraction, seed)
+    root = _folder(data_dir)
     names_file = root / CATEGORY_NAMES_FILE
     names = names_file if names_file.is_file() else None
     if (root / "train").is_dir():
@@ -235,14 +414,15 @@ def load_training_data(
         if valid_dir is not None:
             data.valid = list_samples(valid_dir, data.class_to_idx)
         else:
+            data.held_out = HeldOut.of(root / "train", data.train, valid_fraction, seed)
             data.train, data.valid = _stratified_split(data.train, valid_fraction, seed)
             data.layout = "holdout"
         return data
     classes = _at_least_two(find_classes(root), root)
     data = TrainingData(classes, [], [], root, names, layout="holdout")
-    data.train, data.valid = _stratified_split(
-        list_samples(root, data.class_to_idx), valid_fraction, seed
-    )
+    samples = list_samples(root, data.class_to_idx)
+    data.held_out = HeldOut.of(root, samples, valid_fraction, seed)
+    data.train, data.valid = _stratified_split(samples, valid_fraction, seed)
     return data
 
 
@@ -253,7 +433,8 @@ def resolve_eval_folder(path: str | os.PathLike[str]) -> Path:
         path: A folder of class folders, or a root holding ``test/`` or ``valid/``.
 
     Returns:
-        ``path/test`` if present, else ``path/valid``, else ``path`` itself.
+        ``path/test`` if present, else ``path/valid``, else ``path/train`` (a root whose
+        validation split ``fit`` carved from ``train/``), else ``path`` itself.
 
     Raises:
         DataError: ``path`` does not exist.
@@ -261,7 +442,7 @@ def resolve_eval_folder(path: str | os.PathLike[str]) -> Path:
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"Evaluation folder {str(root)!r} does not exist; check the path.")
-    for sub in ("test", "valid", "val"):
+    for sub in ("test", "valid", "val", "train"):  # train/ alone: its held-out part
         if (root / sub).is_dir():
             return root / sub
     return root

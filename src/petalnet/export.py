@@ -19,11 +19,12 @@ from typing import Any, get_args
 import torch
 from torch import nn
 
-from petalnet._types import ExportFormat
+from petalnet._types import Amp, ExportFormat
 from petalnet._version import __version__
 from petalnet.errors import ExportOptionsError, PetalnetError
 from petalnet.features import prepare_backbone
 from petalnet.fitted import FittedModel
+from petalnet.precision import cpu_has_native_bf16
 
 __all__ = ["FORMATS", "ExportFormat", "export_metadata", "export_model"]
 
@@ -83,7 +84,7 @@ def export_model(
     path: str | os.PathLike[str],
     format: ExportFormat = "pt2",
     *,
-    amp: bool = False,
+    amp: Amp = False,
 ) -> Path:
     """Write ``model`` as a ``torch.export`` program or an ONNX model, plus ``<path>.json``.
 
@@ -95,9 +96,10 @@ def export_model(
         path: Target file (``.pt2`` or ``.onnx`` by convention).
         format: ``"pt2"`` (``torch.export.save``; load with ``torch.export.load(path).module()``)
             or ``"onnx"`` (the dynamo-based exporter; run with ONNX Runtime).
-        amp: ``pt2`` only: the program computes in bfloat16 (input and output stay float32),
-            for CPUs with native bfloat16. ``False``: float32, matching ``predict`` with
-            ``amp=False`` to float32 rounding.
+        amp: ``True`` (``pt2`` only): the program computes in bfloat16 (input and output
+            stay float32), for CPUs with native bfloat16; ``"auto"``: so where this CPU has
+            native bfloat16 and the format allows it; ``False``: float32, matching
+            ``predict`` with ``amp=False`` to float32 rounding.
 
     Returns:
         The model's path.
@@ -108,6 +110,8 @@ def export_model(
     """
     if format not in FORMATS:
         raise ExportOptionsError(f"format must be one of {', '.join(FORMATS)}, got {format!r}.")
+    if amp == "auto":  # the one place this choice is made
+        amp = format == "pt2" and cpu_has_native_bf16()
     if amp and format == "onnx":
         raise ExportOptionsError(
             "ONNX exports are float32 (ONNX Runtime's CPU kernels lack bfloat16); "

@@ -16,6 +16,7 @@ from torch import nn
 from petalnet.backbones.base import FeatureExtractor
 from petalnet.calibration import Calibration
 from petalnet.callbacks import EpochRecord, TrainingState
+from petalnet.data import HeldOut
 
 __all__ = ["FittedAttribute", "FittedModel", "HoldsModel"]
 
@@ -39,6 +40,8 @@ class FittedModel:
             split chose the epoch count (``training`` is then the refit's).
         calibration: Temperature, novelty score and unknown threshold (identity and never
             unknown until :func:`~petalnet.calibration.fit_calibration` sets them).
+        held_out: How the validation split was carved from the training folder (``None``
+            when it was a ``valid/`` folder), so that ``evaluate`` there scores only it.
     """
 
     backbone: FeatureExtractor
@@ -53,6 +56,7 @@ class FittedModel:
     skipped: list[str] = field(default_factory=list)
     selection_history: list[EpochRecord] = field(default_factory=list)
     calibration: Calibration = field(default_factory=lambda: Calibration(score="msp"))
+    held_out: HeldOut | None = None
 
     @property
     def class_to_idx(self) -> dict[str, int]:

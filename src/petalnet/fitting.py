@@ -24,18 +24,25 @@ from petalnet.batches import Batches, ImageBatches
 from petalnet.calibration import Calibration, fit_calibration, sample_rows
 from petalnet.callbacks import TrainingState
 from petalnet.checkpoint import read_checkpoint, resume_state
-from petalnet.data import TrainingData, load_category_names, load_training_data
+from petalnet.data import DataSource, TrainingData, load_category_names, load_training_data
 from petalnet.errors import DataError
 from petalnet.fitted import FittedModel
 from petalnet.head import build_head, normalize_hidden_units
 from petalnet.images import Unreadable
-from petalnet.params import ClassifierParams
+from petalnet.params import ClassifierParams, param_specs
 from petalnet.pipeline import ImagePipeline
 from petalnet.precision import resolve_precision
 from petalnet.strategy import plan_training, training_batches
 from petalnet.training import Trainer, seeded
 
-__all__ = ["PIPELINE_PARAMS", "fit_model", "make_pipeline", "make_trainer"]
+__all__ = [
+    "PIPELINE_PARAMS",
+    "RESUME_KEEPS",
+    "fit_model",
+    "make_pipeline",
+    "make_trainer",
+    "restore_params",
+]
 
 PIPELINE_PARAMS = (
     "device",
@@ -118,7 +125,7 @@ def make_trainer(params: ClassifierParams, device: torch.device, freeze_epochs: 
 
 def fit_model(
     params: ClassifierParams,
-    data_dir: str | os.PathLike[str],
+    data_dir: DataSource,
     *,
     pipeline_for: Callable[[FeatureExtractor], ImagePipeline],
     keep: Callable[[FittedModel], None],
@@ -137,7 +144,9 @@ def fit_model(
         pipeline_for: Gives the image pipeline for a backbone (the caller keeps it for
             evaluation and prediction).
         keep: Called with the model before training starts.
-        resume_from: A checkpoint of an earlier, shorter or interrupted run to continue.
+        resume_from: A checkpoint of an earlier, shorter or interrupted run to continue;
+            its parameters fill every one of ``params`` left at its default
+            (:func:`restore_params`).
 
     Returns:
         The fitted model (fine-tuned backbone, head, classes, names, history).
@@ -148,6 +157,8 @@ def fit_model(
         PetalnetError: The plan cannot be made, or the loss became NaN.
     """
     resume = read_checkpoint(resume_from) if resume_from is not None else None
+    if resume is not None:
+        restore_params(params, resume.get("params", {}))
     if resume is not None and params.refit:
         raise ValueError("refit=True cannot resume a run; resume it with refit=False first.")
     data = load_training_data(
@@ -171,7 +182,8 @@ def fit_model(
     refit = dataclasses.replace(
         params, epochs=chosen, monitor="last", early_stopping=None, **shorter
     )
-    everything = dataclasses.replace(data, train=data.train + data.valid, valid=[])
+    held = data.held_out and dataclasses.replace(data.held_out, fraction=0.0)  # none held out
+    everything = dataclasses.replace(data, train=data.train + data.valid, valid=[], held_out=held)
     # the refit has no validation split of its own: it keeps the calibration of the run
     # that chose the epoch count (exact for a frozen backbone, close for a fine-tuned one)
     chosen_by = model.calibration
@@ -179,6 +191,32 @@ def fit_model(
     model.selection_history = selection
     model.calibration = chosen_by
     return model
+
+
+RESUME_KEEPS = ("device", "verbose", "callbacks", "cache", "cache_dir", "num_workers")
+"""Parameters of where and how loudly this process runs: a resumed run never takes them
+from the checkpoint."""
+
+
+def restore_params(params: ClassifierParams, saved: Mapping[str, Any]) -> None:
+    """Give a resumed run the parameters of the run it continues.
+
+    Every parameter still at its default takes the checkpoint's value (backbone, preset
+    values, epochs, schedule, ...); one set to anything else wins, as a flag does on the
+    command line.
+
+    Args:
+        params: This run's parameters (changed in place).
+        saved: The checkpoint's ``params``.
+    """
+    restored = {
+        spec.name: saved[spec.name]
+        for spec in param_specs()
+        if spec.name in saved
+        and spec.name not in RESUME_KEEPS
+        and getattr(params, spec.name) == spec.default
+    }
+    params.set_params(**restored)
 
 
 @dataclasses.dataclass
@@ -236,6 +274,7 @@ class _Run:
             n_train=n_train,
             n_valid=n_valid,
             skipped=self.unreadable.messages,
+            held_out=data.held_out,
         )
         self.keep(model)
         trainer = make_trainer(params, pipeline.device, plan.freeze_epochs)

@@ -107,12 +107,17 @@ def prediction(
 
 
 def training_curves(
-    history: Sequence[EpochRecord], *, path: str | os.PathLike[str] | None = None
+    history: Sequence[EpochRecord],
+    *,
+    kept: int | None = None,
+    path: str | os.PathLike[str] | None = None,
 ) -> Figure:
-    """Plot train/valid loss and valid accuracy per epoch.
+    """Plot train/valid loss and valid accuracy per epoch, the kept epoch marked.
 
     Args:
         history: ``FlowerClassifier.history_``.
+        kept: The 1-based epoch ``fit`` kept (``best_epoch_``, whatever ``monitor`` chose);
+            ``None``: the lowest validation loss, the default monitor's choice.
         path: Write a PNG here.
 
     Returns:
@@ -131,7 +136,11 @@ def training_curves(
     ax_loss.legend()
     acc = [100 * r["valid_accuracy"] for r in history]
     ax_acc.plot(epochs, acc, "o-", color="#4c9a6a")
-    best = int(np.nanargmin([r["valid_loss"] for r in history]))  # the epoch fit keeps
+    losses = [r["valid_loss"] for r in history]
+    if kept is not None:
+        best = min(max(kept, 1), len(history)) - 1
+    else:
+        best = int(np.nanargmin(losses)) if not all(np.isnan(losses)) else len(history) - 1
     ax_acc.annotate(
         f"kept: {acc[best]:.1f}%",
         (epochs[best], acc[best]),

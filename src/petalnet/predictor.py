@@ -11,13 +11,12 @@ command line, HTTP and an exported program give the same answer for the same pho
 from __future__ import annotations
 
 import itertools
-import os
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
 from petalnet import results
-from petalnet.data import list_samples, resolve_eval_folder
+from petalnet.data import DataSource, evaluation_samples
 from petalnet.fitted import FittedModel
 from petalnet.images import ImageInput, Unreadable, as_image_list
 from petalnet.pipeline import ImagePipeline, Scored
@@ -120,10 +119,11 @@ class Predictor:
                 got.head.unknown,
             )
 
-    def evaluate(self, path: str | os.PathLike[str]) -> EvaluationReport:
+    def evaluate(self, path: DataSource) -> EvaluationReport:
         """Metrics on a labelled folder; see :meth:`FlowerClassifier.evaluate`."""
-        model, folder = self.model, resolve_eval_folder(path)
-        paths, labels = zip(*list_samples(folder, model.class_to_idx), strict=True)
+        model = self.model
+        name, samples, held = evaluation_samples(path, model.class_to_idx, model.held_out)
+        paths, labels = zip(*samples, strict=True)
         got = self.pipeline.outputs(
             model.head,
             model.calibration,
@@ -139,8 +139,9 @@ class Predictor:
             got.head.log_probs,
             got.labels,
             model.classes,
-            str(folder),
+            name,
             [u.message for u in got.skipped],
             [str(paths[i]) for i in got.positions.tolist()],
             got.head.unknown,
+            held_out=held,
         )

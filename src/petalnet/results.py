@@ -141,6 +141,9 @@ class EvaluationReport(TypedDict):
     """Counts; rows true classes, columns predictions, in ``classes_`` order."""
     folder: str
     """The folder evaluated."""
+    held_out: bool
+    """Only the images held out for validation when the model was fitted on this folder
+    (the rest were trained on, so they are not scored)."""
     n_skipped: int
     """Unreadable images left out."""
     skipped: list[str]
@@ -263,6 +266,8 @@ def evaluation_report(
     skipped: Sequence[str] = (),
     images: Sequence[str] | None = None,
     unknown: torch.Tensor | None = None,
+    *,
+    held_out: bool = False,
 ) -> EvaluationReport:
     """Compute the metrics :meth:`FlowerClassifier.evaluate` returns.
 
@@ -274,6 +279,7 @@ def evaluation_report(
         skipped: Messages of the unreadable images left out.
         images: The file of each row, to list the misclassified ones.
         unknown: ``(N,)`` unknown flags of the rows.
+        held_out: The images are a fitted folder's held-out validation split.
 
     Returns:
         ``accuracy``, ``top5_accuracy``, ``loss`` (mean NLL), ``n_images``,
@@ -298,6 +304,7 @@ def evaluation_report(
             "per_class_count": {},
             "confusion_matrix": [[0] * len(classes) for _ in classes],
             "folder": folder,
+            "held_out": held_out,
             "n_skipped": len(skipped),
             "skipped": list(skipped),
             "misclassified": [],
@@ -341,6 +348,7 @@ def evaluation_report(
         .reshape(len(classes), len(classes))
         .tolist(),
         "folder": folder,
+        "held_out": held_out,
         "n_skipped": len(skipped),
         "skipped": list(skipped),
         "misclassified": misclassified,

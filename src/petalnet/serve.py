@@ -239,4 +239,5 @@ def run(
     tta = "TTA on: centre crop and mirror averaged" if clf.tta else "TTA off"
     name = json.dumps(clf.backbone_.meta.name)
     log(f"serving {name} on http://{host}:{port}/ ({tta}; Ctrl-C stops)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    # info: one access line per request (client, method, path, status), as servers print
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=True)

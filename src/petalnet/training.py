@@ -407,7 +407,7 @@ class Trainer:
                         if sums[4]:
                             valid_loss, valid_acc = sums[2] / sums[4], sums[3] / sums[4]
                     record: EpochRecord = {
-                        "epoch": float(epoch),
+                        "epoch": epoch,
                         "train_loss": total / max(seen, 1),
                         "valid_loss": valid_loss,
                         "valid_accuracy": valid_acc,

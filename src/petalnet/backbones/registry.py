@@ -14,6 +14,7 @@ may also say where the builder's default weights come from (:data:`WeightsStatus
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import functools
 import warnings
@@ -232,10 +233,12 @@ def get_backbone(name: str) -> BackboneBuilder:
         builder = _load_plugin(name)
     if builder is None:
         available = list_backbones()
-        close = [n for n in available if name.lower() in n or n in name.lower()][:8]
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        close = difflib.get_close_matches(name.lower(), available, n=5, cutoff=0.6)
+        close += [n for n in available if name.lower() in n and n not in close]
+        hint = f" Did you mean {', '.join(close[:5])}?" if close else ""
         raise BackboneNotFoundError(
-            f"Unknown backbone {name!r}.{hint} Available: {', '.join(available)}. "
+            f"Unknown backbone {name!r}.{hint} `petalnet backbones` lists all "
+            f"{len(available)} (petalnet.list_backbones() in Python). "
             "To add one, decorate a builder with @petalnet.register_backbone('name') or "
             f"expose it from an installed package under the {ENTRY_POINT_GROUP!r} entry-point "
             "group (see docs/backbones.md)."
