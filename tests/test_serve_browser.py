@@ -52,57 +52,50 @@ def server(fitted):
     thread.join(10)
 
 
-def test_upload_through_the_page_shows_the_top_label(server, fitted, tmp_path):
+@pytest.fixture
+def browser():
+    """Headless Chromium through selenium; quit afterwards."""
     webdriver = pytest.importorskip("selenium.webdriver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(_CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1100,650"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(str(_DRIVER)))
+    yield driver
+    driver.quit()
+
+
+def test_upload_through_the_page_shows_the_top_label(server, browser, fitted, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     photo = tmp_path / "flower.png"
     draw_flower("4", seed=7, size=(240, 200)).save(photo)
     expected = fitted.predict(photo, topk=5)
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(_CHROMIUM)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1100,650"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(str(_DRIVER)))
-    try:
-        driver.get(server)
-        driver.find_element(By.ID, "file").send_keys(str(photo))
-        verdict = WebDriverWait(driver, 30).until(
-            lambda d: d.find_element(By.ID, "verdict").get_attribute("data-label")
-        )
-        assert verdict == expected[0].label
-        rows = driver.find_elements(By.CSS_SELECTOR, "#bars .row .label")
-        assert [r.text for r in rows] == [p.label for p in expected]
-        assert driver.find_element(By.ID, "error").text == ""
-        if shot := os.environ.get("PETALNET_SCREENSHOT"):
-            Path(shot).parent.mkdir(parents=True, exist_ok=True)
-            driver.save_screenshot(shot)
-    finally:
-        driver.quit()
+    browser.get(server)
+    browser.find_element(By.ID, "file").send_keys(str(photo))
+    verdict = WebDriverWait(browser, 30).until(
+        lambda d: d.find_element(By.ID, "verdict").get_attribute("data-label")
+    )
+    assert verdict == expected[0].label
+    rows = browser.find_elements(By.CSS_SELECTOR, "#bars .row .label")
+    assert [r.text for r in rows] == [p.label for p in expected]
+    assert browser.find_element(By.ID, "error").text == ""
+    WebDriverWait(browser, 10).until(lambda d: d.find_element(By.ID, "preview").is_displayed())
+    if shot := os.environ.get("PETALNET_SCREENSHOT"):
+        Path(shot).parent.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(shot)
 
 
-def test_a_failed_upload_leaves_no_broken_image(server, tmp_path):
-    webdriver = pytest.importorskip("selenium.webdriver")
+def test_a_failed_upload_leaves_no_broken_image(server, browser, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     page = tmp_path / "notes.jpg"
     page.write_text("<html>not a photo</html>")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(_CHROMIUM)
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1100,650"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(str(_DRIVER)))
-    try:
-        driver.get(server)
-        driver.find_element(By.ID, "file").send_keys(str(page))
-        error = WebDriverWait(driver, 30).until(
-            lambda d: d.find_element(By.ID, "error").text or None
-        )
-        assert "notes.jpg" in error and "not a readable image" in error
-        assert not driver.find_element(By.ID, "preview").is_displayed()
-        assert "has-image" not in (driver.find_element(By.ID, "drop").get_attribute("class") or "")
-    finally:
-        driver.quit()
+    browser.get(server)
+    browser.find_element(By.ID, "file").send_keys(str(page))
+    error = WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "error").text or None)
+    assert "notes.jpg" in error and "not a readable image" in error
+    assert not browser.find_element(By.ID, "preview").is_displayed()
+    assert "has-image" not in (browser.find_element(By.ID, "drop").get_attribute("class") or "")
