@@ -5,7 +5,7 @@ Usage::
     python benchmarks/extract_throughput.py                                   # lite0, 512 images
     python benchmarks/extract_throughput.py --backbone vgg16 --weights none --images 96
 
-Runs ``petalnet.features.extract_features`` as ``fit`` does, cache off, for each batch size
+Runs ``ImagePipeline.features`` as ``fit`` does, cache off, for each batch size
 and worker count asked for, over the first ``--images`` images of ``DATA/train`` (by class
 folder, round-robin so every class is used). Reports images per second.
 """

@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from contextlib import nullcontext, suppress
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from petalnet.errors import PetalnetError
 from petalnet.images import ImageInput, Transform, Unreadable, image_loader
 from petalnet.precision import autocast
 from petalnet.preprocessing import Augmentation, Preprocessing
-from petalnet.rows import compact, empty_rows
+from petalnet.rows import compact
 from petalnet.rowstore import RowStore
 
 __all__ = [
@@ -37,7 +37,6 @@ __all__ = [
     "Unread",
     "View",
     "as_labels",
-    "extract_features",
     "feature_cache",
     "fill_rows",
     "prepare_backbone",
@@ -225,7 +224,7 @@ class Unread(NamedTuple):
 
 
 class Features(NamedTuple):
-    """What :func:`extract_features` and :meth:`ImagePipeline.features` return.
+    """What :meth:`~petalnet.pipeline.ImagePipeline.features` returns.
 
     Attributes:
         features: ``(N, D)`` rows on the CPU, one per readable image in input order, or
@@ -384,51 +383,6 @@ def readable_rows(rows: torch.Tensor, labels: torch.Tensor, skipped: Sequence[Un
     else:
         rows = compact(rows, positions)
     return Features(rows, labels[positions], positions, list(skipped))
-
-
-def extract_features(
-    backbone: nn.Module,
-    images: Sequence[ImageInput],
-    labels: Sequence[int] | None = None,
-    *,
-    preprocessing: Preprocessing,
-    device: torch.device,
-    unreadable: Unreadable,
-    feature_dim: int,
-    storage: torch.dtype = torch.float32,
-    **options: Any,
-) -> Features:
-    """Run ``backbone`` over images, reusing stored rows where they exist.
-
-    Args:
-        backbone: A prepared (frozen, eval-mode) backbone on ``device``.
-        images: File paths (stored when ``cache`` is given) or in-memory images.
-        labels: One label per image; positions in ``images`` when ``None``.
-        preprocessing: How images become the backbone's input.
-        device: Where to compute.
-        unreadable: What to do with an unreadable file.
-        feature_dim: Width ``D`` of the backbone's rows.
-        storage: The dtype rows are kept in (and the store keeps): ``torch.float16``
-            halves the memory of large rows such as frozen-layer outputs.
-        **options: The other arguments of :func:`fill_rows`.
-
-    Returns:
-        The rows of the readable images, their labels and positions, and what was skipped.
-
-    Raises:
-        ImageReadError: ``unreadable`` raises (the message names the file).
-    """
-    rows = empty_rows((len(images), feature_dim), storage)
-    skipped = fill_rows(
-        backbone,
-        images,
-        rows,
-        preprocessing=preprocessing,
-        device=device,
-        unreadable=unreadable,
-        **options,
-    )
-    return readable_rows(rows, as_labels(labels, len(images)), skipped)
 
 
 def as_labels(labels: Sequence[int] | None, n: int) -> torch.Tensor:
