@@ -19,7 +19,7 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -183,12 +183,7 @@ class HeldOut:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values, for the checkpoint."""
-        return {
-            "folder": self.folder,
-            "fraction": self.fraction,
-            "seed": self.seed,
-            "files": self.files,
-        }
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> HeldOut | None:
