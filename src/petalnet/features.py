@@ -12,17 +12,19 @@ import copy
 import hashlib
 import os
 import time
-from collections.abc import Sequence
-from contextlib import nullcontext, suppress
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
-from tqdm.auto import tqdm
+from torchvision.transforms.functional import to_pil_image
 
+from petalnet._progress import tqdm
 from petalnet.backbones.base import FeatureExtractor
 from petalnet.cache import default_cache_dir, parameter_fingerprint
 from petalnet.errors import PetalnetError
@@ -30,9 +32,10 @@ from petalnet.images import ImageInput, Transform, Unreadable, image_loader
 from petalnet.precision import autocast
 from petalnet.preprocessing import Augmentation, Preprocessing
 from petalnet.rows import compact
-from petalnet.rowstore import RowStore
+from petalnet.rowstore import RowStore, row_key
 
 __all__ = [
+    "Also",
     "Features",
     "Unread",
     "View",
@@ -247,6 +250,36 @@ def sample_seed(image: object, view: str, seed: int | None) -> int:
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
+class Also(NamedTuple):
+    """A second row per image, computed from the same decoded picture as the backbone's.
+
+    :func:`fill_rows` then decodes each image once for both (the data doctor's perceptual
+    hashes beside its features).
+
+    Attributes:
+        compute: Maps the decoded RGB ``PIL.Image`` to a 1-D tensor (a module-level
+            function, so that decoding workers can run it).
+        out: ``(len(images), d)`` CPU tensor to fill, like ``fill_rows``'s ``out``.
+        cache: Row store of these rows (the same keys as the backbone's), or ``None``.
+    """
+
+    compute: Callable[[Image.Image], torch.Tensor]
+    out: torch.Tensor
+    cache: RowStore | None
+
+
+class _WithAlso:
+    """A transform that returns the view and :class:`Also`'s row of one decoded picture."""
+
+    def __init__(self, transform: Transform, compute: Callable[[Image.Image], torch.Tensor]):
+        self.transform = transform
+        self.compute = compute
+
+    def __call__(self, image: Image.Image | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        picture = image if isinstance(image, Image.Image) else to_pil_image(image)
+        return self.transform(image), self.compute(picture)
+
+
 BLOCK = 16_384
 """Images looked up and extracted per block: what a call holds besides the rows is bounded."""
 
@@ -268,6 +301,7 @@ def fill_rows(
     augmentation: Augmentation = "classic",
     desc: str = "features",
     verbose: int = 1,
+    also: Also | None = None,
 ) -> list[Unread]:
     """Write the row of image ``i`` into ``out[i]``, from the row store or the backbone.
 
@@ -287,6 +321,8 @@ def fill_rows(
         augmentation: Policy of augmented views.
         desc: Label of the progress bar.
         verbose: ``0`` silences progress output.
+        also: A second row per image from the same decode (an image missing from either
+            store is decoded once for both).
 
     Returns:
         The unreadable images, in input order (their rows of ``out`` are left unset).
@@ -299,24 +335,34 @@ def fill_rows(
     start = time.perf_counter()
     skipped: list[Unread] = []
     computed = 0
-    transform = view.transform(preprocessing, augmentation)
+    transform: Callable[[Any], Any] = view.transform(preprocessing, augmentation)
+    if also is not None:
+        transform = _WithAlso(transform, also.compute)
+    stores = [cache, also.cache if also is not None else None]
     bar_off = None if verbose > 0 and images else True  # None: bars on a terminal only
     with (
         tqdm(total=len(images), desc=desc, unit="img", disable=bar_off, leave=False) as bar,
-        cache.appender() if cache is not None else nullcontext() as store,
+        ExitStack() as stack,
     ):
+        appenders = [stack.enter_context(s.appender()) if s is not None else None for s in stores]
         for first in range(0, len(images), BLOCK):
             block = images[first : first + BLOCK]
+            targets = [out[first : first + len(block)]]
+            if also is not None:
+                targets.append(also.out[first : first + len(block)])
             keys: list[bytes | None] = [None] * len(block)
-            found = np.zeros(len(block), dtype=bool)
-            if cache is not None:
+            if cache is not None or (also is not None and also.cache is not None):
                 for i, image in enumerate(block):
                     if isinstance(image, (str, os.PathLike)):
                         with suppress(OSError):  # a missing file: the loader reports it
-                            keys[i] = cache.key(image, name)
-                found = cache.read_into(keys, out[first : first + len(block)].numpy())
-                bar.update(int(found.sum()))
-            todo = np.flatnonzero(~found).tolist()
+                            keys[i] = row_key(image, name)
+            found = [
+                s.read_into(keys, t.numpy()) if s is not None else np.zeros(len(block), bool)
+                for s, t in zip(stores, targets, strict=False)
+            ]
+            done = np.logical_and.reduce(found)
+            bar.update(int(done.sum()))
+            todo = np.flatnonzero(~done).tolist()
             computed += len(todo)
             seeds = None
             if view.kind == "augmented":
@@ -335,24 +381,30 @@ def fill_rows(
                 for pos, error in errors:
                     unreadable(error)
                     skipped.append(Unread(first + todo[pos], str(error)))
-                if batch is not None:
-                    if view.kind == "mirror":
-                        batch = batch.flip(-1)
-                    feats = run_backbone(backbone, batch, device, precision).cpu().flatten(1)
-                    if feats.shape[1:] != out.shape[1:]:
-                        raise PetalnetError(
-                            f"The backbone returned rows of {feats.shape[1]} values, but "
-                            f"declares feature_dim={out.shape[1]}; fix its feature_dim."
-                        )
-                    if out.dtype != feats.dtype:  # clamped: an overflow would be inf, then NaN
-                        limit = torch.finfo(out.dtype).max
-                        feats = feats.clamp(-limit, limit).to(out.dtype)
-                    slots = [todo[p] for p in positions]
-                    out[first : first + len(block)][slots] = feats
-                    if store is not None:
-                        stored = [(keys[s], j) for j, s in enumerate(slots) if keys[s] is not None]
-                        if stored:
-                            store.add([k for k, _ in stored], feats[[j for _, j in stored]].numpy())
+                if batch is None:
+                    bar.update(len(errors))
+                    continue
+                parts = list(batch) if also is not None else [batch]
+                if view.kind == "mirror":
+                    parts[0] = parts[0].flip(-1)
+                feats = run_backbone(backbone, parts[0], device, precision).cpu().flatten(1)
+                if feats.shape[1:] != out.shape[1:]:
+                    raise PetalnetError(
+                        f"The backbone returned rows of {feats.shape[1]} values, but "
+                        f"declares feature_dim={out.shape[1]}; fix its feature_dim."
+                    )
+                parts[0] = feats
+                slots = [todo[p] for p in positions]
+                for rows, target, appender, had in zip(
+                    parts, targets, appenders, found, strict=False
+                ):
+                    if target.dtype != rows.dtype:  # clamped: an overflow would be inf, then NaN
+                        limit = torch.finfo(target.dtype).max
+                        rows = rows.clamp(-limit, limit).to(target.dtype)
+                    target[slots] = rows
+                    new = [(keys[s], j) for j, s in enumerate(slots) if keys[s] and not had[s]]
+                    if appender is not None and new:
+                        appender.add([k for k, _ in new], rows[[j for _, j in new]].numpy())
                 bar.update(len(positions) + len(errors))
     elapsed = time.perf_counter() - start
     if verbose > 0 and images:

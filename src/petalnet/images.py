@@ -17,7 +17,7 @@ from typing import IO, Any, Literal
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from petalnet.errors import ImageReadError, ImageTooLargeError, NotAnImageError, PetalnetWarning
 
@@ -185,7 +185,9 @@ def _array_to_pil(image: np.ndarray) -> Image.Image:
     return to_rgb(Image.fromarray(np.ascontiguousarray(image).squeeze()))
 
 
-def image_to_tensor(image: ImageInput, transform: Transform, draft_size: int | None = None) -> Any:
+def image_to_tensor(
+    image: ImageInput, transform: Callable[[Any], Any], draft_size: int | None = None
+) -> Any:
     """Apply ``transform`` to any supported kind of image.
 
     Args:
@@ -239,11 +241,11 @@ def _readable(image: ImageInput) -> ImageInput:
     return read() if callable(read) and not isinstance(image, Image.Image) else image
 
 
-_Item = tuple[torch.Tensor | None, int, ImageReadError | None]
+_Item = tuple[Any, int, ImageReadError | None]
 
 
 class _ImageDataset(Dataset[_Item]):
-    """``(tensor or None, index, error or None)`` for each image.
+    """``(transformed image or None, index, error or None)`` for each image.
 
     It never raises :class:`ImageReadError`: the loader's consumer hands the messages to an
     :class:`Unreadable`.
@@ -252,7 +254,7 @@ class _ImageDataset(Dataset[_Item]):
     def __init__(
         self,
         images: Sequence[ImageInput],
-        transform: Transform,
+        transform: Callable[[Any], Any],
         draft_size: int | None,
         seeds: Sequence[int] | None,
     ) -> None:
@@ -276,14 +278,15 @@ class _ImageDataset(Dataset[_Item]):
             return None, index, exc
 
 
-LoadedBatch = tuple[torch.Tensor | None, list[int], list[tuple[int, ImageReadError]]]
+LoadedBatch = tuple[Any, list[int], list[tuple[int, ImageReadError]]]
 """``(stacked images or None, their positions in the input list, (position, error) of
-each unreadable one)``."""
+each unreadable one)``. The images are one tensor, or a list of tensors for a transform
+that returns a tuple (each element stacked)."""
 
 
 def _collate(batch: Sequence[_Item]) -> LoadedBatch:
     kept = [(t, i) for t, i, _ in batch if t is not None]
-    images = torch.stack([t for t, _ in kept]) if kept else None
+    images = default_collate([t for t, _ in kept]) if kept else None
     return images, [i for _, i in kept], [(i, e) for _, i, e in batch if e is not None]
 
 
@@ -295,7 +298,7 @@ def default_num_workers() -> int:
 
 def image_loader(
     images: Sequence[ImageInput],
-    transform: Transform,
+    transform: Callable[[Any], Any],
     *,
     draft_size: int | None,
     seeds: Sequence[int] | None = None,
@@ -307,7 +310,7 @@ def image_loader(
 
     Args:
         images: File paths or in-memory images.
-        transform: Maps an RGB ``PIL.Image`` to a tensor.
+        transform: Maps an RGB ``PIL.Image`` to a tensor (or a tuple of tensors).
         draft_size: Passed to :func:`read_image`.
         seeds: One seed per image for a random ``transform``, making each image's random
             draw reproducible whatever the worker or order.
