@@ -382,6 +382,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
     near = args.near_threshold
     if near is not None and not 0 < near <= 1:
         raise UsageError(f"--near_threshold must be in (0, 1]; got {near}.")
+    if args.copy_distance is not None and not 0 <= args.copy_distance <= 64:
+        raise UsageError(f"--copy_distance must be in [0, 64] bits; got {args.copy_distance}.")
     report = check_dataset(args.data_dir, decode=not args.quick and not args.deep)
     print(report.summary())
     if not report.ok or not args.deep:
@@ -392,6 +394,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
         args.data_dir,
         backbone=args.arch,
         near_threshold=near,
+        copy_distance=args.copy_distance,
         device=_device(args),
         verbose=_verbose(args),
     )
@@ -420,7 +423,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
             words=("filed as", "looks like"),
             path=doubtful,
         )
-        print(f"duplicate pairs: {pairs}\nlikely mislabels: {doubtful}")
+        print(f"copies and siblings: {pairs}\nlikely mislabels: {doubtful}")
     return 0
 
 
@@ -588,8 +591,14 @@ def build_parser(
     c.add_argument(
         "--near_threshold",
         type=float,
-        help="with --deep: cosine similarity of near duplicates (default: the calibrated one, "
+        help="with --deep: cosine similarity of siblings, other shots of one plant (default: "
         "petalnet.deep_check.NEAR_THRESHOLD; see docs/data-doctor.md)",
+    )
+    c.add_argument(
+        "--copy_distance",
+        type=int,
+        help="with --deep: perceptual-hash bits (of 64) within which two images are copies "
+        "(default: the calibrated petalnet.hashes.COPY_DISTANCE; see docs/data-doctor.md)",
     )
     c.add_argument("--quiet", action="store_true", help="no progress output")
     _device_flags(c)

@@ -1,77 +1,152 @@
-"""``petalnet check --deep``: leaks, duplicates and likely mislabels, found before training.
+"""``petalnet check --deep``: leaks, copies, siblings and likely mislabels, found before training.
 
-:func:`deep_check` reads every image of every split once for its pixels and once through the
-backbone (rows come from, and go to, the same row store ``fit`` uses, and are compared block
-by block, so memory does not grow with the square of the images), then reports:
+:func:`deep_check` decodes every image of every split once, and from that one decode takes
+both its perceptual hashes (:mod:`petalnet.hashes`) and its backbone features (rows come
+from, and go to, the same row store ``fit`` uses, so a second run decodes nothing; pairs are
+compared block by block, so memory never holds an ``N x N`` matrix). It reports:
 
-- **exact duplicates**: the same pixels after decoding (a re-saved file with other bytes
-  counts), within a split and across splits;
-- **near duplicates**: cosine similarity of the backbone features at or above
-  ``near_threshold`` (re-encoded, resized, slightly cropped copies), not already exact;
-- a pair in two splits is a **leak** (the same photo trained on and measured on), listed
-  first;
+- **copies**: the same photo. *Exact* (the same decoded pixels, e.g. a re-save as PNG) or
+  re-encoded, resized, slightly cropped or brightened (perceptual hashes within
+  :data:`~petalnet.hashes.COPY_DISTANCE` bits).
+- **siblings**: another shot of the same plant (a burst): backbone features at or above
+  ``near_threshold`` cosine, not a copy. Not an error, but a sibling in valid/ of a photo in
+  train/ makes valid/ easier than new photos.
+- a pair in two splits is a **leak**, listed first, for both kinds;
+- **groups**: images connected by copies and siblings (what a leak-aware split keeps
+  together), with how many span two splits;
+- **conflicts**: one photo (a copy) filed under two classes: one finding, not two mislabels;
 - **likely mislabels**: out-of-sample class probabilities from a ``folds``-fold logistic
-  regression on the features (seconds on a CPU), filtered by confident learning (Northcutt
-  et al. 2021: an image whose given class is below that class's average self-confidence while
-  another class is above its own), most doubtful first. Implemented here in a few lines on
-  the cached features rather than through cleanlab, which would add a dependency (and its
-  own classifier loop) for the same rule.
+  regression on the features (seconds on a CPU); an image is flagged when its given class is
+  below that class's average self-confidence (confident learning, Northcutt et al. 2021) and
+  the model prefers another class, ranked by the margin between the two. Lookalike species
+  rank high too (a correctly filed flower that resembles another): each flag says how many
+  other photos of its class the model also takes for the suggested one.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import imagehash
 import numpy as np
 import torch
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 from torch import nn
 
+from petalnet import hashes
 from petalnet.backbones.registry import build_backbone
 from petalnet.data import CATEGORY_NAMES_FILE, class_dirs, list_samples, load_category_names
 from petalnet.errors import DataError
+from petalnet.features import Also, fill_rows, readable_rows
 from petalnet.fitting import make_pipeline
-from petalnet.images import Unreadable, read_image
+from petalnet.images import Unreadable
 from petalnet.params import ClassifierParams
-from petalnet.rows import empty_rows
+from petalnet.rows import compact, empty_rows
+from petalnet.rowstore import RowStore
 
-__all__ = ["NEAR_THRESHOLD", "DeepReport", "Duplicate", "LikelyMislabel", "deep_check"]
+__all__ = [
+    "NEAR_THRESHOLD",
+    "Conflict",
+    "DeepReport",
+    "Duplicate",
+    "Group",
+    "LikelyMislabel",
+    "deep_check",
+]
 
 NEAR_THRESHOLD = 0.92
-"""Default cosine similarity of near duplicates (efficientnet_lite0 features), chosen with
-``benchmarks/check_deep.py``: planted copies of Flowers-102 photos (resized to 80 % or 10 %
-cropped, re-encoded as JPEG 75) scored 0.86-0.98, and 29 of 40 are at or above 0.92; the
-data as shipped has 556 pairs there, many of them bursts of nearly the same shot. A
-compromise between missing copies and flagging bursts: lower it to catch more."""
+"""Default cosine similarity of siblings (efficientnet_lite0 features). Feature cosine
+cannot tell a copy from a sibling (a q60, 0.9x copy scores 0.887; bursts of one plant score
+above 0.92), so copies come from perceptual hashes and this threshold only decides which
+other shots are close enough to report: Flowers-102 as shipped has 556 pairs at or above
+it (``benchmarks/check_deep.py``). Lower it to see more."""
 
 _SPLITS = ("train", "valid", "val", "test")
+
+Kind = Literal["exact", "copy", "sibling"]
+_KIND_ORDER = {"exact": 0, "copy": 1, "sibling": 2}
 
 
 @dataclass(frozen=True)
 class Duplicate:
-    """Two images that are the same photo.
+    """Two images that are the same photo (a copy) or two shots of one plant (siblings).
 
     Attributes:
         files: The two files.
         splits: Their splits (``"all"`` for a folder without splits).
-        similarity: Cosine similarity of their features (1.0 for exact duplicates).
-        exact: Same pixels after decoding.
+        similarity: Cosine similarity of their features.
+        kind: ``"exact"`` (same decoded pixels), ``"copy"`` (perceptual hashes within
+            :data:`~petalnet.hashes.COPY_DISTANCE` bits) or ``"sibling"`` (features at or
+            above the near threshold only).
+        distance: Perceptual-hash distance in bits (0-64; see :func:`petalnet.hashes.copy_pairs`).
+        classes: Their class folders.
     """
 
     files: tuple[str, str]
     splits: tuple[str, str]
     similarity: float
-    exact: bool
+    kind: Kind
+    distance: int
+    classes: tuple[str, str]
+
+    @property
+    def exact(self) -> bool:
+        """The same decoded pixels."""
+        return self.kind == "exact"
+
+    @property
+    def copy(self) -> bool:
+        """The same photo (exact or not)."""
+        return self.kind != "sibling"
 
     @property
     def leak(self) -> bool:
         """The pair spans two splits: a photo trained on is also measured on."""
         return self.splits[0] != self.splits[1]
+
+
+@dataclass(frozen=True)
+class Group:
+    """Images connected by copies and siblings: what a leak-aware split keeps together.
+
+    Attributes:
+        files: Its images.
+        splits: Their splits.
+        copies: Whether any two of them are copies (else siblings only).
+    """
+
+    files: tuple[str, ...]
+    splits: tuple[str, ...]
+    copies: bool
+
+    @property
+    def spans_splits(self) -> bool:
+        """Some of the group is in one split and some in another."""
+        return len(set(self.splits)) > 1
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """One photo filed under two classes (two copies of it in different class folders).
+
+    Attributes:
+        files: The two files.
+        classes: Their class folders.
+        suggested: The class the out-of-sample model believes of the photo.
+        probability: Its out-of-sample probability (the two copies averaged).
+    """
+
+    files: tuple[str, str]
+    classes: tuple[str, str]
+    suggested: str
+    probability: float
 
 
 @dataclass(frozen=True)
@@ -85,6 +160,8 @@ class LikelyMislabel:
         suggested: The class the out-of-sample model believes.
         given_probability: Out-of-sample probability of ``given``.
         suggested_probability: Out-of-sample probability of ``suggested``.
+        lookalikes: Other photos filed as ``given`` that the model also takes for
+            ``suggested`` (several: the two species look alike, and this may be one of them).
     """
 
     file: str
@@ -93,6 +170,12 @@ class LikelyMislabel:
     suggested: str
     given_probability: float
     suggested_probability: float
+    lookalikes: int = 0
+
+    @property
+    def margin(self) -> float:
+        """How much more the model believes ``suggested`` than ``given`` (the ranking)."""
+        return self.suggested_probability - self.given_probability
 
 
 @dataclass
@@ -101,28 +184,46 @@ class DeepReport:
 
     Attributes:
         root: The folder checked.
-        n_images: Images read.
-        duplicates: Exact and near duplicate pairs, leaks first, most similar first.
-        mislabels: Likely mislabelled images, most doubtful first.
+        n_images: Readable images checked.
+        counts: Readable images per split (the quick check's counts).
+        duplicates: Copies and sibling pairs: leaks first, then exact, copies, siblings.
+        groups: Connected groups of two or more images, those spanning splits first.
+        conflicts: Photos filed under two classes.
+        mislabels: Likely mislabelled images, largest margin first.
         names: Class folder to flower name, where known.
-        near_threshold: The similarity used for near duplicates.
+        near_threshold: The cosine similarity used for siblings.
+        copy_distance: The hash distance used for copies.
         seconds: Wall time.
         skipped: Unreadable images left out (each named).
     """
 
     root: Path
     n_images: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
     duplicates: list[Duplicate] = field(default_factory=list)
+    groups: list[Group] = field(default_factory=list)
+    conflicts: list[Conflict] = field(default_factory=list)
     mislabels: list[LikelyMislabel] = field(default_factory=list)
     names: dict[str, str] = field(default_factory=dict)
     near_threshold: float = NEAR_THRESHOLD
+    copy_distance: int = hashes.COPY_DISTANCE
     seconds: float = 0.0
     skipped: list[str] = field(default_factory=list)
 
     @property
     def leaks(self) -> list[Duplicate]:
-        """Duplicate pairs across splits."""
+        """Copy and sibling pairs across splits."""
         return [d for d in self.duplicates if d.leak]
+
+    @property
+    def copies(self) -> list[Duplicate]:
+        """Pairs that are the same photo (exact or not)."""
+        return [d for d in self.duplicates if d.copy]
+
+    @property
+    def siblings(self) -> list[Duplicate]:
+        """Pairs that are two shots of one plant."""
+        return [d for d in self.duplicates if not d.copy]
 
     def _name(self, class_id: str) -> str:
         name = self.names.get(class_id)
@@ -130,42 +231,80 @@ class DeepReport:
 
     def summary(self, limit: int = 10) -> str:
         """Counts first, then the top findings with their files and scores."""
-        exact = sum(d.exact for d in self.duplicates)
+        per_split = ", ".join(f"{s} {n}" for s, n in self.counts.items())
+        copies, siblings = self.copies, self.siblings
+        exact = sum(d.exact for d in copies)
+        spanning = sum(g.spans_splits for g in self.groups)
         lines = [
-            f"{self.root}: {self.n_images} images checked in {self.seconds:.0f}s",
-            f"  {len(self.leaks)} duplicate pairs across splits (leaks), "
-            f"{exact} exact and {len(self.duplicates) - exact} near duplicate pairs in all "
-            f"(cosine >= {self.near_threshold}), {len(self.mislabels)} likely mislabels",
+            f"{self.root}: {self.n_images} readable images checked in {self.seconds:.0f}s "
+            f"({per_split})",
+            f"  {len(self.leaks)} pairs across splits (leaks): "
+            f"{sum(d.leak for d in copies)} copies, {sum(d.leak for d in siblings)} siblings",
+            f"  {len(copies)} copy pairs in all ({exact} exact; the same photo re-encoded, "
+            f"resized or cropped: hashes within {self.copy_distance} bits)",
+            f"  {len(siblings)} sibling pairs (other shots of one plant: cosine >= "
+            f"{self.near_threshold})",
+            f"  {len(self.groups)} groups of copies and siblings "
+            f"({sum(len(g.files) for g in self.groups)} images), {spanning} spanning splits",
+            f"  {len(self.conflicts)} photos filed under two classes, "
+            f"{len(self.mislabels)} likely mislabels",
         ]
         if self.skipped:
             lines.append(f"  {len(self.skipped)} unreadable images skipped")
         if self.duplicates:
-            lines.append("duplicates (leaks first):")
+            lines.append("pairs (leaks first, then copies, then siblings):")
         for d in self.duplicates[:limit]:
-            kind = "exact" if d.exact else f"near {d.similarity:.3f}"
+            kind = {"exact": "exact", "copy": f"copy {d.distance}b"}.get(
+                d.kind, f"sibling {d.similarity:.3f}"
+            )
             where = f"LEAK {d.splits[0]}/{d.splits[1]}" if d.leak else d.splits[0]
-            lines.append(f"  {where:<16} {kind:<11} {d.files[0]}  ==  {d.files[1]}")
+            lines.append(f"  {where:<16} {kind:<15} {d.files[0]}  ==  {d.files[1]}")
+        if self.conflicts:
+            lines.append("photos filed under two classes:")
+        for c in self.conflicts[:limit]:
+            lines.append(
+                f"  {c.files[0]} ({self._name(c.classes[0])})  ==  {c.files[1]} "
+                f"({self._name(c.classes[1])}): looks like {self._name(c.suggested)} "
+                f"({c.probability:.0%}); keep the right one"
+            )
         if self.mislabels:
-            lines.append("likely mislabels (most doubtful first):")
+            lines.append(
+                "likely mislabels (largest margin first; lookalike species rank high too: "
+                "look at each before moving it):"
+            )
         for m in self.mislabels[:limit]:
+            alike = (
+                f"; {m.lookalikes} other {self._name(m.given)} photos look like it too: lookalikes?"
+                if m.lookalikes
+                else ""
+            )
             lines.append(
                 f"  {m.file}: filed as {self._name(m.given)} ({m.given_probability:.0%}), "
-                f"looks like {self._name(m.suggested)} ({m.suggested_probability:.0%})"
+                f"looks like {self._name(m.suggested)} ({m.suggested_probability:.0%}){alike}"
             )
-        if not self.duplicates and not self.mislabels:
+        if not self.duplicates and not self.mislabels and not self.conflicts:
             lines.append("  nothing found")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-compatible content (``leak`` added to each duplicate)."""
+        """JSON-compatible content (``leak``/``exact`` added to pairs, ``margin`` to flags)."""
         return {
             "root": str(self.root),
             "n_images": self.n_images,
+            "counts": dict(self.counts),
             "near_threshold": self.near_threshold,
+            "copy_distance": self.copy_distance,
             "seconds": self.seconds,
             "leaks": len(self.leaks),
-            "duplicates": [{**asdict(d), "leak": d.leak} for d in self.duplicates],
-            "mislabels": [asdict(m) for m in self.mislabels],
+            "copies": len(self.copies),
+            "siblings": len(self.siblings),
+            "duplicates": [
+                {**asdict(d), "leak": d.leak, "exact": d.exact} for d in self.duplicates
+            ],
+            "groups": [{**asdict(g), "spans_splits": g.spans_splits} for g in self.groups],
+            "groups_spanning_splits": sum(g.spans_splits for g in self.groups),
+            "conflicts": [asdict(c) for c in self.conflicts],
+            "mislabels": [{**asdict(m), "margin": m.margin} for m in self.mislabels],
             "skipped": list(self.skipped),
         }
 
@@ -182,17 +321,6 @@ def _samples(root: Path) -> tuple[list[tuple[Path, int, str]], list[str]]:
         for path, label in list_samples(folder, index)
     ]
     return samples, classes
-
-
-def _pixel_hash(path: Path) -> str | None:
-    try:
-        image = read_image(path)
-    except DataError:
-        return None
-    pixels = np.asarray(image)
-    return hashlib.blake2b(
-        str(pixels.shape).encode() + pixels.tobytes(), digest_size=16
-    ).hexdigest()
 
 
 def _norms(rows: torch.Tensor, block: int = 8192) -> torch.Tensor:
@@ -289,18 +417,19 @@ def out_of_sample_probs(
 
 
 def confident_mislabels(probs: torch.Tensor, labels: torch.Tensor) -> list[tuple[int, int]]:
-    """Rows confident learning calls mislabelled, with the class it suggests, most doubtful first.
+    """Rows that look mislabelled, with the class the model prefers, largest margin first.
 
     Per class ``j`` the threshold ``t_j`` is the mean probability of ``j`` over the rows
-    labelled ``j``. A row is flagged when its given class is below its threshold and the most
-    probable class among those at or above their own threshold is another one.
+    labelled ``j`` (confident learning's self-confidence). A row is flagged when its given
+    class is below its threshold and the most probable class is another one; rows are ranked
+    by the margin between that class's probability and the given one's.
 
     Args:
         probs: ``(N, C)`` out-of-sample probabilities.
         labels: ``(N,)`` given class indices.
 
     Returns:
-        ``(row, suggested class)`` pairs, lowest given-class probability first.
+        ``(row, suggested class)`` pairs, largest margin first.
     """
     classes = probs.shape[1]
     thresholds = torch.full((classes,), math.inf)
@@ -309,14 +438,9 @@ def confident_mislabels(probs: torch.Tensor, labels: torch.Tensor) -> list[tuple
         if mine.any():
             thresholds[j] = probs[mine, j].mean()
     given = probs[torch.arange(len(labels)), labels]
-    confident = torch.where(probs >= thresholds, probs, torch.zeros(()))
-    suggested = confident.argmax(1)
-    flagged = (
-        ((confident.amax(1) > 0) & (suggested != labels) & (given < thresholds[labels]))
-        .nonzero()
-        .flatten()
-    )
-    ranked = sorted(flagged.tolist(), key=lambda i: float(given[i]))
+    top, suggested = probs.max(1)
+    flagged = ((suggested != labels) & (given < thresholds[labels])).nonzero().flatten()
+    ranked = sorted(flagged.tolist(), key=lambda i: float(given[i] - top[i]))
     return [(i, int(suggested[i])) for i in ranked]
 
 
@@ -326,19 +450,22 @@ def deep_check(
     backbone: str = "efficientnet_lite0",
     weights: str | None = "DEFAULT",
     near_threshold: float | None = None,
+    copy_distance: int | None = None,
     folds: int = 5,
     cache_dir: str | os.PathLike[str] | None = None,
     device: str = "auto",
     verbose: int = 1,
 ) -> DeepReport:
-    """Find leaks, duplicates and likely mislabels in a data folder (see the module docs).
+    """Find leaks, copies, siblings, conflicts and likely mislabels (see the module docs).
 
     Args:
         data_dir: A root with ``train/`` (``valid/``, ``test/``) or one folder of classes.
         backbone: The backbone whose features compare images (cached like ``fit``'s).
         weights: Its weights.
-        near_threshold: Cosine similarity at or above which two images are near duplicates
+        near_threshold: Cosine similarity at or above which two images are siblings
             (``None``: :data:`NEAR_THRESHOLD`).
+        copy_distance: Perceptual-hash distance in bits at or below which two images are
+            copies (``None``: :data:`petalnet.hashes.COPY_DISTANCE`).
         folds: Folds of the out-of-sample probabilities.
         cache_dir: Feature cache folder (default: the one ``fit`` uses).
         device: Where the backbone runs.
@@ -361,52 +488,165 @@ def deep_check(
         raise DataError(f"{str(root)!r} has fewer than two class folders with images.")
     names_file = root / CATEGORY_NAMES_FILE
     names = load_category_names(names_file) if names_file.is_file() else {}
-    near = NEAR_THRESHOLD if near_threshold is None else near_threshold
-    report = DeepReport(root, names=names, near_threshold=near)
+    report = DeepReport(
+        root,
+        names=names,
+        near_threshold=NEAR_THRESHOLD if near_threshold is None else near_threshold,
+        copy_distance=hashes.COPY_DISTANCE if copy_distance is None else copy_distance,
+    )
     params = ClassifierParams(
         backbone, weights=weights, cache_dir=cache_dir, device=device, verbose=verbose
     )
-    pipeline = make_pipeline(params, build_backbone(backbone, weights))
-    paths = [p for p, _, _ in samples]
-    feats = pipeline.features(
-        paths,
-        [label for _, label, _ in samples],
-        unreadable=Unreadable("collect"),
-        desc="check --deep",
-    )
+    feats, hash_rows = _rows(make_pipeline(params, build_backbone(backbone, weights)), samples)
     report.skipped = [u.message for u in feats.skipped]
     kept = [samples[i] for i in feats.positions.tolist()]
     report.n_images = len(kept)
-    hashes = [_pixel_hash(p) for p, _, _ in kept]
-    files = [str(p) for p, _, _ in kept]
-    found: dict[tuple[int, int], Duplicate] = {}
-    first: dict[str, int] = {}
-    for i, digest in enumerate(hashes):
-        if digest is None:
-            continue
-        if digest in first:
-            j = first[digest]
-            found[(j, i)] = Duplicate((files[j], files[i]), (kept[j][2], kept[i][2]), 1.0, True)
-        else:
-            first[digest] = i
-    for i, j, sim in _near_pairs(feats.features, near):
-        if (i, j) not in found and hashes[i] is not None and hashes[i] == hashes[j]:
-            continue  # the same pixels as an earlier copy: reported against that one
-        found.setdefault(
-            (i, j), Duplicate((files[i], files[j]), (kept[i][2], kept[j][2]), sim, False)
-        )
-    report.duplicates = sorted(found.values(), key=lambda d: (not d.leak, -d.similarity))
+    report.counts = dict(Counter(split for _, _, split in kept))
+    report.duplicates = _pairs(feats.features, hash_rows, kept, classes, report)
+    report.groups = _groups(report.duplicates, kept)
     probs = out_of_sample_probs(feats.features, feats.labels, len(classes), folds)
+    report.conflicts, in_conflict = _conflicts(report.duplicates, kept, probs, classes)
+    predicted = probs.argmax(1)
+    confused = Counter(zip(feats.labels.tolist(), predicted.tolist(), strict=True))
     report.mislabels = [
         LikelyMislabel(
-            files[i],
+            str(kept[i][0]),
             kept[i][2],
             classes[int(feats.labels[i])],
             classes[j],
             float(probs[i, feats.labels[i]]),
             float(probs[i, j]),
+            lookalikes=confused[(int(feats.labels[i]), j)] - 1,
         )
         for i, j in confident_mislabels(probs, feats.labels)
+        if i not in in_conflict
     ]
     report.seconds = round(time.perf_counter() - start, 1)
     return report
+
+
+Sample = tuple[Path, int, str]
+
+
+def _rows(pipeline: Any, samples: list[Sample]) -> tuple[Any, torch.Tensor]:
+    """Features and hash rows of the readable samples, from one decode of each image."""
+    paths = [path for path, _, _ in samples]
+    labels = torch.tensor([label for _, label, _ in samples], dtype=torch.long)
+    rows = empty_rows((len(paths), pipeline.backbone.feature_dim), pipeline.storage)
+    hash_rows = empty_rows((len(paths), hashes.ROW_SIZE), torch.float16)
+    store = pipeline.cache
+    hash_store = None
+    if store is not None:
+        pre = pipeline.backbone.preprocessing
+        hash_store = RowStore(
+            store.root,
+            {
+                "rows": "perceptual hashes",
+                "imagehash": imagehash.__version__,
+                "crops": hashes.CROPS,
+                "draft_size": pre.resize_size,
+            },
+            dtype="float16",
+        )
+    skipped = fill_rows(
+        pipeline.runner,
+        paths,
+        rows,
+        preprocessing=pipeline.backbone.preprocessing,
+        device=pipeline.device,
+        unreadable=Unreadable("collect"),
+        batch_size=pipeline.batch_size,
+        num_workers=pipeline.num_workers,
+        precision=pipeline.precision,
+        cache=store,
+        desc="check --deep",
+        verbose=pipeline.verbose,
+        also=Also(hashes.hash_row, hash_rows, hash_store),
+    )
+    feats = readable_rows(rows, labels, skipped)
+    return feats, compact(hash_rows, feats.positions)
+
+
+def _pairs(
+    features: torch.Tensor,
+    hash_rows: torch.Tensor,
+    kept: list[Sample],
+    classes: list[str],
+    report: DeepReport,
+) -> list[Duplicate]:
+    """Exact copies, copies and siblings: leaks first, then by kind, most similar first."""
+    norms = _norms(features)
+    digests = hashes.digests(hash_rows)
+
+    def pair(
+        i: int, j: int, kind: Kind, distance: int | None = None, sim: float | None = None
+    ) -> Duplicate:
+        if sim is None:
+            sim = float(features[i].float() @ features[j].float() / (norms[i] * norms[j]))
+        if distance is None:
+            distance = hashes.distance(hash_rows[i], hash_rows[j])
+        a, b = kept[i], kept[j]
+        return Duplicate(
+            (str(a[0]), str(b[0])),
+            (a[2], b[2]),
+            sim,
+            kind,
+            distance,
+            (classes[a[1]], classes[b[1]]),
+        )
+
+    found: dict[tuple[int, int], Duplicate] = {}
+    first: dict[bytes, int] = {}
+    for i, d in enumerate(digests):
+        if d in first:
+            found[(first[d], i)] = pair(first[d], i, "exact", 0)
+        else:
+            first[d] = i
+    for i, j, distance in hashes.copy_pairs(hash_rows, report.copy_distance):
+        if digests[i] != digests[j]:  # the same pixels: reported against the first of them
+            found.setdefault((i, j), pair(i, j, "copy", distance))
+    for i, j, sim in _near_pairs(features, report.near_threshold):
+        if digests[i] != digests[j]:
+            found.setdefault((i, j), pair(i, j, "sibling", sim=sim))
+    return sorted(found.values(), key=lambda d: (not d.leak, _KIND_ORDER[d.kind], -d.similarity))
+
+
+def _groups(duplicates: list[Duplicate], kept: list[Sample]) -> list[Group]:
+    """Connected groups of two or more images, those spanning splits first, largest first."""
+    index = {str(path): i for i, (path, _, _) in enumerate(kept)}
+    if not duplicates:
+        return []
+    a = [index[d.files[0]] for d in duplicates]
+    b = [index[d.files[1]] for d in duplicates]
+    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(len(kept), len(kept)))
+    _, component = connected_components(graph, directed=False)
+    members: dict[int, list[int]] = {}
+    for i in sorted(set(a) | set(b)):
+        members.setdefault(int(component[i]), []).append(i)
+    with_copies = {int(component[index[d.files[0]]]) for d in duplicates if d.copy}
+    groups = [
+        Group(
+            tuple(str(kept[i][0]) for i in rows),
+            tuple(kept[i][2] for i in rows),
+            label in with_copies,
+        )
+        for label, rows in members.items()
+    ]
+    return sorted(groups, key=lambda g: (not g.spans_splits, -len(g.files)))
+
+
+def _conflicts(
+    duplicates: list[Duplicate], kept: list[Sample], probs: torch.Tensor, classes: list[str]
+) -> tuple[list[Conflict], set[int]]:
+    """Copies filed under two classes, and the rows they cover (not reported as mislabels)."""
+    index = {str(path): i for i, (path, _, _) in enumerate(kept)}
+    conflicts, rows = [], set()
+    for d in duplicates:
+        if d.copy and d.classes[0] != d.classes[1]:
+            i, j = index[d.files[0]], index[d.files[1]]
+            mean = (probs[i] + probs[j]) / 2
+            conflicts.append(
+                Conflict(d.files, d.classes, classes[int(mean.argmax())], float(mean.max()))
+            )
+            rows |= {i, j}
+    return conflicts, rows

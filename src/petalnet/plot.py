@@ -18,12 +18,12 @@ import numpy as np
 from petalnet.callbacks import EpochRecord
 from petalnet.errors import PetalnetError
 from petalnet.images import read_image, to_rgb
-from petalnet.results import Misclassified, Prediction, ReliabilityBin
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from petalnet.deep_check import Duplicate
+    from petalnet.results import Misclassified, Prediction, ReliabilityBin
 
 __all__ = [
     "confusion_matrix",
@@ -66,7 +66,7 @@ def prediction(
     """Draw the image beside a horizontal bar chart of its top-k flower names.
 
     Args:
-        image: A file path or ``PIL.Image``.
+        image: A file path or ``PIL.Image``; ``None`` draws the bars alone.
         predictions: One image's predictions, as returned by ``FlowerClassifier.predict``
             (a :class:`~petalnet.TopK` marked unknown gets grey bars and says so).
         title: Title over the image; defaults to the file name or the top label.
@@ -79,12 +79,15 @@ def prediction(
         PetalnetError: matplotlib is not installed.
         ImageReadError: The image file cannot be read.
     """
-    pil = read_image(image) if isinstance(image, (str, os.PathLike)) else to_rgb(image)
-    fig, (ax_img, ax_bar) = _figure((9.5, 4.2), ncols=2)
-    ax_img.imshow(np.asarray(pil))
-    ax_img.set_axis_off()
-    default = Path(image).name if isinstance(image, (str, os.PathLike)) else None
-    ax_img.set_title(title or default or (predictions[0].label if predictions else ""))
+    if image is None:
+        fig, ax_bar = _figure((5.5, 4.2))
+    else:
+        pil = read_image(image) if isinstance(image, (str, os.PathLike)) else to_rgb(image)
+        fig, (ax_img, ax_bar) = _figure((9.5, 4.2), ncols=2)
+        ax_img.imshow(np.asarray(pil))
+        ax_img.set_axis_off()
+        default = Path(image).name if isinstance(image, (str, os.PathLike)) else None
+        ax_img.set_title(title or default or (predictions[0].label if predictions else ""))
     labels = [p.label for p in predictions][::-1]
     probs = [p.probability for p in predictions][::-1]
     bars = ax_bar.barh(range(len(probs)), probs, color="#4c9a6a")
@@ -345,7 +348,7 @@ def duplicate_pairs(
     max_pairs: int = 12,
     path: str | os.PathLike[str] | None = None,
 ) -> Figure:
-    """Duplicate pairs side by side, one pair per row, leaks marked.
+    """Copy and sibling pairs side by side, one pair per row, leaks marked.
 
     Args:
         duplicates: ``deep_check(...).duplicates`` (leaks first).
@@ -364,7 +367,9 @@ def duplicate_pairs(
     for ax in grid.flat:
         ax.set_axis_off()
     for (left, right), d in zip(grid, shown, strict=False):
-        kind = "exact" if d.exact else f"cosine {d.similarity:.3f}"
+        kind = {"exact": "exact copy", "copy": f"copy ({d.distance} bits)"}.get(
+            d.kind, f"sibling (cosine {d.similarity:.3f})"
+        )
         for ax, file, split in ((left, d.files[0], d.splits[0]), (right, d.files[1], d.splits[1])):
             with contextlib.suppress(PetalnetError):  # a file removed since: keep its title
                 ax.imshow(np.asarray(read_image(file, draft_size=160)))
