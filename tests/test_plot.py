@@ -48,3 +48,19 @@ def test_evaluate_gives_a_confusion_matrix(fitted, flowers_root):
     m = np.array(report["confusion_matrix"])
     assert m.shape == (12, 12) and m.sum() == 24
     assert np.trace(m) / m.sum() == pytest.approx(report["accuracy"])
+
+
+def test_results_draw_themselves(fitted, flowers_root, tmp_path):
+    image = flowers_root / "test" / "1" / "img_000.jpg"
+    top = fitted.predict(image, topk=3)
+    fig = top.plot(path=tmp_path / "top.png")
+    assert (tmp_path / "top.png").read_bytes()[:8] == PNG
+    assert fig.axes[0].get_title() == "img_000.jpg"  # the photo predicted on, beside its bars
+    assert len(fitted.predict(np.zeros((40, 48, 3), np.uint8)).plot().axes) == 1  # bars alone
+    report = fitted.evaluate(flowers_root)
+    names = fitted.category_names_
+    matrix = report.plot_confusion()
+    assert names["1"] in [t.get_text() for t in matrix.axes[0].get_yticklabels()]
+    assert report.plot_reliability().axes and report.plot_misclassified().axes
+    curves = fitted.plot_history(path=tmp_path / "h.png")
+    assert len(curves.axes[0].lines) == 2 and (tmp_path / "h.png").is_file()

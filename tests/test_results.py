@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import json
 import math
 
 import pytest
@@ -56,3 +58,44 @@ def test_evaluation_report_without_images():
     report = evaluation_report(torch.empty(0, 3), torch.empty(0, dtype=torch.long), CLASSES)
     assert math.isnan(report["accuracy"]) and report["n_images"] == 0
     assert report["confusion_matrix"] == [[0] * 3] * 3
+
+
+def test_short_reprs_and_notebook_tables(fitted, flowers_root):
+    top = fitted.predict(flowers_root / "test" / "1" / "img_000.jpg", topk=3)
+    text = repr(top)
+    assert text.startswith("TopK([") and len(text) < 200 and "%" in text
+    assert repr(top[0]).startswith(f"Prediction({top[0].label!r}, ")
+    assert "<table>" in top._repr_html_() and top[0].label in top._repr_html_()
+    report = fitted.evaluate(flowers_root)
+    assert (
+        isinstance(report, dict)
+        and json.loads(json.dumps(report))["accuracy"] == report["accuracy"]
+    )
+    short = repr(report)
+    assert short.startswith("EvaluationReport(accuracy=") and "reliability" not in short
+    assert len(short) < 300
+    assert "<table>" in report._repr_html_() and "hardest classes" in report._repr_html_()
+    html = fitted._repr_html_()
+    assert "kept epoch" in html and "classes" in html
+    assert "not fitted" in type(fitted)()._repr_html_()
+
+
+@pytest.mark.parametrize("widgets", [False, True])
+def test_progress_bars_use_widgets_only_where_there_are_some(monkeypatch, widgets):
+    from petalnet import _progress
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: (
+            (real("tqdm") if widgets else None) if name == "ipywidgets" else real(name)
+        ),
+    )
+    try:
+        bar = importlib.reload(_progress).tqdm
+        # without ipywidgets tqdm.auto warns "IProgress not found" in a notebook: text bars
+        assert bar.__module__ == ("tqdm.asyncio" if widgets else "tqdm.std")
+    finally:
+        monkeypatch.undo()
+        importlib.reload(_progress)

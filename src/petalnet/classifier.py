@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from petalnet.params import ClassifierParams, params_docstring
 from petalnet.pipeline import ImagePipeline
 from petalnet.predictor import Predictor
 from petalnet.results import EvaluationReport, ImagePrediction, TopK
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["FlowerClassifier"]
 
@@ -64,6 +67,31 @@ class FlowerClassifier(ClassifierParams):
     def pipeline_(self) -> ImagePipeline:
         """The image pipeline of ``evaluate`` and ``predict`` (features of any images)."""
         return self._pipeline()
+
+    def plot_history(self, *, path: str | os.PathLike[str] | None = None) -> Figure:
+        """Loss and validation accuracy per epoch, the kept epoch marked.
+
+        Args:
+            path: Also write a PNG here.
+
+        Returns:
+            The matplotlib figure (:func:`petalnet.plot.training_curves`).
+
+        Raises:
+            NotFittedError: Before ``fit`` or ``load``.
+            PetalnetError: matplotlib is not installed.
+        """
+        from petalnet import plot
+
+        return plot.training_curves(self.history_, kept=self.best_epoch_, path=path)
+
+    def _repr_html_(self) -> str:
+        import html
+
+        model = self.__dict__.get("model_")
+        rows = model.facts() if model is not None else [("state", "not fitted: call fit")]
+        cells = "".join(f"<tr><td>{k}</td><td>{html.escape(v)}</td></tr>" for k, v in rows)
+        return f"<p><code>{html.escape(repr(self))}</code></p><table>{cells}</table>"
 
     def fitted_model(self) -> FittedModel:
         """``model_``; raises :class:`~petalnet.NotFittedError` before ``fit``/``load``."""

@@ -63,6 +63,27 @@ class FittedModel:
         """Class folder name to output index."""
         return {c: i for i, c in enumerate(self.classes)}
 
+    def facts(self) -> list[tuple[str, str]]:
+        """What a notebook shows of it: ``(what, value)`` rows."""
+        meta, history = self.backbone.meta, self.training.history
+        rows = [
+            ("backbone", f"{meta.name} ({meta.weights}, {meta.source})"),
+            ("classes", str(len(self.classes))),
+            ("training images", f"{self.n_train} (+{self.n_valid} validation)"),
+        ]
+        if history:
+            kept = history[min(max(self.training.best_epoch, 1), len(history)) - 1]
+            rows.append(
+                (
+                    "kept epoch",
+                    f"{self.training.best_epoch} of {len(history)}: valid accuracy "
+                    f"{kept['valid_accuracy']:.2%}",
+                )
+            )
+        if self.skipped:
+            rows.append(("unreadable images skipped", str(len(self.skipped))))
+        return rows
+
 
 T = TypeVar("T")
 

@@ -11,9 +11,11 @@ command line, HTTP and an exported program give the same answer for the same pho
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
+from PIL import Image
 
 from petalnet import results
 from petalnet.data import DataSource, evaluation_samples
@@ -96,9 +98,12 @@ class Predictor:
         """
         k = check_topk(topk)
         out, model = self.outputs(images).head, self.model
-        return results.top_predictions(
+        tops = results.top_predictions(
             out.log_probs, k, model.classes, model.category_names, out.novelty, out.unknown
         )
+        for top, image in zip(tops, images, strict=True):  # what TopK.plot draws
+            top.image = image if isinstance(image, (str, os.PathLike, Image.Image)) else None
+        return tops
 
     def iter_predictions(
         self, images: Iterable[ImageInput], topk: int = 5, *, chunk_size: int = 64
@@ -144,4 +149,5 @@ class Predictor:
             [str(paths[i]) for i in got.positions.tolist()],
             got.head.unknown,
             held_out=held,
+            names=model.category_names,
         )

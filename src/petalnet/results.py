@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import html
 import math
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict, overload
 
 import numpy as np
 import torch
 
 from petalnet.calibration import ReliabilityBin, calibration_metrics, reliability_bins
 from petalnet.images import ImageInput
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+PathArg = str | os.PathLike[str] | None
 
 __all__ = [
     "EvaluationReport",
@@ -47,6 +54,12 @@ class Prediction:
         """Return the fields as a plain dict."""
         return asdict(self)
 
+    def __repr__(self) -> str:
+        return (
+            f"Prediction({self.label!r}, {self.probability:.2%}, class_id={self.class_id!r}, "
+            f"index={self.index})"
+        )
+
 
 class TopK(list[Prediction]):
     """The top-k predictions for one image, most likely first, and whether it is unknown.
@@ -67,13 +80,53 @@ class TopK(list[Prediction]):
         *,
         unknown: bool = False,
         novelty: float = math.nan,
+        image: ImageInput | None = None,
     ) -> None:
         super().__init__(predictions)
         self.unknown = unknown
         self.novelty = novelty
+        self.image = image
+        """The image predicted on, where it was given as a file (drawn by :meth:`plot`)."""
 
     def __repr__(self) -> str:
-        return f"TopK({list.__repr__(self)}, unknown={self.unknown}, novelty={self.novelty:.4g})"
+        shown = ", ".join(f"{p.label!r} {p.probability:.1%}" for p in self)
+        flag = ", unknown" if self.unknown else ""
+        return f"TopK([{shown}]{flag}, novelty={self.novelty:.3g})"
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td>{html.escape(p.label)}</td><td>{html.escape(p.class_id)}</td>"
+            f"<td style='text-align:right'>{p.probability:.1%}</td>"
+            f"<td><div style='background:#4c9a6a;height:0.8em;width:{100 * p.probability:.0f}px'>"
+            "</div></td></tr>"
+            for p in self
+        )
+        note = (
+            "<p><b>unknown flower?</b> these are the closest known classes.</p>"
+            if self.unknown
+            else ""
+        )
+        return (
+            f"{note}<table><tr><th>flower</th><th>class</th><th>probability</th><th></th></tr>"
+            f"{rows}</table>"
+        )
+
+    def plot(self, image: Any = None, *, path: PathArg = None) -> Figure:
+        """The image beside a bar chart of these predictions (see :func:`petalnet.plot.prediction`).
+
+        Args:
+            image: The image to draw; ``None``: the file predicted on, or bars alone.
+            path: Also write a PNG here.
+
+        Returns:
+            The matplotlib figure (a notebook shows it).
+
+        Raises:
+            PetalnetError: matplotlib is not installed.
+        """
+        from petalnet import plot
+
+        return plot.prediction(self.image if image is None else image, self, path=path)
 
 
 @dataclass(frozen=True)
@@ -114,8 +167,8 @@ class Misclassified(TypedDict):
     """The probability given to the predicted class."""
 
 
-class EvaluationReport(TypedDict):
-    """What :meth:`~petalnet.FlowerClassifier.evaluate` returns."""
+class _Metrics(TypedDict):
+    """The keys of an :class:`EvaluationReport`."""
 
     accuracy: float
     """Top-1 accuracy (``nan`` without readable images)."""
@@ -150,6 +203,163 @@ class EvaluationReport(TypedDict):
     """One message per unreadable image, naming it."""
     misclassified: list[Misclassified]
     """The images got wrong, most confident mistake first."""
+
+
+_FloatKey = Literal["accuracy", "top5_accuracy", "loss", "ece", "brier", "unknown_rate"]
+_HEADLINE = ("accuracy", "top5_accuracy", "loss", "ece", "unknown_rate")
+
+
+class EvaluationReport(dict[str, Any]):
+    """What :meth:`~petalnet.FlowerClassifier.evaluate` returns: a ``dict`` of metrics.
+
+    It is a plain ``dict`` (``json.dumps`` it, index it: ``report["accuracy"]``, typed per key)
+    whose keys are those of :class:`_Metrics`: ``accuracy``, ``top5_accuracy``, ``loss``,
+    ``ece``, ``brier``, ``unknown_rate``, ``reliability``, ``n_images``,
+    ``per_class_accuracy``, ``per_class_count``, ``confusion_matrix``, ``folder``,
+    ``held_out``, ``n_skipped``, ``skipped`` and ``misclassified``. Beyond a dict: a
+    one-line ``repr``, a table in notebooks, and its plots.
+
+    Args:
+        metrics: The metrics.
+        classes: Class folder names by output index (the confusion matrix's order).
+        names: Class folder name to flower name, where known.
+    """
+
+    def __init__(
+        self,
+        metrics: Mapping[str, Any] = {},  # read only
+        classes: Sequence[str] = (),
+        names: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(metrics)
+        self.classes = list(classes)
+        self.names = dict(names or {})
+
+    if TYPE_CHECKING:  # each key's type, as the TypedDict it replaces gave it
+
+        @overload
+        def __getitem__(self, key: _FloatKey) -> float: ...
+        @overload
+        def __getitem__(self, key: Literal["n_images", "n_skipped"]) -> int: ...
+        @overload
+        def __getitem__(self, key: Literal["folder"]) -> str: ...
+        @overload
+        def __getitem__(self, key: Literal["held_out"]) -> bool: ...
+        @overload
+        def __getitem__(self, key: Literal["reliability"]) -> list[ReliabilityBin]: ...
+        @overload
+        def __getitem__(self, key: Literal["per_class_accuracy"]) -> dict[str, float]: ...
+        @overload
+        def __getitem__(self, key: Literal["per_class_count"]) -> dict[str, int]: ...
+        @overload
+        def __getitem__(self, key: Literal["confusion_matrix"]) -> list[list[int]]: ...
+        @overload
+        def __getitem__(self, key: Literal["skipped"]) -> list[str]: ...
+        @overload
+        def __getitem__(self, key: Literal["misclassified"]) -> list[Misclassified]: ...
+        @overload
+        def __getitem__(self, key: str) -> Any: ...
+        def __getitem__(self, key: str) -> Any: ...
+
+    def __repr__(self) -> str:
+        if not self:
+            return "EvaluationReport({})"
+        shown = [
+            f"{k}={self[k]:.2%}" if k != "loss" else f"loss={self[k]:.4f}"
+            for k in _HEADLINE
+            if k in self
+        ]
+        shown += [
+            f"n_images={self.get('n_images')}",
+            f"misclassified={len(self.get('misclassified', []))}",
+            f"folder={self.get('folder')!r}",
+        ]
+        return f"EvaluationReport({', '.join(shown)})"
+
+    def _name(self, class_id: str) -> str:
+        name = self.names.get(class_id)
+        return f"{name} ({class_id})" if name else class_id
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td>{k}</td><td style='text-align:right'>{self[k]:.4f}</td></tr>"
+            if k == "loss"
+            else f"<tr><td>{k}</td><td style='text-align:right'>{self[k]:.2%}</td></tr>"
+            for k in _HEADLINE
+            if k in self
+        )
+        worst = sorted(self.get("per_class_accuracy", {}).items(), key=lambda kv: kv[1])[:5]
+        counts = self.get("per_class_count", {})
+        hardest = "".join(
+            f"<tr><td>{html.escape(self._name(c))}</td><td style='text-align:right'>"
+            f"{acc:.0%} of {counts.get(c, 0)}</td></tr>"
+            for c, acc in worst
+        )
+        held = " (the split held out when fitting)" if self.get("held_out") else ""
+        return (
+            f"<p><b>{html.escape(str(self.get('folder')))}</b>{held}: "
+            f"{self.get('n_images')} images, {self.get('n_skipped', 0)} unreadable skipped</p>"
+            f"<table>{rows}</table><p>hardest classes</p><table>{hardest}</table>"
+        )
+
+    def plot_confusion(self, *, top_confused: int = 10, path: PathArg = None) -> Figure:
+        """The confusion matrix, its most confused pairs listed beside it.
+
+        Args:
+            top_confused: How many confused pairs to list beside it.
+            path: Also write a PNG here.
+
+        Returns:
+            The matplotlib figure.
+
+        Raises:
+            PetalnetError: matplotlib is not installed.
+        """
+        from petalnet import plot
+
+        classes = self.classes or [str(i) for i in range(len(self["confusion_matrix"]))]
+        return plot.confusion_matrix(
+            self["confusion_matrix"],
+            [self.names.get(c, c) for c in classes],
+            class_ids=classes,
+            top_confused=top_confused,
+            path=path,
+        )
+
+    def plot_reliability(self, *, path: PathArg = None) -> Figure:
+        """Confidence against accuracy (:func:`petalnet.plot.reliability`).
+
+        Args:
+            path: Also write a PNG here.
+
+        Returns:
+            The matplotlib figure.
+
+        Raises:
+            PetalnetError: matplotlib is not installed.
+        """
+        from petalnet import plot
+
+        return plot.reliability(self["reliability"], ece=self["ece"], path=path)
+
+    def plot_misclassified(self, *, max_images: int = 24, path: PathArg = None) -> Figure:
+        """The images got wrong, most confident first (:func:`petalnet.plot.misclassified`).
+
+        Args:
+            max_images: Show at most this many.
+            path: Also write a PNG here.
+
+        Returns:
+            The matplotlib figure.
+
+        Raises:
+            PetalnetError: matplotlib is not installed.
+        """
+        from petalnet import plot
+
+        return plot.misclassified(
+            self["misclassified"], self.names, max_images=max_images, path=path
+        )
 
 
 def check_topk(topk: object, most: int | None = None) -> int:
@@ -268,6 +478,7 @@ def evaluation_report(
     unknown: torch.Tensor | None = None,
     *,
     held_out: bool = False,
+    names: Mapping[str, str] | None = None,
 ) -> EvaluationReport:
     """Compute the metrics :meth:`FlowerClassifier.evaluate` returns.
 
@@ -280,6 +491,7 @@ def evaluation_report(
         images: The file of each row, to list the misclassified ones.
         unknown: ``(N,)`` unknown flags of the rows.
         held_out: The images are a fitted folder's held-out validation split.
+        names: Class folder name to flower name (for the report's tables and plots).
 
     Returns:
         ``accuracy``, ``top5_accuracy``, ``loss`` (mean NLL), ``n_images``,
@@ -291,7 +503,7 @@ def evaluation_report(
     n = len(labels)
     if n == 0:
         nan = float("nan")
-        return {
+        empty: _Metrics = {
             "accuracy": nan,
             "top5_accuracy": nan,
             "loss": nan,
@@ -309,6 +521,7 @@ def evaluation_report(
             "skipped": list(skipped),
             "misclassified": [],
         }
+        return EvaluationReport(empty, classes, names)
     confidence, pred = log_probs.max(1)
     wrong = (pred != labels).nonzero().flatten().tolist() if images is not None else []
     misclassified: list[Misclassified] = [
@@ -331,7 +544,7 @@ def evaluation_report(
         per_acc[classes[i]] = float(correct[mask].float().mean())
         per_count[classes[i]] = int(mask.sum())
     calibration = calibration_metrics(log_probs.float().exp(), labels)
-    return {
+    metrics: _Metrics = {
         "accuracy": float(correct.float().mean()),
         "top5_accuracy": float((top5 == labels[:, None]).any(1).float().mean()),
         "loss": calibration["nll"],
@@ -353,3 +566,4 @@ def evaluation_report(
         "skipped": list(skipped),
         "misclassified": misclassified,
     }
+    return EvaluationReport(metrics, classes, names)
