@@ -108,12 +108,13 @@ def test_confident_learning_rule():
 
 
 def test_mislabels_are_ranked_by_margin_and_need_no_confident_rival():
-    labels = torch.tensor([0, 0, 0, 0, 1, 1, 1, 2, 2, 2])
+    labels = torch.tensor([0, 0, 0, 0, 0, 1, 1, 1, 2, 2, 2])
     probs = torch.tensor(
         [
             [0.9, 0.05, 0.05],
             [0.9, 0.05, 0.05],
-            [0.35, 0.45, 0.2],  # small margin for 1
+            [0.2, 0.75, 0.05],  # smaller margin for 1
+            [0.4, 0.5, 0.1],  # margin under 0.5: not flagged
             [0.1, 0.2, 0.7],  # large margin for 2
             [0.0, 1.0, 0.0],
             [0.0, 1.0, 0.0],
@@ -123,9 +124,9 @@ def test_mislabels_are_ranked_by_margin_and_need_no_confident_rival():
             [0.1, 0.0, 0.9],
         ]
     )
-    # row 2's rival (class 1 at 0.45) is far below class 1's self-confidence of 1.0: plain
+    # row 2's rival (class 1 at 0.75) is below class 1's self-confidence of 1.0: plain
     # confident learning would miss it; it is flagged, ranked below the larger margin
-    assert confident_mislabels(probs, labels) == [(3, 2), (2, 1)]
+    assert confident_mislabels(probs, labels) == [(4, 2), (2, 1)]
 
 
 def test_cli_deep_check_writes_report_and_plots(tmp_path, capsys):
