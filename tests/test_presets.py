@@ -79,3 +79,9 @@ def test_cli_presets_lists_names_figures_and_flags(capsys):
         assert preset.name in out and preset.describe() in out
     assert "--strategy freeze_unfreeze" in out and "--preset NAME" in out
     assert get_preset("best-cpu").params["tta"] is True
+    # both figures each preset was measured with, and why new photos score lower
+    for preset in list_presets():
+        assert preset.untouched_accuracy is not None
+        assert preset.untouched_accuracy < preset.valid_accuracy
+        assert f"untouched test {preset.untouched_accuracy:.2%}*" in out
+    assert "* valid/ shares plants with train/" in out and "1.0-1.5 points under" in out

@@ -10,6 +10,7 @@ import argparse
 import csv
 import json
 import sys
+import textwrap
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -330,7 +331,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_presets(args: argparse.Namespace) -> int:
-    from petalnet.presets import list_presets
+    from petalnet.presets import UNTOUCHED_NOTE, list_presets
 
     presets = list_presets()
     width = max(len(p.name) for p in presets)
@@ -344,6 +345,7 @@ def _cmd_presets(args: argparse.Namespace) -> int:
             for k, v in preset.params.items()
         )
         print(f"{'':<{width}} = {flags}")
+    print(textwrap.fill(UNTOUCHED_NOTE, width=100))
     print("use: petalnet train DATA_DIR --preset NAME  (later flags override the preset)")
     return 0
 
