@@ -55,23 +55,33 @@ def link(source: Path, target: Path) -> None:
 
 
 def link_holdout(
-    data: Path, holdout: float, root: Path, skip_classes: frozenset[str] = frozenset()
+    data: Path,
+    holdout: float,
+    root: Path,
+    skip_classes: frozenset[str] = frozenset(),
+    split: str = "random",
 ) -> tuple[int, int]:
     """Symbolic links: root/train (train minus a stratified hold-out), root/valid (the hold-out).
 
     The hold-out is ``holdout`` of each class of ``data/train`` (seed 0); ``data/valid`` is
     not used, so it stays the split that is reported once. Classes in ``skip_classes`` are
-    left out of both.
+    left out of both. ``split="grouped"`` keeps the data doctor's groups of copies and
+    siblings on one side (as ``fit(split="grouped")`` does).
 
     Returns:
         The number of images in root/train and in root/valid.
     """
-    split = load_training_data(data / "train", valid_fraction=holdout, seed=0)
+    groups = None
+    if split == "grouped":
+        from petalnet.deep_check import near_duplicate_groups
+
+        groups = near_duplicate_groups
+    split_data = load_training_data(data / "train", valid_fraction=holdout, seed=0, groups=groups)
     counts = {"train": 0, "valid": 0}
-    for name, samples in (("train", split.train), ("valid", split.valid)):
+    for name, samples in (("train", split_data.train), ("valid", split_data.valid)):
         for path, label in samples:
-            if split.classes[label] not in skip_classes:
-                link(path, root / name / split.classes[label] / path.name)
+            if split_data.classes[label] not in skip_classes:
+                link(path, root / name / split_data.classes[label] / path.name)
                 counts[name] += 1
     names = data / "cat_to_name.json"
     if names.is_file():

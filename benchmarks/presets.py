@@ -4,10 +4,12 @@ Usage (from the repository root)::
 
     python benchmarks/presets.py                      # every preset
     python benchmarks/presets.py --only fast-cpu --json out.json
+    python benchmarks/presets.py --holdout-only --split random   # the hold-out as before
 
 For each preset, two child processes, each with a new, empty feature cache:
 
-1. **hold-out**: the preset is fitted on ``train/`` minus a stratified 15 % hold-out and
+1. **hold-out**: the preset is fitted on ``train/`` minus a stratified 15 % hold-out (by
+   default grouped: the data doctor's groups of copies and siblings stay on one side) and
    evaluated on the hold-out (the preset's own epochs, ``monitor="last"``: nothing is picked
    there either; this is the figure recipes were compared on).
 2. **final**: the preset is fitted on the whole ``train/`` from the JPEG files and
@@ -37,14 +39,14 @@ from petalnet.precision import cpu_has_native_bf16
 from petalnet.presets import get_preset, list_presets
 
 
-def _phase(name: str, phase: str, data: Path, holdout: float) -> dict[str, Any]:
+def _phase(name: str, phase: str, data: Path, holdout: float, split: str) -> dict[str, Any]:
     """Run one phase in this process (a child of :func:`main`)."""
     cache = Path(tempfile.mkdtemp(prefix="petalnet-preset-cache-"))
     with tempfile.TemporaryDirectory(prefix="petalnet-holdout-") as tmp:
         root, report_on = data, data / "valid"
         if phase == "holdout":
             root = Path(tmp)
-            link_holdout(data, holdout, root)
+            link_holdout(data, holdout, root, split=split)
             report_on = root / "valid"
         start = time.perf_counter()
         clf = petalnet.FlowerClassifier.from_preset(name, cache_dir=cache, random_state=0)
@@ -69,6 +71,7 @@ def _child(name: str, phase: str, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         cmd = [sys.executable, __file__, "--only", name, "--phase", phase]
         cmd += ["--data", str(args.data), "--holdout", str(args.holdout), "--json", out.name]
+        cmd += ["--split", args.split]
         subprocess.run(cmd, check=True)
         return json.loads(Path(out.name).read_text())
 
@@ -78,6 +81,14 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--only", nargs="+", help="preset names (default: all)")
     ap.add_argument("--holdout", type=float, default=0.15, help="share of train held out")
+    ap.add_argument(
+        "--split",
+        choices=["grouped", "random"],
+        default="grouped",
+        help="hold-out keeps the data doctor's groups of copies and siblings on one side "
+        "(grouped, the default) or picks images per class at random",
+    )
+    ap.add_argument("--holdout-only", action="store_true", help="measure the hold-out phase only")
     ap.add_argument("--phase", choices=["holdout", "final"], help=argparse.SUPPRESS)
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
@@ -85,11 +96,12 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         sys.exit(f"No train/ and valid/ under {args.data}; pass --data DIR.")
     names = args.only or [p.name for p in list_presets()]
     if args.phase:  # a child: one phase of one preset
-        emit(_phase(names[0], args.phase, args.data, args.holdout), args.json)
+        emit(_phase(names[0], args.phase, args.data, args.holdout, args.split), args.json)
         return []
     results = []
     for name in names:
-        held, final = _child(name, "holdout", args), _child(name, "final", args)
+        held = _child(name, "holdout", args)
+        final = None if args.holdout_only else _child(name, "final", args)
         results.append(
             {
                 "preset": name,
@@ -98,7 +110,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 "torch": torch.__version__,
                 **machine(),
                 "cpu_bf16": cpu_has_native_bf16(),
-                "command": f"python benchmarks/presets.py --only {name}",
+                "command": f"python benchmarks/presets.py --only {name} --split {args.split}",
                 "holdout": held,
                 "final": final,
             }

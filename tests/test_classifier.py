@@ -147,7 +147,9 @@ def test_predict_bad_input(fitted, tmp_path):
 
 def test_single_folder_and_explicit_category_names(single_folder):
     names = {"1": "rose", "2": "tulip"}  # others fall back to the folder name
-    clf = FlowerClassifier("tiny_test", category_names=names, random_state=1, **FAST)
+    clf = FlowerClassifier(
+        "tiny_test", category_names=names, random_state=1, split="stratified", **FAST
+    )
     assert clf.fit(single_folder) is clf
     assert clf.n_valid_ == 5 and clf.n_train_ == 25
     top = clf.predict(single_folder / "2" / "img_000.jpg", topk=5)

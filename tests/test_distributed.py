@@ -38,7 +38,7 @@ SCRIPT = textwrap.dedent(
     clf = FlowerClassifier(backbone, hidden_units=16, epochs=3, batch_size=8,
                            learning_rate=0.01, device="cpu", random_state=0, cache=False,
                            amp=False, verbose=1, strategy=strategy, unfreeze_blocks=1,
-                           freeze_epochs=1)
+                           freeze_epochs=1, split="stratified")  # synthetic photos group whole
     clf.fit(sys.argv[1])
     path = clf.save(sys.argv[2])
     dist.barrier()  # rank 0 has written the checkpoint

@@ -58,6 +58,7 @@ BAD_VALUES = {
     "epochs": [0, 2.5, "3"],
     "batch_size": [0],
     "valid_fraction": [1.0],
+    "split": ["random", 3],
     "extract_batch_size": [0],
     "num_workers": [-1],
     "amp": ["yes", 1],

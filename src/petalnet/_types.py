@@ -18,6 +18,7 @@ __all__ = [
     "Monitor",
     "NoveltyScore",
     "Schedule",
+    "Split",
     "Strategy",
     "WeightsArg",
 ]
@@ -40,6 +41,11 @@ Schedule = Literal["constant", "cosine", "onecycle"]
 Monitor = Literal["valid_loss", "valid_accuracy", "last"]
 """What picks the epoch whose weights are kept: the lowest validation loss, the highest
 validation accuracy, or the last epoch (the validation split then only reports)."""
+
+Split = Literal["grouped", "stratified"]
+"""How ``fit`` carves a validation split from a folder without ``valid/``: keeping each group of
+copies and other shots of one plant on one side (the data doctor's groups), or per class at
+random."""
 
 ClassWeight = Literal["balanced"]
 """Class weighting of the loss: ``"balanced"`` (or ``None`` for none)."""

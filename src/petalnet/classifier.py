@@ -28,6 +28,7 @@ from petalnet.params import ClassifierParams, params_docstring
 from petalnet.pipeline import ImagePipeline
 from petalnet.predictor import Predictor
 from petalnet.results import EvaluationReport, ImagePrediction, TopK
+from petalnet.splits import split_groups
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -250,7 +251,14 @@ class FlowerClassifier(ClassifierParams):
         self.__dict__.pop("model_", None)  # a failed refit never mixes old and new parts
         # the model is kept before training starts, so a failed run keeps its best epoch
         keep = lambda model: setattr(self, "model_", model)  # noqa: E731
-        fit_model(self, data_dir, pipeline_for=self._pipeline, keep=keep, resume_from=resume_from)
+        fit_model(
+            self,
+            data_dir,
+            pipeline_for=self._pipeline,
+            keep=keep,
+            resume_from=resume_from,
+            groups=split_groups(self),
+        )
         return self
 
     def save(self, path: str | os.PathLike[str], *, include_backbone: bool | None = None) -> Path:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ __all__ = [
     "CATEGORY_NAMES_FILE",
     "IMG_EXTENSIONS",
     "DataSource",
+    "GroupsOf",
     "HeldOut",
     "Sample",
     "TrainingData",
@@ -174,12 +175,17 @@ class HeldOut:
         fraction: Share of each class held out (0 after ``refit``: every image trained on).
         seed: Seed of the split.
         files: Hash of the folder's sorted image list (class folder and file name).
+        split: ``"stratified"`` (carved again from the seed) or ``"grouped"`` (groups of
+            copies and siblings kept on one side; the held-out files are listed).
+        valid_files: For ``"grouped"``: ``class folder/file name`` of each held-out image.
     """
 
     folder: str
     fraction: float
     seed: int | None
     files: str
+    split: str = "stratified"
+    valid_files: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values, for the checkpoint."""
@@ -191,19 +197,40 @@ class HeldOut:
         if not data:
             return None
         seed = None if data.get("seed") is None else int(data["seed"])
-        return cls(str(data["folder"]), float(data["fraction"]), seed, str(data["files"]))
+        return cls(
+            str(data["folder"]),
+            float(data["fraction"]),
+            seed,
+            str(data["files"]),
+            str(data.get("split", "stratified")),
+            tuple(str(f) for f in data.get("valid_files", ())),
+        )
 
     @classmethod
     def of(
-        cls, folder: Path, samples: Sequence[Sample], fraction: float, seed: int | None
+        cls,
+        folder: Path,
+        samples: Sequence[Sample],
+        fraction: float,
+        seed: int | None,
+        valid: Sequence[Sample] | None = None,
     ) -> HeldOut:
-        """The split of ``samples`` (all of ``folder``) that :func:`_stratified_split` makes."""
-        return cls(str(folder.resolve()), float(fraction), seed, _files_digest(samples))
+        """The split of ``samples`` (all of ``folder``): seeded, or ``valid`` as listed."""
+        listed = tuple(sorted(_name(p) for p, _ in valid)) if valid is not None else ()
+        split = "grouped" if valid is not None else "stratified"
+        return cls(
+            str(folder.resolve()), float(fraction), seed, _files_digest(samples), split, listed
+        )
+
+
+def _name(path: Path) -> str:
+    """An image's name in a split record: its class folder and file name."""
+    return f"{path.parent.name}/{path.name}"
 
 
 def _files_digest(samples: Sequence[Sample]) -> str:
     """Hash of the class folder and file name of each sample (where the folder lives aside)."""
-    names = sorted(f"{p.parent.name}/{p.name}" for p, _ in samples)
+    names = sorted(_name(p) for p, _ in samples)
     return hashlib.blake2b("\0".join(names).encode(), digest_size=12).hexdigest()
 
 
@@ -226,6 +253,9 @@ def held_out_samples(
             held out is then unknown).
     """
     if _files_digest(samples) == held.files:
+        if held.split == "grouped":
+            listed = set(held.valid_files) if held.fraction > 0 else set()
+            return [s for s in samples if _name(s[0]) in listed]
         return _stratified_split(samples, held.fraction, held.seed)[1]
     if str(Path(folder).resolve()) == held.folder:
         raise DataError(
@@ -264,23 +294,48 @@ class TrainingData:
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
 
+GroupsOf = Callable[[Sequence[Sample]], Sequence[int]]
+"""Maps samples to a group id each (equal ids: copies or siblings, kept on one side)."""
+
+
 def _stratified_split(
-    samples: Sequence[Sample], fraction: float, seed: int | None
+    samples: Sequence[Sample],
+    fraction: float,
+    seed: int | None,
+    groups: Sequence[int] | None = None,
 ) -> tuple[list[Sample], list[Sample]]:
-    """Hold out ``fraction`` of each class (at least one image where a class has two)."""
+    """Hold out ``fraction`` of each class (at least one image where a class has two).
+
+    With ``groups`` (one id per sample), a group goes to one side whole: walking each class
+    in the seeded order, an image whose group is not placed yet takes its group to the
+    validation side while that keeps the class within its share, else to training. With
+    every group a single image this is exactly the plain stratified split.
+    """
     gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
-    by_class: dict[int, list[Sample]] = {}
-    for s in samples:
-        by_class.setdefault(s[1], []).append(s)
-    train: list[Sample] = []
-    valid: list[Sample] = []
+    group = list(groups) if groups is not None else list(range(len(samples)))
+    by_class: dict[int, list[int]] = {}
+    members: dict[int, dict[int, int]] = {}  # group -> {class: images}
+    for i, s in enumerate(samples):
+        by_class.setdefault(s[1], []).append(i)
+        counts = members.setdefault(group[i], {})
+        counts[s[1]] = counts.get(s[1], 0) + 1
+    side: dict[int, bool] = {}  # group -> held out
+    held: dict[int, int] = {}  # class -> images held out so far
     for idx in sorted(by_class):
         items = by_class[idx]
         order = torch.randperm(len(items), generator=gen).tolist()
         n_valid = 0 if fraction <= 0 or len(items) < 2 else max(1, round(fraction * len(items)))
         n_valid = min(n_valid, len(items) - 1)
-        valid += [items[i] for i in sorted(order[:n_valid])]
-        train += [items[i] for i in sorted(order[n_valid:])]
+        for i in order:
+            g = group[items[i]]
+            if g in side:
+                continue
+            side[g] = held.get(idx, 0) + members[g][idx] <= n_valid
+            if side[g]:
+                for c, n in members[g].items():
+                    held[c] = held.get(c, 0) + n
+    valid = [s for i, s in enumerate(samples) if side[group[i]]]
+    train = [s for i, s in enumerate(samples) if not side[group[i]]]
     return train, valid
 
 
@@ -311,7 +366,9 @@ def _folder(data_dir: DataSource) -> Path:
     return root
 
 
-def _table_data(source: DataSource, fraction: float, seed: int | None) -> TrainingData:
+def _table_data(
+    source: DataSource, fraction: float, seed: int | None, groups: GroupsOf | None
+) -> TrainingData:
     """The training data of a labels table (validation rows, or a held-out fraction)."""
     rows = read_table(source)
     where = Path(source) if isinstance(source, (str, os.PathLike)) else None
@@ -324,8 +381,7 @@ def _table_data(source: DataSource, fraction: float, seed: int | None) -> Traini
     data.train = [(r.path, idx[r.label]) for r in labelled(rows, "train")]
     data.valid = [(r.path, idx[r.label]) for r in labelled(rows, "valid") if r.label in idx]
     if not data.valid:
-        data.held_out = HeldOut.of(where or home, data.train, fraction, seed)
-        data.train, data.valid = _stratified_split(data.train, fraction, seed)
+        _hold_out(data, where or home, data.train, fraction, seed, groups, layout="table")
     return data
 
 
@@ -379,7 +435,11 @@ def evaluation_samples(
 
 
 def load_training_data(
-    data_dir: DataSource, *, valid_fraction: float = 0.2, seed: int | None = None
+    data_dir: DataSource,
+    *,
+    valid_fraction: float = 0.2,
+    seed: int | None = None,
+    groups: GroupsOf | None = None,
 ) -> TrainingData:
     """Find the training and validation images under ``data_dir``.
 
@@ -389,6 +449,8 @@ def load_training_data(
         valid_fraction: Share of each class held out for validation when there is no
             ``valid/`` folder.
         seed: Seed of that hold-out split.
+        groups: Groups of copies and siblings, kept on one side of that split (``None``:
+            per class at random).
 
     Returns:
         The classes and samples.
@@ -397,7 +459,7 @@ def load_training_data(
         DataError: The folder is missing or holds no usable images.
     """
     if is_table(data_dir):
-        return _table_data(data_dir, valid_fraction, seed)
+        return _table_data(data_dir, valid_fraction, seed, groups)
     root = _folder(data_dir)
     names_file = root / CATEGORY_NAMES_FILE
     names = names_file if names_file.is_file() else None
@@ -409,16 +471,29 @@ def load_training_data(
         if valid_dir is not None:
             data.valid = list_samples(valid_dir, data.class_to_idx)
         else:
-            data.held_out = HeldOut.of(root / "train", data.train, valid_fraction, seed)
-            data.train, data.valid = _stratified_split(data.train, valid_fraction, seed)
-            data.layout = "holdout"
+            _hold_out(data, root / "train", data.train, valid_fraction, seed, groups)
         return data
     classes = _at_least_two(find_classes(root), root)
     data = TrainingData(classes, [], [], root, names, layout="holdout")
-    samples = list_samples(root, data.class_to_idx)
-    data.held_out = HeldOut.of(root, samples, valid_fraction, seed)
-    data.train, data.valid = _stratified_split(samples, valid_fraction, seed)
+    _hold_out(data, root, list_samples(root, data.class_to_idx), valid_fraction, seed, groups)
     return data
+
+
+def _hold_out(
+    data: TrainingData,
+    folder: Path,
+    samples: list[Sample],
+    fraction: float,
+    seed: int | None,
+    groups: GroupsOf | None,
+    layout: str = "holdout",
+) -> None:
+    """Carve ``data``'s validation split out of ``samples`` (all of ``folder``)."""
+    ids = groups(samples) if groups is not None and fraction > 0 else None
+    data.train, data.valid = _stratified_split(samples, fraction, seed, ids)
+    listed = data.valid if ids is not None else None
+    data.held_out = HeldOut.of(folder, samples, fraction, seed, listed)
+    data.layout = layout
 
 
 def resolve_eval_folder(path: str | os.PathLike[str]) -> Path:

@@ -52,6 +52,7 @@ from petalnet.rows import compact, empty_rows
 from petalnet.rowstore import RowStore
 
 __all__ = [
+    "GROUPING_BACKBONE",
     "NEAR_THRESHOLD",
     "Conflict",
     "DeepReport",
@@ -59,7 +60,11 @@ __all__ = [
     "Group",
     "LikelyMislabel",
     "deep_check",
+    "near_duplicate_groups",
 ]
+
+GROUPING_BACKBONE = "efficientnet_lite0"
+"""The backbone whose features find siblings (the thresholds are calibrated on it)."""
 
 NEAR_THRESHOLD = 0.92
 """Default cosine similarity of siblings (efficientnet_lite0 features). Feature cosine
@@ -509,7 +514,9 @@ def deep_check(
     kept = [samples[i] for i in feats.positions.tolist()]
     report.n_images = len(kept)
     report.counts = dict(Counter(split for _, _, split in kept))
-    report.duplicates = _pairs(feats.features, hash_rows, kept, classes, report)
+    report.duplicates = _pairs(
+        feats.features, hash_rows, kept, classes, report.near_threshold, report.copy_distance
+    )
     report.groups = _groups(report.duplicates, kept)
     probs = out_of_sample_probs(feats.features, feats.labels, len(classes), folds)
     report.conflicts, in_conflict = _conflicts(report.duplicates, kept, probs, classes)
@@ -538,7 +545,9 @@ def deep_check(
 Sample = tuple[Path, int, str]
 
 
-def _rows(pipeline: Any, samples: list[Sample]) -> tuple[Any, torch.Tensor]:
+def _rows(
+    pipeline: Any, samples: list[Sample], desc: str = "check --deep"
+) -> tuple[Any, torch.Tensor]:
     """Features and hash rows of the readable samples, from one decode of each image."""
     paths = [path for path, _, _ in samples]
     labels = torch.tensor([label for _, label, _ in samples], dtype=torch.long)
@@ -569,7 +578,7 @@ def _rows(pipeline: Any, samples: list[Sample]) -> tuple[Any, torch.Tensor]:
         num_workers=pipeline.num_workers,
         precision=pipeline.precision,
         cache=store,
-        desc="check --deep",
+        desc=desc,
         verbose=pipeline.verbose,
         also=Also(hashes.hash_row, hash_rows, hash_store),
     )
@@ -582,7 +591,8 @@ def _pairs(
     hash_rows: torch.Tensor,
     kept: list[Sample],
     classes: list[str],
-    report: DeepReport,
+    near_threshold: float,
+    copy_distance: int,
 ) -> list[Duplicate]:
     """Exact copies, copies and siblings: leaks first, then by kind, most similar first."""
     norms = _norms(features)
@@ -612,10 +622,10 @@ def _pairs(
             found[(first[d], i)] = pair(first[d], i, "exact", 0)
         else:
             first[d] = i
-    for i, j, distance in hashes.copy_pairs(hash_rows, report.copy_distance):
+    for i, j, distance in hashes.copy_pairs(hash_rows, copy_distance):
         if digests[i] != digests[j]:  # the same pixels: reported against the first of them
             found.setdefault((i, j), pair(i, j, "copy", distance))
-    for i, j, sim in _near_pairs(features, report.near_threshold):
+    for i, j, sim in _near_pairs(features, near_threshold):
         if digests[i] != digests[j]:
             found.setdefault((i, j), pair(i, j, "sibling", sim=sim))
     return sorted(found.values(), key=lambda d: (not d.leak, _KIND_ORDER[d.kind], -d.similarity))
@@ -660,3 +670,48 @@ def _conflicts(
             )
             rows |= {i, j}
     return conflicts, rows
+
+
+def near_duplicate_groups(
+    samples: list[tuple[Path, int]],
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    use_cache: bool = True,
+    device: str = "auto",
+    verbose: int = 0,
+) -> list[int]:
+    """A group id per sample: copies and siblings (as :func:`deep_check` finds them) share one.
+
+    What ``fit(split="grouped")`` keeps on one side of its validation split. Features
+    (:data:`GROUPING_BACKBONE`) and hashes come from, and go to, the row store, so a
+    ``petalnet check --deep`` before, or a second fit, makes this a read.
+
+    Args:
+        samples: ``(path, class index)`` pairs.
+        cache_dir: Row store folder (default: the one ``fit`` uses).
+        use_cache: Read and fill the row store.
+        device: Where the backbone runs.
+        verbose: ``0`` silences progress output.
+
+    Returns:
+        One id per sample (an unreadable image is a group of its own).
+
+    Raises:
+        WeightsUnavailableError: The backbone's weights are not available here.
+    """
+    params = ClassifierParams(
+        GROUPING_BACKBONE, cache=use_cache, cache_dir=cache_dir, device=device, verbose=verbose
+    )
+    pipeline = make_pipeline(params, build_backbone(GROUPING_BACKBONE))
+    tagged = [(Path(p), label, "all") for p, label in samples]
+    feats, hash_rows = _rows(pipeline, tagged, desc="split groups")
+    kept = [tagged[i] for i in feats.positions.tolist()]
+    classes = [str(c) for c in range(max((s[1] for s in samples), default=0) + 1)]
+    pairs = _pairs(feats.features, hash_rows, kept, classes, NEAR_THRESHOLD, hashes.COPY_DISTANCE)
+    position = feats.positions.tolist()
+    index = {str(path): position[i] for i, (path, _, _) in enumerate(kept)}
+    a = [index[d.files[0]] for d in pairs]
+    b = [index[d.files[1]] for d in pairs]
+    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(len(samples), len(samples)))
+    _, component = connected_components(graph, directed=False)
+    return [int(c) for c in component]

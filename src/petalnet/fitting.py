@@ -24,7 +24,13 @@ from petalnet.batches import Batches, ImageBatches
 from petalnet.calibration import Calibration, fit_calibration, sample_rows
 from petalnet.callbacks import TrainingState
 from petalnet.checkpoint import read_checkpoint, resume_state
-from petalnet.data import DataSource, TrainingData, load_category_names, load_training_data
+from petalnet.data import (
+    DataSource,
+    GroupsOf,
+    TrainingData,
+    load_category_names,
+    load_training_data,
+)
 from petalnet.errors import DataError
 from petalnet.fitted import FittedModel
 from petalnet.head import build_head, normalize_hidden_units
@@ -130,6 +136,7 @@ def fit_model(
     pipeline_for: Callable[[FeatureExtractor], ImagePipeline],
     keep: Callable[[FittedModel], None],
     resume_from: str | os.PathLike[str] | None = None,
+    groups: GroupsOf | None = None,
 ) -> FittedModel:
     """Train a classifier on a folder, as ``params`` say.
 
@@ -147,6 +154,8 @@ def fit_model(
         resume_from: A checkpoint of an earlier, shorter or interrupted run to continue;
             its parameters fill every one of ``params`` left at its default
             (:func:`restore_params`).
+        groups: Groups of copies and siblings a carved validation split keeps together
+            (:func:`petalnet.splits.split_groups`); ``None``: per class at random.
 
     Returns:
         The fitted model (fine-tuned backbone, head, classes, names, history).
@@ -162,7 +171,7 @@ def fit_model(
     if resume is not None and params.refit:
         raise ValueError("refit=True cannot resume a run; resume it with refit=False first.")
     data = load_training_data(
-        data_dir, valid_fraction=params.valid_fraction, seed=params.random_state
+        data_dir, valid_fraction=params.valid_fraction, seed=params.random_state, groups=groups
     )
     names_file = params.category_names
     names_file = names_file if names_file is not None else data.category_names_file

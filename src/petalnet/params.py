@@ -27,6 +27,7 @@ from petalnet._types import (
     Monitor,
     NoveltyScore,
     Schedule,
+    Split,
     Strategy,
     WeightsArg,
 )
@@ -142,6 +143,13 @@ class ClassifierParams:
         "share of each class held out for validation when there is no valid/ folder",
         check=_fraction,
         rule="in [0, 1)",
+    )
+    split: Split = _param(
+        "grouped",
+        "how that share is carved: 'grouped' keeps each group of copies and other shots of one "
+        "plant (found as petalnet check --deep finds them, with efficientnet_lite0) on one side, "
+        "so validation never scores a near-copy of a training photo; 'stratified' picks images "
+        "at random per class",
     )
     extract_batch_size: int | None = _param(
         None,
