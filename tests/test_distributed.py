@@ -121,3 +121,31 @@ def test_two_process_gloo_training(single_folder, tmp_path, backbone, strategy):
     ]
     assert [e[1] for e in expected] == [False, True] + [False] * 8 + [True, False]
     assert reports[0]["outcomes"] == reports[1]["outcomes"] == expected
+
+
+def _gather_empty_share(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from petalnet import distributed
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        # rank 1 has no validation rows: its empty logits do not know their width
+        local = torch.ones(2, 3) if rank == 0 else torch.zeros(0, 0)
+        got = distributed.gather_tensor(local)
+        Path(f"{out}.{rank}").write_text(json.dumps(list(got.shape)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gather_tensor_with_an_empty_share_of_unknown_width(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "shape")
+    mp.spawn(_gather_empty_share, args=(port, out), nprocs=2, join=True)
+    assert [json.loads(Path(f"{out}.{r}").read_text()) for r in (0, 1)] == [[2, 3], [2, 3]]

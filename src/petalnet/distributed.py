@@ -132,7 +132,14 @@ def gather_tensor(local: torch.Tensor) -> torch.Tensor:
     counts[rank()] = len(local)
     dist.all_reduce(counts)
     most = int(counts.max())
-    padded = torch.zeros((most, *local.shape[1:]), dtype=local.dtype, device=wire)
+    # a rank with no rows may not know their width (an empty (0, 0) tensor): the widest wins
+    trailing = torch.tensor(local.shape[1:], dtype=torch.long, device=wire)
+    if len(trailing):
+        dist.all_reduce(trailing, op=dist.ReduceOp.MAX)
+    shape = tuple(int(d) for d in trailing.tolist())
+    if not len(local):
+        local = local.reshape(0, *shape)
+    padded = torch.zeros((most, *shape), dtype=local.dtype, device=wire)
     padded[: len(local)] = local.to(wire)
     parts = [torch.empty_like(padded) for _ in range(world_size())]
     dist.all_gather(parts, padded)

@@ -294,6 +294,9 @@ class Trainer:
         # under torchrun every rank takes as many rows per epoch as the largest share, its
         # own order padded by wrapping (as DistributedSampler does), so ranks step together
         per_rank = distributed.all_reduce_max(n_train)
+        # whether any rank validates: every rank must keep the same epoch, also where its own
+        # share of a small validation split is empty
+        validated = n_valid if world == 1 else int(distributed.all_reduce_sum([n_valid])[0])
         if world > 1 and not n_train:
             raise PetalnetError(
                 f"A rank holds no training images (fewer readable images than the {world} "
@@ -333,7 +336,7 @@ class Trainer:
 
         def rank(r: EpochRecord) -> tuple[float, float]:
             """Larger is better: the monitored metric first, the other one breaks ties."""
-            if not n_valid or self.monitor == "last":
+            if not validated or self.monitor == "last":
                 return (r["epoch"], 0.0)  # the last epoch wins
             if self.monitor == "valid_accuracy":
                 return (r["valid_accuracy"], -r["valid_loss"])
@@ -420,7 +423,7 @@ class Trainer:
                     if average is not None:
                         state.average_state = copy.deepcopy(average.state_dict())
                     key = rank(record)
-                    measured = math.isfinite(valid_loss) or not n_valid  # none: last wins
+                    measured = math.isfinite(valid_loss) or not validated  # none: last wins
                     if measured and (best_key is None or key > best_key):
                         best_key, state.best_epoch = key, epoch
                         best_state = copy.deepcopy(judged.state_dict())
