@@ -514,12 +514,11 @@ def deep_check(
     kept = [samples[i] for i in feats.positions.tolist()]
     report.n_images = len(kept)
     report.counts = dict(Counter(split for _, _, split in kept))
-    report.duplicates = _pairs(
-        feats.features, hash_rows, kept, classes, report.near_threshold, report.copy_distance
-    )
-    report.groups = _groups(report.duplicates, kept)
+    edges = _edges(feats.features, hash_rows, report.near_threshold, report.copy_distance)
+    report.duplicates = _pairs(edges, feats.features, hash_rows, kept, classes)
+    report.groups = _groups(edges, kept)
     probs = out_of_sample_probs(feats.features, feats.labels, len(classes), folds)
-    report.conflicts, in_conflict = _conflicts(report.duplicates, kept, probs, classes)
+    report.conflicts, in_conflict = _conflicts(edges, kept, probs, classes)
     predicted = probs.argmax(1)
     confused = Counter(zip(feats.labels.tolist(), predicted.tolist(), strict=True))
     report.mislabels = [
@@ -586,21 +585,52 @@ def _rows(
     return feats, compact(hash_rows, feats.positions)
 
 
+Edge = tuple[int, int, Kind, int | None, float | None]
+"""``(i, j, kind, hash distance if known, cosine if known)`` of two rows, ``i < j``."""
+
+
+def _edges(
+    features: torch.Tensor, hash_rows: torch.Tensor, near_threshold: float, copy_distance: int
+) -> list[Edge]:
+    """Exact copies, copies and siblings among the rows, each pair once, by row index."""
+    digests = hashes.digests(hash_rows)
+    found: dict[tuple[int, int], Edge] = {}
+    first: dict[bytes, int] = {}
+    for i, d in enumerate(digests):
+        if d in first:
+            found[(first[d], i)] = (first[d], i, "exact", 0, None)
+        else:
+            first[d] = i
+    for i, j, distance in hashes.copy_pairs(hash_rows, copy_distance):
+        if digests[i] != digests[j]:  # the same pixels: reported against the first of them
+            found.setdefault((i, j), (i, j, "copy", distance, None))
+    for i, j, sim in _near_pairs(features, near_threshold):
+        if digests[i] != digests[j]:
+            found.setdefault((i, j), (i, j, "sibling", None, sim))
+    return list(found.values())
+
+
+def _components(edges: list[Edge], n: int, at: list[int] | None = None) -> np.ndarray:
+    """Connected-component label of each of ``n`` nodes; edge rows map to nodes ``at[row]``."""
+    a = [e[0] if at is None else at[e[0]] for e in edges]
+    b = [e[1] if at is None else at[e[1]] for e in edges]
+    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n))
+    labels: np.ndarray = connected_components(graph, directed=False)[1]
+    return labels
+
+
 def _pairs(
+    edges: list[Edge],
     features: torch.Tensor,
     hash_rows: torch.Tensor,
     kept: list[Sample],
     classes: list[str],
-    near_threshold: float,
-    copy_distance: int,
 ) -> list[Duplicate]:
-    """Exact copies, copies and siblings: leaks first, then by kind, most similar first."""
+    """The edges as reported pairs: leaks first, then by kind, most similar first."""
     norms = _norms(features)
-    digests = hashes.digests(hash_rows)
 
-    def pair(
-        i: int, j: int, kind: Kind, distance: int | None = None, sim: float | None = None
-    ) -> Duplicate:
+    def pair(edge: Edge) -> Duplicate:
+        i, j, kind, distance, sim = edge
         if sim is None:
             sim = float(features[i].float() @ features[j].float() / (norms[i] * norms[j]))
         if distance is None:
@@ -615,35 +645,19 @@ def _pairs(
             (classes[a[1]], classes[b[1]]),
         )
 
-    found: dict[tuple[int, int], Duplicate] = {}
-    first: dict[bytes, int] = {}
-    for i, d in enumerate(digests):
-        if d in first:
-            found[(first[d], i)] = pair(first[d], i, "exact", 0)
-        else:
-            first[d] = i
-    for i, j, distance in hashes.copy_pairs(hash_rows, copy_distance):
-        if digests[i] != digests[j]:  # the same pixels: reported against the first of them
-            found.setdefault((i, j), pair(i, j, "copy", distance))
-    for i, j, sim in _near_pairs(features, near_threshold):
-        if digests[i] != digests[j]:
-            found.setdefault((i, j), pair(i, j, "sibling", sim=sim))
-    return sorted(found.values(), key=lambda d: (not d.leak, _KIND_ORDER[d.kind], -d.similarity))
+    pairs = [pair(e) for e in edges]
+    return sorted(pairs, key=lambda d: (not d.leak, _KIND_ORDER[d.kind], -d.similarity))
 
 
-def _groups(duplicates: list[Duplicate], kept: list[Sample]) -> list[Group]:
+def _groups(edges: list[Edge], kept: list[Sample]) -> list[Group]:
     """Connected groups of two or more images, those spanning splits first, largest first."""
-    index = {str(path): i for i, (path, _, _) in enumerate(kept)}
-    if not duplicates:
+    if not edges:
         return []
-    a = [index[d.files[0]] for d in duplicates]
-    b = [index[d.files[1]] for d in duplicates]
-    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(len(kept), len(kept)))
-    _, component = connected_components(graph, directed=False)
+    component = _components(edges, len(kept))
     members: dict[int, list[int]] = {}
-    for i in sorted(set(a) | set(b)):
+    for i in sorted({e[0] for e in edges} | {e[1] for e in edges}):
         members.setdefault(int(component[i]), []).append(i)
-    with_copies = {int(component[index[d.files[0]]]) for d in duplicates if d.copy}
+    with_copies = {int(component[e[0]]) for e in edges if e[2] != "sibling"}
     groups = [
         Group(
             tuple(str(kept[i][0]) for i in rows),
@@ -656,17 +670,20 @@ def _groups(duplicates: list[Duplicate], kept: list[Sample]) -> list[Group]:
 
 
 def _conflicts(
-    duplicates: list[Duplicate], kept: list[Sample], probs: torch.Tensor, classes: list[str]
+    edges: list[Edge], kept: list[Sample], probs: torch.Tensor, classes: list[str]
 ) -> tuple[list[Conflict], set[int]]:
     """Copies filed under two classes, and the rows they cover (not reported as mislabels)."""
-    index = {str(path): i for i, (path, _, _) in enumerate(kept)}
     conflicts, rows = [], set()
-    for d in duplicates:
-        if d.copy and d.classes[0] != d.classes[1]:
-            i, j = index[d.files[0]], index[d.files[1]]
+    for i, j, kind, _, _ in edges:
+        if kind != "sibling" and kept[i][1] != kept[j][1]:
             mean = (probs[i] + probs[j]) / 2
             conflicts.append(
-                Conflict(d.files, d.classes, classes[int(mean.argmax())], float(mean.max()))
+                Conflict(
+                    (str(kept[i][0]), str(kept[j][0])),
+                    (classes[kept[i][1]], classes[kept[j][1]]),
+                    classes[int(mean.argmax())],
+                    float(mean.max()),
+                )
             )
             rows |= {i, j}
     return conflicts, rows
@@ -705,13 +722,6 @@ def near_duplicate_groups(
     pipeline = make_pipeline(params, build_backbone(GROUPING_BACKBONE))
     tagged = [(Path(p), label, "all") for p, label in samples]
     feats, hash_rows = _rows(pipeline, tagged, desc="split groups")
-    kept = [tagged[i] for i in feats.positions.tolist()]
-    classes = [str(c) for c in range(max((s[1] for s in samples), default=0) + 1)]
-    pairs = _pairs(feats.features, hash_rows, kept, classes, NEAR_THRESHOLD, hashes.COPY_DISTANCE)
-    position = feats.positions.tolist()
-    index = {str(path): position[i] for i, (path, _, _) in enumerate(kept)}
-    a = [index[d.files[0]] for d in pairs]
-    b = [index[d.files[1]] for d in pairs]
-    graph = coo_matrix((np.ones(len(a)), (a, b)), shape=(len(samples), len(samples)))
-    _, component = connected_components(graph, directed=False)
+    edges = _edges(feats.features, hash_rows, NEAR_THRESHOLD, hashes.COPY_DISTANCE)
+    component = _components(edges, len(samples), at=feats.positions.tolist())
     return [int(c) for c in component]

@@ -111,16 +111,12 @@ def copy_pairs(
     Returns:
         The pairs, by ``i`` then ``j``.
     """
-    n, crops = len(rows), len(CROPS)
+    n = len(rows)
     pairs: list[tuple[int, int, int]] = []
-
-    def bits(part: torch.Tensor) -> torch.Tensor:
-        return part[:, : crops * HASH_BITS].float().reshape(len(part), crops, HASH_BITS)
-
     for start in range(0, n, block):
-        a = bits(rows[start : start + block])
+        a = _bits(rows[start : start + block])
         for later in range(start, n, block):
-            b = bits(rows[later : later + block])
+            b = _bits(rows[later : later + block])
             distance = torch.minimum(_whole_vs_crops(a, b), _whole_vs_crops(b, a).T)
             i_index = torch.arange(start, start + len(a))[:, None]
             j_index = torch.arange(later, later + len(b))[None, :]
@@ -128,6 +124,11 @@ def copy_pairs(
             for i, j in (distance <= max_distance).nonzero().tolist():
                 pairs.append((start + i, later + j, int(distance[i, j])))
     return pairs
+
+
+def _bits(rows: torch.Tensor) -> torch.Tensor:
+    """``(N, crops, 64)`` float bits of hash rows (the digest left off)."""
+    return rows[:, : len(CROPS) * HASH_BITS].float().reshape(len(rows), len(CROPS), HASH_BITS)
 
 
 def _whole_vs_crops(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -142,7 +143,5 @@ def _whole_vs_crops(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def distance(a: torch.Tensor, b: torch.Tensor) -> int:
     """The distance :func:`copy_pairs` uses, between two hash rows."""
-    crops = len(CROPS)
-    x = a[: crops * HASH_BITS].float().reshape(1, crops, HASH_BITS)
-    y = b[: crops * HASH_BITS].float().reshape(1, crops, HASH_BITS)
+    x, y = _bits(a[None]), _bits(b[None])
     return int(torch.minimum(_whole_vs_crops(x, y), _whole_vs_crops(y, x)))
