@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from petalnet import distributed
+from petalnet._allocator import keep_cpu_buffers
 from petalnet.backbones.base import FeatureExtractor
 from petalnet.calibration import Calibration, HeadOutput
 from petalnet.features import (
@@ -85,6 +86,8 @@ class ImagePipeline:
         self.augmentation: Augmentation = augmentation
         self.storage = storage
         distributed.init(device)  # under torchrun: join the process group, pick the GPU
+        if device.type == "cpu":
+            keep_cpu_buffers()  # reuse batch-sized buffers instead of page-faulting them anew
         self.verbose = verbose if distributed.is_main() else 0
 
     @functools.cached_property
