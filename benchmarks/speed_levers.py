@@ -56,6 +56,7 @@ def _picked(data: Path, n: int) -> list[str]:
 
 def _decode(paths: list[str], pre: petalnet.Preprocessing) -> dict[str, float]:
     transform = pre.transform()
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     out = {}
     for name, load in (
@@ -74,7 +75,7 @@ def _decode(paths: list[str], pre: petalnet.Preprocessing) -> dict[str, float]:
         for p in paths:
             load(p)
         out[name] = round(1000 * (time.perf_counter() - start) / len(paths), 2)
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     return out
 
 
