@@ -538,6 +538,8 @@ def test_with_tta_the_epoch_lines_say_which_view_they_measure(flowers_root, tmp_
     assert main([*argv, "--save_dir", str(tmp_path), "--no_cache"]) == 0
     out = capsys.readouterr().out
     epoch_lines = [line for line in out.splitlines() if line.startswith("epoch ")]
-    note = "(centre crop; with tta, evaluate averages it with its mirror)"
+    note = "(centre crop; with tta, evaluate averages more views)"
     assert all(note in line for line in epoch_lines)
-    assert "evaluate and predict with --tta average it with its mirror" in out
+    assert (
+        "evaluate and predict with --tta average more views (TTA on (centre crop and mirror" in out
+    )

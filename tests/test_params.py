@@ -140,6 +140,8 @@ def test_every_flagged_parameter_is_a_train_flag_with_the_spec_default():
         (["--backbone", "resnet18"], "backbone", "resnet18"),
         (["--seed", "3"], "random_state", 3),
         (["--tta"], "tta", True),
+        (["--tta", "crops"], "tta", "crops"),
+        (["--tta", "off"], "tta", False),
         (["--no_cache"], "cache", False),
         (["--learning-rate", "0.01"], "learning_rate", 0.01),
     ],

@@ -11,7 +11,8 @@ import petalnet
 from petalnet.calibration import Calibration
 from petalnet.features import CENTER, MIRROR, View, run_backbone
 from petalnet.images import Unreadable, read_image
-from petalnet.pipeline import ImagePipeline
+from petalnet.pipeline import ImagePipeline, describe_tta
+from petalnet.preprocessing import Preprocessing
 
 
 @pytest.fixture
@@ -45,6 +46,46 @@ def test_mirror_view_is_the_flipped_centre_crop(pipeline, flowers_root):
     assert ImagePipeline.test_views(tta=False) == [CENTER]
     assert View.augmented(2) == [View("augmented", 1), View("augmented", 2)]
     assert View.augmented(0) == [CENTER]
+
+
+def test_side_crops_sit_at_both_ends_of_the_longer_side():
+    pre = Preprocessing(resize_size=36, crop_size=32, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    wide = torch.arange(48, dtype=torch.uint8).expand(3, 36, 48)  # each pixel: its column
+    for at, first, last in (("start", 0, 31), ("center", 8, 39), ("end", 16, 47)):
+        crop = pre.transform(at)(wide)
+        assert crop.shape == (3, 32, 32)
+        assert crop[0, 0, 0] * 255 == pytest.approx(first, abs=1e-3)
+        assert crop[0, 0, -1] * 255 == pytest.approx(last, abs=1e-3)
+    tall = wide.transpose(1, 2)  # 48 rows: the longer side is the height
+    assert pre.transform("start")(tall)[0, 0, 0] * 255 == pytest.approx(0, abs=1e-3)
+    assert pre.transform("end")(tall)[0, -1, 0] * 255 == pytest.approx(47, abs=1e-3)
+
+
+def test_crops_tta_averages_the_side_crops_and_their_mirrors(pipeline, flowers_root):
+    sides = [View("side", 1), View("side", 2)]
+    assert ImagePipeline.test_views("flip") == [CENTER, MIRROR]
+    assert ImagePipeline.test_views("crops") == [CENTER, *sides]
+    mirrored = [View(mirrored=True), View("side", 1, True), View("side", 2, True)]
+    assert ImagePipeline.test_views("crops+flip") == [CENTER, *sides, *mirrored]
+    with pytest.raises(ValueError, match="crops"):
+        ImagePipeline.test_views("ten")  # type: ignore[arg-type]
+    path = flowers_root / "test" / "5" / "img_000.jpg"
+    views = ImagePipeline.test_views("crops+flip")
+    got = pipeline.features([path], unreadable=Unreadable(), views=views)
+    assert got.features.shape == (6, 1, 32)
+    pre = pipeline.backbone.preprocessing
+    for v, (at, flip) in enumerate(
+        [(a, f) for f in (False, True) for a in ("center", "start", "end")]
+    ):
+        crop = pre.transform(at)(read_image(path))
+        want = run_backbone(
+            pipeline.runner, (crop.flip(-1) if flip else crop)[None], pipeline.device
+        )
+        torch.testing.assert_close(got.features[v], want)
+    assert len({tuple(row[0].tolist()) for row in got.features}) == 6  # six different views
+    assert describe_tta(False) == "TTA off"
+    assert describe_tta(True) == describe_tta("flip") == "TTA on (centre crop and mirror averaged)"
+    assert "both ends of the longer side" in describe_tta("crops")
 
 
 def test_unreadable_files_are_skipped_with_their_positions(pipeline, flowers_root, tmp_path):

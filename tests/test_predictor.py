@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import math
 
 import numpy as np
@@ -78,6 +79,23 @@ def test_cli_evaluate_keeps_the_saved_tta(tta_checkpoint, flowers_root, capsys):
     assert '"tta": false' in out
 
 
+def test_every_door_averages_the_same_side_crops(tta_checkpoint, flowers_root, capsys):
+    python = FlowerClassifier.load(tta_checkpoint, device="cpu", tta="crops")
+    report = python.evaluate(flowers_root)
+    argv = ["evaluate", str(flowers_root), str(tta_checkpoint), "--tta", "crops", "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert out["tta"] == "crops" and out["accuracy"] == pytest.approx(report["accuracy"])
+    image = sorted((flowers_root / "test").rglob("*.jpg"))[0]
+    flip = FlowerClassifier.load(tta_checkpoint, device="cpu").predict_proba(image)
+    assert not np.allclose(python.predict_proba(image), flip, atol=1e-4)  # other views
+    assert main(["predict", str(image), str(tta_checkpoint), "--tta", "crops", "--json"]) == 0
+    said = json.loads(capsys.readouterr().out)["top"][0]
+    top = python.predict(image, topk=5)[0]
+    assert said["class_id"] == top.class_id
+    assert said["probability"] == pytest.approx(top.probability, abs=1e-5)
+
+
 def test_one_topk_check_for_every_door(fitted, flowers_root, capsys):
     assert check_topk(3) == 3 and check_topk("4", most=20) == 4
     for bad in (0, -1, "x", 2.5, True, "21"):
@@ -140,7 +158,7 @@ def test_cli_help_says_what_flags_do(capsys):
     for name in ("confusion_matrix.png", "misclassified.png", "reliability.png"):
         assert name in text  # evaluate --plots writes all three
     assert "without one, the CPU with a notice" in text  # --gpu falls back
-    assert "--tta, --no-tta" in text
+    assert "--tta [flip|crops|crops+flip]" in text and "--no-tta" in text
 
 
 def test_a_bad_upload_is_refused_by_its_kind(fitted):

@@ -20,6 +20,7 @@ __all__ = [
     "Schedule",
     "Split",
     "Strategy",
+    "TestViews",
     "WeightsArg",
 ]
 
@@ -28,6 +29,11 @@ WeightsArg = str | os.PathLike[str] | None
 
 Amp = bool | Literal["auto"]
 """What an ``amp`` parameter may be."""
+
+TestViews = Literal["flip", "crops", "crops+flip"]
+"""The views test-time augmentation averages (``tta=True`` is ``"flip"``): the centre crop
+and its mirror; the centre crop and the crops at both ends of the image's longer side; or
+those three and their mirrors."""
 
 Augmentation = Literal["classic", "trivialaugment"]
 """Training augmentation policies (see ``Preprocessing.augment_transform``)."""

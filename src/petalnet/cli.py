@@ -64,7 +64,9 @@ def _load(args: argparse.Namespace, verbose: int = 0) -> FlowerClassifier:
 
 
 def _tta_said(clf: FlowerClassifier) -> str:
-    return "TTA on (centre crop and mirror averaged)" if clf.tta else "TTA off"
+    from petalnet.pipeline import describe_tta
+
+    return describe_tta(clf.tta)
 
 
 def _verbose(args: argparse.Namespace) -> int:
@@ -119,7 +121,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if clf.tta:
         print(
             "(accuracies during training are of the centre crop; evaluate and predict with "
-            "--tta average it with its mirror, so their figures differ a little)"
+            f"--tta average more views ({_tta_said(clf)}), so their figures differ a little)"
         )
     print(f"saved {path}")
     if clf.model_.training.interrupted:
@@ -478,12 +480,19 @@ def _saved_flags(p: argparse.ArgumentParser) -> None:
     Each overrides what the checkpoint was saved with only when given.
     """
     _device_flags(p)
+    spec = next(s for s in param_specs() if s.name == "tta")
     p.add_argument(
         "--tta",
-        action=argparse.BooleanOptionalAction,
+        nargs="?",
+        const=True,
         default=None,
-        help="average the image and its mirror (default: as the checkpoint was trained)",
+        type=word_parser(spec),
+        metavar="flip|crops|crops+flip",
+        help="average the image and its mirror (--tta or --tta flip), it and the crops at "
+        "both ends of its longer side (crops), or those and their mirrors (crops+flip) "
+        "(default: as the checkpoint was trained)",
     )
+    p.add_argument("--no-tta", "--no_tta", dest="tta", action="store_false", help="no TTA")
     _amp_flag(p, default=None, help="computing precision (default: as the checkpoint was saved)")
 
 

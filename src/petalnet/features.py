@@ -163,14 +163,17 @@ class View:
     """One rendering of an image that a backbone sees.
 
     Attributes:
-        kind: ``"center"`` (resize and centre crop), ``"mirror"`` (that crop flipped
-            left-right, for test-time augmentation) or ``"augmented"`` (a random
-            augmentation, drawn reproducibly per image from a seed).
-        index: For ``"augmented"``: which one, from 1.
+        kind: ``"center"`` (resize and centre crop), ``"side"`` (the same resize, cropped
+            at one end of the longer side: test-time augmentation) or ``"augmented"`` (a
+            random augmentation, drawn reproducibly per image from a seed).
+        index: For ``"augmented"``: which one, from 1; for ``"side"``: 1 for the start of
+            the longer side (left or top), 2 for its end (right or bottom).
+        mirrored: The crop flipped left-right (test-time augmentation).
     """
 
-    kind: Literal["center", "mirror", "augmented"] = "center"
+    kind: Literal["center", "side", "augmented"] = "center"
     index: int = 0
+    mirrored: bool = False
 
     @classmethod
     def augmented(cls, count: int) -> list[View]:
@@ -180,20 +183,29 @@ class View:
     @property
     def label(self) -> str:
         """How progress output names this view."""
-        return f"augmented {self.index}" if self.kind == "augmented" else self.kind
+        if self.kind == "center":
+            return "mirror" if self.mirrored else "center"
+        word = f"{self.kind} {self.index}"
+        return f"{word} mirror" if self.mirrored else word
 
     def transform(self, pre: Preprocessing, augmentation: Augmentation) -> Transform:
-        """The transform producing this view."""
-        return pre.augment_transform(augmentation) if self.kind == "augmented" else pre.transform()
+        """The transform producing this view (before the mirror flip, done on the batch)."""
+        if self.kind == "augmented":
+            return pre.augment_transform(augmentation)
+        if self.kind == "side":
+            return pre.transform("start" if self.index == 1 else "end")
+        return pre.transform()
 
     def key(self, pre: Preprocessing, augmentation: Augmentation, seed: int | None) -> str:
         """Name of this view in row-store keys (for augmented ones, the recipe's own id).
 
         A changed recipe therefore never meets the stored rows of the old one.
         """
-        if self.kind != "augmented":
-            return self.kind
-        return f"aug{self.index}:{pre.augmentation_id(augmentation)}:{seed}"
+        if self.kind == "augmented":
+            return f"aug{self.index}:{pre.augmentation_id(augmentation)}:{seed}"
+        if self.kind == "side":
+            return f"side{self.index}" + ("-mirror" if self.mirrored else "")
+        return "mirror" if self.mirrored else "center"
 
     def draw(self, augmentation: Augmentation, seed: int | None) -> str:
         """Name of this view's random draw (with the image, it fixes each image's seed).
@@ -211,7 +223,7 @@ _DRAW_NAMES: dict[str, str] = {
 
 
 CENTER = View()
-MIRROR = View("mirror")
+MIRROR = View(mirrored=True)
 
 
 class Unread(NamedTuple):
@@ -385,7 +397,7 @@ def fill_rows(
                     bar.update(len(errors))
                     continue
                 parts = list(batch) if also is not None else [batch]
-                if view.kind == "mirror":
+                if view.mirrored:
                     parts[0] = parts[0].flip(-1)
                 feats = run_backbone(backbone, parts[0], device, precision).cpu().flatten(1)
                 if feats.shape[1:] != out.shape[1:]:

@@ -123,9 +123,7 @@ def make_trainer(params: ClassifierParams, device: torch.device, freeze_epochs: 
         callbacks=list(params.callbacks or []),
         verbose=params.verbose,
         # validation during training sees the centre crop; evaluate and predict use tta
-        accuracy_note="centre crop; with tta, evaluate averages it with its mirror"
-        if params.tta
-        else "",
+        accuracy_note="centre crop; with tta, evaluate averages more views" if params.tta else "",
     )
 
 

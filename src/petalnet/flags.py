@@ -35,9 +35,10 @@ def add_arguments(
 
     A flag is spelled ``--name`` (also ``--name-with-dashes``), and the classic recipe's
     ``--arch`` and ``--seed`` for ``backbone`` and ``random_state``. Booleans are switches:
-    ``--tta`` for one that is off by default, ``--no_cache`` for one that is on. Every
-    other flag takes one word parsed by the parameter's type; the word ``none`` means
-    ``None`` where allowed.
+    ``--strict`` for one that is off by default, ``--no_cache`` for one that is on. A
+    parameter that is off by default or one of some words is a switch that may take one of
+    them (``--tta`` or ``--tta crops``; ``--no_tta`` turns it off). Every other flag takes
+    one word parsed by the parameter's type; the word ``none`` means ``None`` where allowed.
 
     Args:
         parser: The parser (or argument group) to extend.
@@ -68,11 +69,18 @@ def add_arguments(
             metavar += "|none"
         shown = "none" if default is None else default
         several = any(get_origin(t) is Sequence for t in members(spec.annotation))
+        switch = spec.default is False and bool in members(spec.annotation)
+        if switch:  # off by default, yet a preset may turn it on: --no_<name> turns it off
+            off = [f"--no_{spec.name}", f"--no-{spec.name.replace('_', '-')}"]
+            parser.add_argument(
+                *off, dest=spec.name, action="store_false", default=default, help=f"no {spec.name}"
+            )
         parser.add_argument(
             *names,
             dest=spec.name,
             type=word_parser(spec) if not several else str,
-            nargs="+" if several else None,
+            nargs="+" if several else "?" if switch else None,
+            const=True if switch else None,
             action=_Joined if several else "store",
             default=default,
             metavar=metavar,

@@ -29,6 +29,7 @@ from petalnet._types import (
     Schedule,
     Split,
     Strategy,
+    TestViews,
     WeightsArg,
 )
 from petalnet.callbacks import Callback
@@ -266,9 +267,11 @@ class ClassifierParams:
     callbacks: Sequence[Callback] | None = _param(
         None, "extra Callback objects called during training", flag=None
     )
-    tta: bool = _param(
+    tta: bool | TestViews = _param(
         False,
-        "test-time augmentation: average the centre crop and its mirror in evaluate and predict",
+        "test-time augmentation in evaluate and predict: average the centre crop and its "
+        "mirror (on, or flip), it and the crops at both ends of the longer side (crops), or "
+        "those and their mirrors (crops+flip)",
     )
     strict: bool = _param(False, "stop at the first unreadable image instead of skipping it")
     verbose: int | bool = _param(

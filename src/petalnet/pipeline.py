@@ -9,6 +9,7 @@ and sharding under ``torchrun``. Unreadable files go to the
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import os
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ from torch import nn
 
 from petalnet import distributed
 from petalnet._allocator import keep_cpu_buffers
+from petalnet._types import TestViews
 from petalnet.backbones.base import FeatureExtractor
 from petalnet.calibration import Calibration, HeadOutput
 from petalnet.features import (
@@ -38,7 +40,20 @@ from petalnet.preprocessing import Augmentation
 from petalnet.rows import empty_rows
 from petalnet.rowstore import RowStore
 
-__all__ = ["ImagePipeline", "Scored"]
+__all__ = ["ImagePipeline", "Scored", "describe_tta"]
+
+_TTA_WORDS = {
+    "flip": "centre crop and mirror",
+    "crops": "centre crop and the crops at both ends of the longer side",
+    "crops+flip": "centre crop, the crops at both ends of the longer side and their mirrors",
+}
+
+
+def describe_tta(tta: bool | TestViews) -> str:
+    """What output says of ``tta``, e.g. ``"TTA on (centre crop and mirror averaged)"``."""
+    if tta is False:
+        return "TTA off"
+    return f"TTA on ({_TTA_WORDS['flip' if tta is True else tta]} averaged)"
 
 
 class ImagePipeline:
@@ -123,9 +138,33 @@ class ImagePipeline:
         return other
 
     @staticmethod
-    def test_views(tta: bool) -> list[View]:
-        """The views evaluation and prediction average: the centre crop, and its mirror."""
-        return [CENTER, MIRROR] if tta else [CENTER]
+    def test_views(tta: bool | TestViews) -> list[View]:
+        """The views evaluation and prediction average (the one place that decides them).
+
+        Args:
+            tta: ``False``: the centre crop; ``True`` or ``"flip"``: it and its mirror;
+                ``"crops"``: it and the crops at both ends of the image's longer side, which
+                see what the centre crop cuts off; ``"crops+flip"``: those three and their
+                mirrors.
+
+        Returns:
+            The views, the centre crop first.
+
+        Raises:
+            ValueError: ``tta`` is none of those.
+        """
+        if tta is False:
+            return [CENTER]
+        if tta is True or tta == "flip":
+            return [CENTER, MIRROR]
+        if tta not in ("crops", "crops+flip"):
+            raise ValueError(
+                f"tta must be False, True, 'flip', 'crops' or 'crops+flip'; got {tta!r}."
+            )
+        crops = [CENTER, View("side", 1), View("side", 2)]
+        if tta == "crops":
+            return crops
+        return crops + [dataclasses.replace(v, mirrored=True) for v in crops]
 
     def features(
         self,
@@ -203,7 +242,7 @@ class ImagePipeline:
         labels: Sequence[int] | None = None,
         *,
         unreadable: Unreadable,
-        tta: bool,
+        tta: bool | TestViews,
         use_cache: bool = False,
         desc: str = "predict",
         quiet: bool = True,
@@ -216,7 +255,7 @@ class ImagePipeline:
             images: File paths or in-memory images.
             labels: Their labels (evaluation), or ``None``.
             unreadable: What to do with an unreadable file.
-            tta: Average the centre crop and its mirror.
+            tta: Which views to average (see :meth:`test_views`).
             use_cache: Read and fill the row store (evaluation of files seen again).
             desc: Label of the progress output.
             quiet: No progress output.

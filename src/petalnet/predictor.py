@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from petalnet import results
+from petalnet._types import TestViews
 from petalnet.data import DataSource, evaluation_samples
 from petalnet.fitted import FittedModel
 from petalnet.images import ImageInput, Unreadable, as_image_list
@@ -33,7 +34,8 @@ class Predictor:
     Args:
         model: What ``fit`` learned (or ``load`` read).
         pipeline: The image pipeline over ``model.backbone`` (device, precision, store).
-        tta: Average the centre crop and its mirror.
+        tta: The views to average (:meth:`ImagePipeline.test_views`): ``False``, ``True``
+            (the centre crop and its mirror), ``"crops"`` or ``"crops+flip"``.
         strict: ``evaluate`` stops at the first unreadable image instead of skipping it.
     """
 
@@ -42,7 +44,7 @@ class Predictor:
         model: FittedModel,
         pipeline: ImagePipeline,
         *,
-        tta: bool = False,
+        tta: bool | TestViews = False,
         strict: bool = False,
     ) -> None:
         self.model = model

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 import torch
 from torchvision.transforms import InterpolationMode, v2
@@ -18,7 +18,17 @@ from petalnet._types import Augmentation
 
 AUGMENTATIONS: tuple[Augmentation, ...] = get_args(Augmentation)
 
-__all__ = ["AUGMENTATIONS", "IMAGENET_MEAN", "IMAGENET_STD", "Augmentation", "Preprocessing"]
+__all__ = [
+    "AUGMENTATIONS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "Augmentation",
+    "CropAt",
+    "Preprocessing",
+]
+
+CropAt = Literal["center", "start", "end"]
+"""Where the square crop sits on the image's longer side (always centred on the shorter)."""
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -148,13 +158,21 @@ class Preprocessing:
         described = repr(self.augment_transform(policy))
         return f"{policy}-{hashlib.blake2b(described.encode(), digest_size=6).hexdigest()}"
 
-    def transform(self) -> Callable[[Any], torch.Tensor]:
+    def transform(self, at: CropAt = "center") -> Callable[[Any], torch.Tensor]:
         """Build the evaluation transform.
+
+        Args:
+            at: Where the square crop sits on the resized image's longer side: its centre
+                (the evaluation crop), or its start (left or top) or end (right or bottom),
+                which test-time augmentation adds to see what the centre crop cuts off.
 
         Returns:
             A callable mapping a ``PIL.Image``, an HxWxC uint8 array or a CxHxW tensor
             (uint8, or float in ``[0, 1]``) to a normalised float32 CxHxW tensor.
         """
+        crop: Any = (
+            v2.CenterCrop(self.crop_size) if at == "center" else _SideCrop(self.crop_size, at)
+        )
         evaluate: Callable[[Any], torch.Tensor] = v2.Compose(
             [
                 v2.ToImage(),
@@ -163,9 +181,32 @@ class Preprocessing:
                     interpolation=InterpolationMode(self.interpolation),
                     antialias=True,
                 ),
-                v2.CenterCrop(self.crop_size),
+                crop,
                 v2.ToDtype(torch.float32, scale=True),
                 v2.Normalize(mean=list(self.mean), std=list(self.std)),
             ]
         )
         return evaluate
+
+
+class _SideCrop(torch.nn.Module):
+    """A square crop at the start or end of the longer side, centred on the shorter one."""
+
+    def __init__(self, size: int, at: CropAt) -> None:
+        super().__init__()
+        self.size, self.at = size, at
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        height, width = image.shape[-2:]
+        top = round((height - self.size) / 2.0)  # as CenterCrop centres
+        left = round((width - self.size) / 2.0)
+        end = self.at == "end"
+        if width >= height:
+            left = width - self.size if end else 0
+        else:
+            top = height - self.size if end else 0
+        cropped: torch.Tensor = v2.functional.crop(image, top, left, self.size, self.size)
+        return cropped
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, at={self.at!r}"

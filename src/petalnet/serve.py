@@ -235,9 +235,10 @@ def run(
         import uvicorn
     except ModuleNotFoundError:
         raise PetalnetError("Serving needs uvicorn: pip install 'petalnet[serve]'.") from None
+    from petalnet.pipeline import describe_tta
+
     app = create_app(clf, max_upload_bytes=max_upload_bytes)
-    tta = "TTA on: centre crop and mirror averaged" if clf.tta else "TTA off"
     name = json.dumps(clf.backbone_.meta.name)
-    log(f"serving {name} on http://{host}:{port}/ ({tta}; Ctrl-C stops)")
+    log(f"serving {name} on http://{host}:{port}/ ({describe_tta(clf.tta)}; Ctrl-C stops)")
     # info: one access line per request (client, method, path, status), as servers print
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=True)
