@@ -50,7 +50,7 @@ def _train_args(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> dict:
 def test_cli_preset_sets_defaults_and_later_flags_override(monkeypatch):
     args = _train_args(monkeypatch, ["train", "DATA", "--preset", "best-cpu", "--epochs", "3"])
     assert args["epochs"] == 3
-    assert args["strategy"] == "freeze_unfreeze" and args["tta"] is True
+    assert args["strategy"] == "freeze_unfreeze" and args["tta"] == "crops+flip"
     assert args["backbone"] == "efficientnet_lite0"
     args = _train_args(monkeypatch, ["train", "DATA", "--no_tta", "--preset=best-cpu"])
     assert args["tta"] is False and args["augment_views"] == 2
@@ -78,10 +78,15 @@ def test_cli_presets_lists_names_figures_and_flags(capsys):
     for preset in list_presets():
         assert preset.name in out and preset.describe() in out
     assert "--strategy freeze_unfreeze" in out and "--preset NAME" in out
-    assert get_preset("best-cpu").params["tta"] is True
-    # both figures each preset was measured with, and why new photos score lower
+    assert get_preset("best-cpu").params["tta"] == "crops+flip"
+    # the figures each preset was measured with, where, and why new photos score lower
     for preset in list_presets():
-        assert preset.untouched_accuracy is not None
-        assert preset.untouched_accuracy < preset.valid_accuracy
+        assert preset.untouched_accuracy is not None and preset.holdout_accuracy is not None
+        if preset.params.get("refit"):
+            assert preset.valid_accuracy is None  # it trained on valid/
+            assert "no valid figure (it refits on train + valid)" in preset.describe()
+        else:
+            assert preset.untouched_accuracy < preset.valid_accuracy
         assert f"untouched test {preset.untouched_accuracy:.2%}*" in out
+        assert preset.machine in out and preset.seconds and preset.avx2_seconds
     assert "* valid/ shares plants with train/" in out and "1.0-1.5 points under" in out
