@@ -540,6 +540,18 @@ def test_with_tta_the_epoch_lines_say_which_view_they_measure(flowers_root, tmp_
     epoch_lines = [line for line in out.splitlines() if line.startswith("epoch ")]
     note = "(centre crop; with tta, evaluate averages more views)"
     assert all(note in line for line in epoch_lines)
-    assert (
-        "evaluate and predict with --tta average more views (TTA on (centre crop and mirror" in out
-    )
+    assert "evaluate and predict run with TTA on (centre crop and mirror averaged), so" in out
+
+
+def test_a_refit_says_what_it_kept_instead_of_nan(single_folder, tmp_path, capsys):
+    argv = ["train", str(single_folder), "--arch", "tiny_test", "--weights", "none"]
+    argv += ["--epochs", "2", "--monitor", "last", "--refit", "--save_dir", str(tmp_path)]
+    argv += ["--no_cache"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    epochs = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == 4  # the validated run, then the refit
+    assert all("no validation images (refit" in line for line in epochs[2:])
+    assert "refitted on every labelled image for 2 epochs" in out and "nan" not in out
+    facts = dict(FlowerClassifier.load(tmp_path / "checkpoint.pt").model_.facts())
+    assert facts["kept epoch"].endswith("then refitted on every labelled image")

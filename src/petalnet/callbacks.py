@@ -99,10 +99,16 @@ class EpochLogger(Callback):
     def on_epoch_end(self, state: TrainingState) -> None:
         """Print the epoch just finished."""
         r = state.history[-1]
+        if math.isnan(r["valid_loss"]):  # a refit on every labelled image: nothing to score
+            valid = "no validation images (refit on every labelled image)"
+        else:
+            valid = (
+                f"valid loss {r['valid_loss']:.4f}  valid accuracy {r['valid_accuracy']:.2%}"
+                f"{self.accuracy_note}"
+            )
         print(
             f"epoch {int(r['epoch'])}/{state.epochs}  train loss {r['train_loss']:.4f}  "
-            f"valid loss {r['valid_loss']:.4f}  valid accuracy {r['valid_accuracy']:.2%}"
-            f"{self.accuracy_note}  ({r['seconds']:.1f}s)"
+            f"{valid}  ({r['seconds']:.1f}s)"
         )
 
     def on_train_end(self, state: TrainingState) -> None:

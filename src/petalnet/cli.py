@@ -115,13 +115,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if not distributed.is_main():  # under torchrun, rank 0 reports and plots
         return 0
-    best = clf.history_[clf.best_epoch_ - 1]
+    chose = clf.model_.selection_history  # with refit: the run that had a validation split
+    best = (chose or clf.history_)[clf.best_epoch_ - 1]
     which = "last epoch" if clf.monitor == "last" or not clf.n_valid_ else "best epoch"
-    print(f"kept the {which} ({clf.best_epoch_}): valid accuracy {best['valid_accuracy']:.2%}")
+    kept = f"the {which} ({clf.best_epoch_}): valid accuracy {best['valid_accuracy']:.2%}"
+    if chose:
+        print(
+            f"refitted on every labelled image for {clf.best_epoch_} epochs, as many as the "
+            f"run with a validation split kept ({kept}; the refit has no validation of its own)"
+        )
+    else:
+        print(f"kept {kept}")
     if clf.tta:
         print(
-            "(accuracies during training are of the centre crop; evaluate and predict with "
-            f"--tta average more views ({_tta_said(clf)}), so their figures differ a little)"
+            "(accuracies during training are of the centre crop; evaluate and predict run "
+            f"with {_tta_said(clf)}, so their figures differ a little)"
         )
     print(f"saved {path}")
     if clf.model_.training.interrupted:

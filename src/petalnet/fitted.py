@@ -71,13 +71,15 @@ class FittedModel:
             ("classes", str(len(self.classes))),
             ("training images", f"{self.n_train} (+{self.n_valid} validation)"),
         ]
-        if history:
-            kept = history[min(max(self.training.best_epoch, 1), len(history)) - 1]
+        chose = self.selection_history or history  # with refit: the run that was validated
+        if chose:
+            kept = chose[min(max(self.training.best_epoch, 1), len(chose)) - 1]
+            refit = ", then refitted on every labelled image" if self.selection_history else ""
             rows.append(
                 (
                     "kept epoch",
-                    f"{self.training.best_epoch} of {len(history)}: valid accuracy "
-                    f"{kept['valid_accuracy']:.2%}",
+                    f"{self.training.best_epoch} of {len(chose)}: valid accuracy "
+                    f"{kept['valid_accuracy']:.2%}{refit}",
                 )
             )
         if self.skipped:
