@@ -21,6 +21,14 @@ DEFAULT_DATA = (
 ).resolve()
 
 
+def holdout_preset(name: str, **overrides: Any) -> Any:
+    """A preset as a hold-out protocol fits it: without its refit, which would train on the
+    hold-out (``root/valid``) before it is scored."""
+    import petalnet
+
+    return petalnet.FlowerClassifier.from_preset(name, **{**overrides, "refit": False})
+
+
 def recipe_parser(description: str) -> argparse.ArgumentParser:
     """--data, --device, --json, and every FlowerClassifier parameter from its one spec."""
     ap = argparse.ArgumentParser(description=description)

@@ -28,9 +28,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from _shared import DEFAULT_DATA, emit, link, link_holdout, machine
+from _shared import DEFAULT_DATA, emit, holdout_preset, link, link_holdout, machine
 
-import petalnet
 from petalnet.data import load_training_data
 from petalnet.precision import cpu_has_native_bf16
 
@@ -73,9 +72,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         labels = None
         for seed in range(args.seeds):
             start = time.perf_counter()
-            clf = petalnet.FlowerClassifier.from_preset(
-                args.preset, cache_dir=cache, random_state=seed, verbose=0
-            )
+            clf = holdout_preset(args.preset, cache_dir=cache, random_state=seed, verbose=0)
             clf.fit(root)
             if labels is None:
                 paths, labels = _holdout_images(root, clf.classes_)
@@ -101,9 +98,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         n_sub = _subsample(root, 1 / 1.125, sub)
         less = []
         for seed in range(min(args.seeds, 3)):
-            clf = petalnet.FlowerClassifier.from_preset(
-                args.preset, cache_dir=cache, random_state=seed, verbose=0
-            )
+            clf = holdout_preset(args.preset, cache_dir=cache, random_state=seed, verbose=0)
             clf.fit(sub)
             p = clf.predict_proba(paths)
             less.append(round(float((p.argmax(1) == labels).mean()), 4))

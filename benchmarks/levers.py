@@ -34,9 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _shared import DEFAULT_DATA, emit, link_holdout, machine, peak_rss_mib
+from _shared import DEFAULT_DATA, emit, holdout_preset, link_holdout, machine, peak_rss_mib
 
-import petalnet
 from petalnet import strategy
 from petalnet.images import Unreadable
 
@@ -86,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             accuracies, probs, seconds = [], [], []
             labels: torch.Tensor | None = None
             for seed in args.seeds:
-                clf = petalnet.FlowerClassifier.from_preset(
+                clf = holdout_preset(
                     args.preset, cache_dir=cache, random_state=seed, verbose=0, **overrides
                 )
                 start = time.perf_counter()

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _shared import DEFAULT_DATA, emit, link_holdout, machine
+from _shared import DEFAULT_DATA, emit, holdout_preset, link_holdout, machine
 
 import petalnet
 from petalnet.calibration import (
@@ -140,7 +140,7 @@ def fit_open_set(
     cache = args.cache_dir or Path(tempfile.mkdtemp(prefix="petalnet-openset-cache-"))
     common = {"cache_dir": cache, "random_state": 0}
     clf = (
-        petalnet.FlowerClassifier.from_preset(args.preset, **common)
+        holdout_preset(args.preset, **common)
         if args.preset
         else petalnet.FlowerClassifier(**DEFAULT_RECIPE, **common)
     )

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _shared import DEFAULT_DATA, emit, link_holdout, machine, peak_rss_mib
+from _shared import DEFAULT_DATA, emit, holdout_preset, link_holdout, machine, peak_rss_mib
 
 import petalnet
 from petalnet.precision import cpu_has_native_bf16
@@ -52,10 +52,9 @@ def _phase(name: str, phase: str, data: Path, holdout: float, split: str) -> dic
             link_holdout(data, holdout, root, split=split)
             report_on = root / "valid"
         start = time.perf_counter()
-        clf = petalnet.FlowerClassifier.from_preset(name, cache_dir=cache, random_state=0)
-        refits = clf.refit
-        if phase == "holdout":
-            clf.refit = False  # a refit would train on the hold-out
+        refits = bool(get_preset(name).params.get("refit"))
+        make = holdout_preset if phase == "holdout" else petalnet.FlowerClassifier.from_preset
+        clf = make(name, cache_dir=cache, random_state=0)
         clf.fit(root)
         fit_s = time.perf_counter() - start
         report = clf.evaluate(report_on)

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _shared import DEFAULT_DATA, emit, link_holdout, machine
+from _shared import DEFAULT_DATA, emit, holdout_preset, link_holdout, machine
 from PIL import Image
 from torchvision.transforms import InterpolationMode, v2
 
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.model:
             clf = petalnet.FlowerClassifier.load(args.model)
         else:
-            clf = petalnet.FlowerClassifier.from_preset(args.preset, random_state=args.seed)
+            clf = holdout_preset(args.preset, random_state=args.seed)
             clf.fit(root)
             if args.save:
                 clf.save(args.save)
