@@ -121,3 +121,15 @@ def test_unfitted_classifier_and_cli_errors(fitted, tmp_path, capsys):
     assert "--port" in capsys.readouterr().err
     assert main(["serve", str(tmp_path / "missing.pt")]) == 1
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_a_refitted_model_reports_its_validated_runs_accuracy_and_views(single_folder):
+    from petalnet import FlowerClassifier
+    from petalnet.serve import model_info
+
+    clf = FlowerClassifier(
+        "tiny_test", weights=None, epochs=2, monitor="last", refit=True, tta="crops", verbose=0
+    ).fit(single_folder)
+    info = model_info(clf)
+    assert info["tta"] == "crops"
+    assert info["valid_accuracy"] == pytest.approx(clf.selection_history_[-1]["valid_accuracy"])
