@@ -555,3 +555,15 @@ def test_a_refit_says_what_it_kept_instead_of_nan(single_folder, tmp_path, capsy
     assert "refitted on every labelled image for 2 epochs" in out and "nan" not in out
     facts = dict(FlowerClassifier.load(tmp_path / "checkpoint.pt").model_.facts())
     assert facts["kept epoch"].endswith("then refitted on every labelled image")
+
+
+def test_evaluating_the_valid_split_a_refit_trained_on_says_so(flowers_root, tmp_path, capsys):
+    valid_only = tmp_path / "data"
+    valid_only.mkdir()
+    (valid_only / "train").symlink_to(flowers_root / "train")
+    (valid_only / "valid").symlink_to(flowers_root / "valid")
+    argv = ["train", str(valid_only), "--arch", "tiny_test", "--weights", "none", "--epochs", "2"]
+    assert main([*argv, "--refit", "--save_dir", str(tmp_path), "--no_cache"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(valid_only), str(tmp_path / "checkpoint.pt"), "--quiet"]) == 0
+    assert "refitted on train + " in capsys.readouterr().err

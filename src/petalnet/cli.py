@@ -298,6 +298,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             "on; that split also picked the kept epoch.",
             file=sys.stderr,
         )
+    elif Path(report["folder"]).name in ("valid", "val") and clf.model_.selection_history:
+        print(
+            f"note: the model was refitted on train + {report['folder']} (refit=True), so it "
+            "trained on these images: this figure says nothing about new photos; evaluate a "
+            "test/ folder instead.",
+            file=sys.stderr,
+        )
     elif Path(report["folder"]).name in ("valid", "val"):
         print(
             f"note: {args.data_dir} has no test/ split, so this is {report['folder']}, the split "
