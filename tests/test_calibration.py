@@ -192,3 +192,29 @@ def test_switches_turn_calibration_and_unknown_off(flowers_root):
     assert cal.temperature == 1.0 and cal.threshold is None and cal.score == "energy"
     with pytest.raises(ValueError, match="known_recall"):
         FlowerClassifier(known_recall=1.5).validate()
+
+
+def test_with_views_the_temperature_fits_their_average():
+    logits, labels = _logits(4.0, n=2000)
+    one = fit_temperature(logits, labels)
+    assert fit_temperature(logits[None], labels) == pytest.approx(one, rel=1e-4)
+    assert fit_temperature(torch.stack([logits, logits]), labels) == pytest.approx(one, rel=1e-4)
+    # two noisy views: their average is less confident than either, so a cooler temperature
+    g = torch.Generator().manual_seed(1)
+    views = torch.stack([logits + 3 * torch.randn(logits.shape, generator=g) for _ in range(2)])
+    assert fit_temperature(views, labels) < fit_temperature(views[0], labels)
+
+
+def test_tta_calibrates_on_the_views_evaluate_averages(flowers_root):
+    from conftest import QUICK_FIT
+
+    clf = FlowerClassifier(
+        "tiny_test", **{**QUICK_FIT, "epochs": 3, "tta": "crops+flip", "known_recall": 0.75}
+    ).fit(flowers_root)
+    valid = clf.evaluate(flowers_root / "valid")  # the split calibration saw
+    # the threshold keeps 75 % of these known photos below it, with the views evaluate uses
+    assert valid["unknown_rate"] == pytest.approx(0.25, abs=1 / valid["n_images"] + 1e-9)
+    centre_only = FlowerClassifier.load(
+        clf.save(flowers_root.parent / "tta-cal.pt"), tta=False
+    ).evaluate(flowers_root / "valid")
+    assert valid["accuracy"] != centre_only["accuracy"] or valid["loss"] != centre_only["loss"]

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypedDict, get_args
 
@@ -192,16 +192,19 @@ class Calibration:
         Args:
             train: ``(M, D)`` training features (a sample of at most :data:`BANK_SIZE`).
             train_labels: ``(M,)`` their classes.
-            logits: ``(N, C)`` validation logits (for ``combined``'s normalisation).
-            embeddings: ``(N, D)`` validation features.
+            logits: ``(N, C)`` validation logits (for ``combined``'s normalisation), or
+                ``(V, N, C)`` of ``V`` test-time views.
+            embeddings: ``(N, D)`` validation features, or ``(V, N, D)``.
         """
+        if logits.ndim == 2:
+            logits, embeddings = logits[None], embeddings[None]
         if self.score == "knn" and len(train):
             self.bank = nn.functional.normalize(train, dim=-1).half()
         if self.score in ("rmaha", "combined") and len(train) > 1:
             self.gauss = fit_gaussians(train, train_labels)
-        if self.score == "combined" and len(logits):
+        if self.score == "combined" and logits.shape[1]:
             for part in ("msp", "rmaha"):
-                values = self.novelty(logits[None], embeddings[None], part)
+                values = self.novelty(logits, embeddings, part)
                 self.norm[f"{part}_mean"] = float(values.mean())
                 self.norm[f"{part}_std"] = float(values.std()) if len(values) > 1 else 1.0
 
@@ -354,7 +357,9 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """The temperature that minimises the negative log-likelihood of ``labels``.
 
     Args:
-        logits: ``(N, C)`` logits.
+        logits: ``(N, C)`` logits, or ``(V, N, C)`` of ``V`` views of each image, whose
+            probabilities at the temperature are averaged (as :meth:`Calibration.judge`
+            averages them).
         labels: ``(N,)`` class indices.
 
     Returns:
@@ -364,12 +369,15 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     if len(labels) == 0:
         return 1.0
     logits, labels = logits.detach().float().clone(), labels.long().clone()
+    views = logits if logits.ndim == 3 else logits.unsqueeze(0)
     log_t = torch.zeros((), requires_grad=True)
     optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = nn.functional.cross_entropy(logits / log_t.exp(), labels)
+        # log of the views' mean probability; one view: the cross-entropy itself
+        log_probs = (views / log_t.exp()).log_softmax(-1).logsumexp(0) - math.log(len(views))
+        loss = nn.functional.nll_loss(log_probs, labels)
         loss.backward()  # type: ignore[no-untyped-call]
         return loss
 
@@ -481,6 +489,7 @@ def fit_calibration(
     score: NoveltyScore = "combined",
     target_recall: float = 0.95,
     calibrate: bool = True,
+    views: Sequence[Iterable[tuple[torch.Tensor, torch.Tensor]]] = (),
 ) -> Calibration:
     """Learn the temperature, what the novelty score needs and the threshold after training.
 
@@ -494,6 +503,10 @@ def fit_calibration(
         score: The novelty score to use.
         target_recall: Share of known validation images to keep below the threshold.
         calibrate: Fit the temperature (else it stays 1).
+        views: With test-time augmentation, ``(rows, labels)`` batches of each further
+            view of the validation images (same images, same order): the temperature, the
+            normalisation and the threshold are then fitted on the views' average, the
+            answers ``evaluate`` and ``predict`` give.
 
     Returns:
         The calibration; without validation rows: ``T = 1`` and no threshold.
@@ -504,15 +517,28 @@ def fit_calibration(
     logits, embeddings, labels = (
         distributed.gather_tensor(t) for t in _embed_all(embed, head, valid)
     )
+    seen = [(logits, embeddings)]
+    for view in views:
+        more, more_embeddings, _ = (
+            distributed.gather_tensor(t) for t in _embed_all(embed, head, view)
+        )
+        seen.append((more, more_embeddings))
+    if len(labels) and any(v[0].shape != logits.shape for v in seen):
+        raise ValueError("every view must have the rows of the same validation images")
+    all_logits = torch.stack([v[0] for v in seen]) if len(labels) else logits[None]
+    all_embeddings = torch.stack([v[1] for v in seen]) if len(labels) else embeddings[None]
     calibration = Calibration(score=score, target_recall=target_recall)
     if calibrate:
-        calibration.temperature = fit_temperature(logits, labels)
-    calibration.fit_scores(rows, row_labels, logits, embeddings)
+        calibration.temperature = fit_temperature(all_logits, labels)
+    calibration.fit_scores(rows, row_labels, all_logits, all_embeddings)
     if len(labels) == 0:
         return calibration
-    raw = calibration_metrics(logits.softmax(-1), labels)
-    scaled = calibration_metrics((logits / calibration.temperature).softmax(-1), labels)
-    calibration.metrics = {**scaled, **{f"{k}_raw": v for k, v in raw.items()}}
-    scores = calibration.judge(logits.unsqueeze(0), embeddings.unsqueeze(0)).novelty
+    raw = calibration_metrics(all_logits.softmax(-1).mean(0), labels)
+    judged = calibration.judge(all_logits, all_embeddings)  # as evaluate and predict judge
+    calibration.metrics = {
+        **calibration_metrics(judged.log_probs.exp(), labels),
+        **{f"{k}_raw": v for k, v in raw.items()},
+    }
+    scores = judged.novelty
     calibration.threshold = float(torch.quantile(scores, target_recall))
     return calibration

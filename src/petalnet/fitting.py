@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -38,7 +38,7 @@ from petalnet.images import Unreadable
 from petalnet.params import ClassifierParams, param_specs
 from petalnet.pipeline import ImagePipeline
 from petalnet.precision import resolve_precision
-from petalnet.strategy import plan_training, training_batches
+from petalnet.strategy import plan_training, training_batches, validation_views
 from petalnet.training import Trainer, seeded
 
 __all__ = [
@@ -294,7 +294,10 @@ class _Run:
             if plan.back is not None and state.history:  # fine-tuned: a new backbone
                 model.backbone = backbone.derive(source="trained")
         if not state.interrupted:
-            model.calibration = self.calibrate(trained, head, plan.back, train, valid)
+            views = validation_views(
+                plan, pipeline, data, self.unreadable, pipeline.test_views(params.tta)
+            )
+            model.calibration = self.calibrate(trained, head, plan.back, train, valid, views)
         return model
 
     def calibrate(
@@ -304,8 +307,13 @@ class _Run:
         back: nn.Module | None,
         train: Batches,
         valid: Batches,
+        views: Sequence[Batches] = (),
     ) -> Calibration:
-        """Temperature, knn bank and unknown threshold of the trained model (valid split)."""
+        """Temperature, knn bank and unknown threshold of the trained model.
+
+        All on the validation split; with test-time augmentation, on its views' average,
+        which is what ``evaluate`` and ``predict`` answer.
+        """
         params = self.params
         trained.eval()
         embed = back if back is not None else nn.Identity()
@@ -317,6 +325,7 @@ class _Run:
             score=params.novelty,
             target_recall=params.known_recall or 0.95,
             calibrate=params.calibrate,
+            views=[v.batches(torch.arange(len(v.labels)), 256, 1) for v in views],
         )
         if params.known_recall is None:
             calibration.threshold = None

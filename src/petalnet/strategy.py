@@ -25,7 +25,14 @@ from petalnet.features import View
 from petalnet.images import Unreadable
 from petalnet.pipeline import ImagePipeline
 
-__all__ = ["STRATEGIES", "Strategy", "TrainingPlan", "plan_training", "training_batches"]
+__all__ = [
+    "STRATEGIES",
+    "Strategy",
+    "TrainingPlan",
+    "plan_training",
+    "training_batches",
+    "validation_views",
+]
 
 STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
 LAYER_OUTPUT_STORAGE = torch.float16
@@ -144,11 +151,7 @@ def training_batches(
             )
         )
         return train_images, valid_images
-    source = pipeline
-    what = "features"
-    if plan.front is not pipeline.backbone:  # the frozen front of a partly trained backbone
-        source = pipeline.for_backbone(plan.front, storage=LAYER_OUTPUT_STORAGE)
-        what = "frozen-layer outputs"
+    source, what = _row_source(plan.front, pipeline)
     rows = []
     for split, samples, views in (
         ("train", data.train, View.augmented(augment_views)),
@@ -160,3 +163,47 @@ def training_batches(
         )
         rows.append(TensorBatches(got.features, got.labels, device))
     return rows[0], rows[1]
+
+
+def _row_source(front: FeatureExtractor, pipeline: ImagePipeline) -> tuple[ImagePipeline, str]:
+    """The pipeline whose rows training learns from, and what progress output calls them."""
+    if front is not pipeline.backbone:  # the frozen front of a partly trained backbone
+        return pipeline.for_backbone(front, storage=LAYER_OUTPUT_STORAGE), "frozen-layer outputs"
+    return pipeline, "features"
+
+
+def validation_views(
+    plan: TrainingPlan,
+    pipeline: ImagePipeline,
+    data: TrainingData,
+    unreadable: Unreadable,
+    views: list[View],
+) -> list[TensorBatches]:
+    """Rows of the validation images under each test-time view after the centre crop.
+
+    Calibration fits the temperature and the unknown threshold on what ``evaluate`` and
+    ``predict`` answer: with test-time augmentation, the average over these views. The
+    rows are stored like the others (``evaluate`` on the same images then reads them).
+
+    Args:
+        plan: From :func:`plan_training`.
+        pipeline: The image pipeline of the whole backbone.
+        data: The training and validation samples.
+        unreadable: What to do with an unreadable image.
+        views: The test-time views (:meth:`ImagePipeline.test_views`), the centre crop first.
+
+    Returns:
+        One source per view after the first, in order; none when images are decoded every
+        epoch (training reaches the first layer: calibration then sees the centre crop).
+    """
+    if plan.front is None or len(views) < 2 or not data.valid:
+        return []
+    source, what = _row_source(plan.front, pipeline)
+    paths, labels = [p for p, _ in data.valid], [t for _, t in data.valid]
+    out = []
+    for view in views[1:]:
+        got = source.features(
+            paths, labels, unreadable=unreadable, views=[view], desc=f"valid {what} ({view.label})"
+        )
+        out.append(TensorBatches(got.features, got.labels, pipeline.device))
+    return out
