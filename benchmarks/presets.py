@@ -66,9 +66,7 @@ def _phase(name: str, phase: str, data: Path, holdout: float, split: str) -> dic
         "refit": refits and phase == "final",
         "images": report["n_images"],
         "train_images": clf.n_train_,
-        "history": [
-            round(r["valid_accuracy"], 4) for r in clf.model_.selection_history or clf.history_
-        ],
+        "history": [round(r["valid_accuracy"], 4) for r in clf.model_.validated_history],
         "precision": str(clf.pipeline_.precision),
         "fit_seconds": round(fit_s, 1),
         "seconds": round(total_s, 1),

@@ -19,7 +19,7 @@ from typing import IO, TYPE_CHECKING, Any, NoReturn, cast, get_args
 from petalnet._types import ExportFormat
 from petalnet._version import __version__
 from petalnet.errors import ExportOptionsError, PetalnetError
-from petalnet.flags import add_arguments, word_parser
+from petalnet.flags import add_arguments, add_switch, word_parser
 from petalnet.params import param_specs
 
 if TYPE_CHECKING:  # torch loads only when a command needs it: --help stays fast
@@ -115,11 +115,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     if not distributed.is_main():  # under torchrun, rank 0 reports and plots
         return 0
-    chose = clf.model_.selection_history  # with refit: the run that had a validation split
-    best = (chose or clf.history_)[clf.best_epoch_ - 1]
+    best = clf.model_.validated_history[clf.best_epoch_ - 1]
     which = "last epoch" if clf.monitor == "last" or not clf.n_valid_ else "best epoch"
     kept = f"the {which} ({clf.best_epoch_}): valid accuracy {best['valid_accuracy']:.2%}"
-    if chose:
+    if clf.model_.selection_history:  # refitted
         print(
             f"refitted on every labelled image for {clf.best_epoch_} epochs, as many as the "
             f"run with a validation split kept ({kept}; the refit has no validation of its own)"
@@ -298,19 +297,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             "on; that split also picked the kept epoch.",
             file=sys.stderr,
         )
-    elif Path(report["folder"]).name in ("valid", "val") and clf.model_.selection_history:
-        print(
-            f"note: the model was refitted on train + {report['folder']} (refit=True), so it "
-            "trained on these images: this figure says nothing about new photos; evaluate a "
-            "test/ folder instead.",
-            file=sys.stderr,
-        )
     elif Path(report["folder"]).name in ("valid", "val"):
-        print(
-            f"note: {args.data_dir} has no test/ split, so this is {report['folder']}, the split "
-            "that picked the kept epoch: expect untouched photos to score a little lower.",
-            file=sys.stderr,
-        )
+        if clf.model_.selection_history:  # refitted on train + valid
+            note = (
+                f"the model was refitted on train + {report['folder']} (refit=True), so it "
+                "trained on these images: this figure says nothing about new photos; evaluate "
+                "a test/ folder instead."
+            )
+        else:
+            note = (
+                f"{args.data_dir} has no test/ split, so this is {report['folder']}, the split "
+                "that picked the kept epoch: expect untouched photos to score a little lower."
+            )
+        print(f"note: {note}", file=sys.stderr)
     if args.json:
         shown = {k: v for k, v in report.items() if k != "confusion_matrix"}
         print(json.dumps({**shown, "tta": clf.tta}))
@@ -495,19 +494,16 @@ def _saved_flags(p: argparse.ArgumentParser) -> None:
     Each overrides what the checkpoint was saved with only when given.
     """
     _device_flags(p)
-    spec = next(s for s in param_specs() if s.name == "tta")
-    p.add_argument(
-        "--tta",
-        nargs="?",
-        const=True,
-        default=None,
-        type=word_parser(spec),
+    add_switch(
+        p,
+        next(s for s in param_specs() if s.name == "tta"),
+        ["--tta"],
+        default=None,  # as saved
         metavar="flip|crops|crops+flip",
         help="average the image and its mirror (--tta or --tta flip), it and the crops at "
         "both ends of its longer side (crops), or those and their mirrors (crops+flip) "
         "(default: as the checkpoint was trained)",
     )
-    p.add_argument("--no-tta", "--no_tta", dest="tta", action="store_false", help="no TTA")
     _amp_flag(p, default=None, help="computing precision (default: as the checkpoint was saved)")
 
 

@@ -59,19 +59,28 @@ class FittedModel:
     held_out: HeldOut | None = None
 
     @property
+    def validated_history(self) -> list[EpochRecord]:
+        """The epochs that were validated.
+
+        With ``refit=True``, the run that chose the epoch count (the refit has no
+        validation split); else the run itself.
+        """
+        return self.selection_history or self.training.history
+
+    @property
     def class_to_idx(self) -> dict[str, int]:
         """Class folder name to output index."""
         return {c: i for i, c in enumerate(self.classes)}
 
     def facts(self) -> list[tuple[str, str]]:
         """What a notebook shows of it: ``(what, value)`` rows."""
-        meta, history = self.backbone.meta, self.training.history
+        meta = self.backbone.meta
         rows = [
             ("backbone", f"{meta.name} ({meta.weights}, {meta.source})"),
             ("classes", str(len(self.classes))),
             ("training images", f"{self.n_train} (+{self.n_valid} validation)"),
         ]
-        chose = self.selection_history or history  # with refit: the run that was validated
+        chose = self.validated_history
         if chose:
             kept = chose[min(max(self.training.best_epoch, 1), len(chose)) - 1]
             refit = ", then refitted on every labelled image" if self.selection_history else ""

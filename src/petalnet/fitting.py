@@ -317,15 +317,16 @@ class _Run:
         params = self.params
         trained.eval()
         embed = back if back is not None else nn.Identity()
+        valid_views = [v.batches(torch.arange(len(v.labels)), 256, 1) for v in (valid, *views)]
         calibration = fit_calibration(
             head,
             embed,
             train.batches(sample_rows(len(train.labels)), 256, 1),
-            valid.batches(torch.arange(len(valid.labels)), 256, 1),
+            valid_views[0],
             score=params.novelty,
             target_recall=params.known_recall or 0.95,
             calibrate=params.calibrate,
-            views=[v.batches(torch.arange(len(v.labels)), 256, 1) for v in views],
+            views=valid_views[1:],
         )
         if params.known_recall is None:
             calibration.threshold = None

@@ -13,7 +13,7 @@ from typing import Any, get_origin
 
 from petalnet.params import ParamSpec, members, param_specs
 
-__all__ = ["add_arguments", "word_parser"]
+__all__ = ["add_arguments", "add_switch", "word_parser"]
 
 
 def word_parser(spec: ParamSpec) -> Callable[[str], Any]:
@@ -69,23 +69,64 @@ def add_arguments(
             metavar += "|none"
         shown = "none" if default is None else default
         several = any(get_origin(t) is Sequence for t in members(spec.annotation))
-        switch = spec.default is False and bool in members(spec.annotation)
-        if switch:  # off by default, yet a preset may turn it on: --no_<name> turns it off
-            off = [f"--no_{spec.name}", f"--no-{spec.name.replace('_', '-')}"]
-            parser.add_argument(
-                *off, dest=spec.name, action="store_false", default=default, help=f"no {spec.name}"
+        if spec.default is False and bool in members(spec.annotation):  # off, or some words
+            add_switch(
+                parser,
+                spec,
+                names,
+                default=default,
+                metavar=metavar,
+                help=f"{spec.doc} (default: {shown})",
             )
+            continue
         parser.add_argument(
             *names,
             dest=spec.name,
             type=word_parser(spec) if not several else str,
-            nargs="+" if several else "?" if switch else None,
-            const=True if switch else None,
+            nargs="+" if several else None,
             action=_Joined if several else "store",
             default=default,
             metavar=metavar,
             help=f"{spec.doc} (default: {shown})",
         )
+
+
+def add_switch(
+    parser: argparse.ArgumentParser,
+    spec: ParamSpec,
+    names: Sequence[str],
+    *,
+    default: Any,
+    metavar: str,
+    help: str,
+) -> None:
+    """A parameter that is off or one of some words: ``--name [WORD]`` and ``--no_name``.
+
+    ``--name`` alone turns it on (``True``), ``--name WORD`` picks a word, ``--no_name``
+    (also ``--no-name``) turns it off, e.g. a preset's.
+
+    Args:
+        parser: The parser (or argument group) to extend.
+        spec: The parameter.
+        names: Its flag spellings.
+        default: The value when no flag is given (``None``: "as saved").
+        metavar: How help shows the words.
+        help: What the flag does.
+    """
+    parser.add_argument(
+        *names,
+        dest=spec.name,
+        type=word_parser(spec),
+        nargs="?",
+        const=True,
+        default=default,
+        metavar=metavar,
+        help=help,
+    )
+    off = [f"--no_{spec.name}", f"--no-{spec.name.replace('_', '-')}"]
+    parser.add_argument(
+        *off, dest=spec.name, action="store_false", default=default, help=f"no {spec.name}"
+    )
 
 
 class _Joined(argparse.Action):

@@ -65,8 +65,7 @@ def model_info(clf: FlowerClassifier) -> dict[str, Any]:
     """
     model = clf.fitted_model()
     kept = model.training.best_epoch
-    validated = model.selection_history or model.training.history  # a refit has no validation
-    best: dict[str, Any] = dict(validated[kept - 1]) if kept else {}
+    best: dict[str, Any] = dict(model.validated_history[kept - 1]) if kept else {}
     cal = model.calibration
     names = model.category_names or {}
     return {
