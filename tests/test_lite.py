@@ -88,3 +88,22 @@ def test_random_init_and_odd_input_sizes():
         assert fx(torch.rand(1, 3, 97, 131)).shape == (1, 1280)
     with pytest.raises(petalnet.PetalnetError, match="no weights named"):
         petalnet.build_backbone("efficientnet_lite0", weights="IMAGENET21K")
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+@pytest.mark.parametrize("size", [(14, 14), (15, 15), (28, 17), (7, 8)])
+@pytest.mark.parametrize("groups", [1, 4])
+def test_strided_same_conv_equals_padding_the_input(kernel, size, groups):
+    """The grown kernel gives what TensorFlow's padded input gives, forward and backward."""
+    torch.manual_seed(0)
+    conv = lite._SameConv2d(8, 8, kernel, stride=2, groups=groups)
+    x = torch.randn(2, 8, *size, requires_grad=True)
+    (lo_h, hi_h), (lo_w, hi_w) = (lite._same_padding(n, kernel, 2) for n in size)
+    padded = torch.nn.functional.pad(x, [lo_w, hi_w, lo_h, hi_h])
+    expected = torch.nn.functional.conv2d(padded, conv.weight, None, 2, 0, 1, groups)
+    got = conv(x)
+    assert got.shape == expected.shape == (2, 8, -(-size[0] // 2), -(-size[1] // 2))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    (g_expected,) = torch.autograd.grad(expected.square().sum(), conv.weight)
+    (g_got,) = torch.autograd.grad(got.square().sum(), conv.weight)
+    torch.testing.assert_close(g_got, g_expected, rtol=1e-4, atol=1e-4)

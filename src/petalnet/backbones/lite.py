@@ -147,7 +147,15 @@ LITE_MODELS = {
 
 
 class _SameConv2d(nn.Conv2d):
-    """Conv2d with TensorFlow "SAME" padding (asymmetric for strided convolutions)."""
+    """Conv2d with TensorFlow "SAME" padding (asymmetric for strided convolutions).
+
+    A strided convolution pads ``lo`` before and ``hi = lo`` or ``lo + 1`` after each
+    spatial dimension. Padding the input to that shape copies the whole activation (at
+    lite0's second stride, 8 x 96 x 112 x 112 floats) and is slower than the convolution
+    itself. Instead the kernel grows by ``hi - lo`` zero rows (columns) at its top (left)
+    and the convolution pads ``hi`` on both sides: each output sums exactly the same
+    products, without the copy (``tests/test_lite.py`` checks both against ``F.pad``).
+    """
 
     def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1):
         super().__init__(
@@ -161,13 +169,18 @@ class _SameConv2d(nn.Conv2d):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stride[0] > 1:
-            k, s = self.kernel_size[0], self.stride[0]
-            ih, iw = x.shape[-2:]
-            ph = max((-(-ih // s) - 1) * s + k - ih, 0)
-            pw = max((-(-iw // s) - 1) * s + k - iw, 0)
-            x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
-        return super().forward(x)
+        if self.stride[0] == 1:
+            return super().forward(x)
+        k, s = self.kernel_size[0], self.stride[0]
+        (lo_h, hi_h), (lo_w, hi_w) = (_same_padding(size, k, s) for size in x.shape[-2:])
+        weight = F.pad(self.weight, [hi_w - lo_w, 0, hi_h - lo_h, 0])
+        return F.conv2d(x, weight, self.bias, s, (hi_h, hi_w), groups=self.groups)
+
+
+def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow "SAME" padding of one dimension: the zeros before it and after it."""
+    total = max((-(-size // stride) - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
 
 
 def _conv_bn(

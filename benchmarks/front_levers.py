@@ -1,0 +1,199 @@
+"""Side by side, one process: two ways to make the frozen front's float32 pass cheaper.
+
+Usage::
+
+    python benchmarks/front_levers.py                     # 256 images of DATA/train
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 PETALNET_CPU_BF16=0 \\
+        python benchmarks/front_levers.py                 # as on an AVX2-only CPU
+
+On efficientnet_lite0's prepared front (BN folded, channels-last, as ``fit`` runs it), on
+the same preprocessed images, one after the other:
+
+* **same padding**: TensorFlow's asymmetric "SAME" padding of the five strided
+  convolutions done by padding the input (``F.pad``, a copy of each activation: what
+  petalnet did before) against growing the kernel by a zero row and column and letting the
+  convolution pad (what petalnet does now, ``lite._SameConv2d``). Images per second at
+  batch 8 (``fit``'s extraction batch) and 32, and the largest difference of the rows.
+* **int8** (only where ``torchao`` is installed): post-training static quantisation of the
+  front with ``torchao``'s PT2E flow and ``X86InductorQuantizer`` (calibrated on 128 other
+  images), compiled by Inductor, against eager float32: images per second, the time to
+  quantise and compile, and how far the rows move (cosine, relative error).
+
+The figures go to docs/benchmarks.md ("Speed levers"), with the CPU flags printed here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from _shared import DEFAULT_DATA, emit, machine
+from speed_levers import _picked
+
+import petalnet
+from petalnet._allocator import keep_cpu_buffers
+from petalnet.backbones import lite
+from petalnet.features import prepare_backbone
+from petalnet.images import read_image
+from petalnet.precision import autocast, cpu_has_native_bf16
+
+_CPU = torch.device("cpu")
+
+
+def _padded_input_forward(self: lite._SameConv2d, x: torch.Tensor) -> torch.Tensor:
+    """The strided convolution as petalnet ran it before: pad the input, then convolve."""
+    if self.stride[0] == 1:
+        return torch.nn.Conv2d.forward(self, x)
+    k, s = self.kernel_size[0], self.stride[0]
+    (lo_h, hi_h), (lo_w, hi_w) = (lite._same_padding(n, k, s) for n in x.shape[-2:])
+    x = F.pad(x, [lo_w, hi_w, lo_h, hi_h])
+    return F.conv2d(x, self.weight, self.bias, s, 0, groups=self.groups)
+
+
+def _rate(
+    run: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch: int
+) -> tuple[float, torch.Tensor]:
+    """Images per second of ``run`` over ``images`` in batches, and its rows."""
+    batches = list(images.split(batch))
+    run(batches[0])  # warm-up
+    start = time.perf_counter()
+    rows = [run(b) for b in batches]
+    return len(images) / (time.perf_counter() - start), torch.cat(rows).float()
+
+
+def _padding(front: torch.nn.Module, images: torch.Tensor, repeats: int) -> list[dict[str, Any]]:
+    precisions = [torch.float32] + ([torch.bfloat16] if cpu_has_native_bf16() else [])
+    out = []
+    for precision in precisions:
+
+        def run(b: torch.Tensor, precision: torch.dtype = precision) -> torch.Tensor:
+            with torch.inference_mode(), autocast(_CPU, precision):
+                result: torch.Tensor = front(b)
+                return result
+
+        for batch in (8, 32):
+            rates: dict[str, list[float]] = {"padded": [], "grown": []}
+            rows = {}
+            for _ in range(repeats):  # alternated, so that drift hits both alike
+                for name in ("padded", "grown"):
+                    original = lite._SameConv2d.forward
+                    if name == "padded":
+                        lite._SameConv2d.forward = _padded_input_forward  # type: ignore[method-assign]
+                    try:
+                        rate, rows[name] = _rate(run, images, batch)
+                    finally:
+                        lite._SameConv2d.forward = original  # type: ignore[method-assign]
+                    rates[name].append(rate)
+            padded, grown = (
+                (max(rates["padded"]), rows["padded"]),
+                (max(rates["grown"]), rows["grown"]),
+            )
+            row = {
+                "precision": str(precision),
+                "batch": batch,
+                "padded_input_img_per_s": round(padded[0], 1),
+                "grown_kernel_img_per_s": round(grown[0], 1),
+                "speedup": round(grown[0] / padded[0], 2),
+                "max_row_difference": float((grown[1] - padded[1]).abs().max()),
+            }
+            print(row, flush=True)
+            out.append(row)
+    return out
+
+
+def _int8(front: torch.nn.Module, calibration: torch.Tensor, images: torch.Tensor) -> Any:
+    if importlib.util.find_spec("torchao") is None:
+        return "torchao is not installed"
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+
+    def eager(b: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            result: torch.Tensor = front(b)
+            return result
+
+    base_rate, base_rows = _rate(eager, images, 8)
+    start = time.perf_counter()
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    exported = torch.export.export(
+        front, (calibration[:8],), dynamic_shapes=({0: batch},), strict=True
+    ).module()
+    quantizer = xiq.X86InductorQuantizer()
+    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
+    prepared = prepare_pt2e(exported, quantizer)  # type: ignore[arg-type]
+    with torch.no_grad():
+        for b in calibration.split(32):
+            prepared(b)
+    quantized = convert_pt2e(prepared)
+    quantise_s = time.perf_counter() - start
+    torch._inductor.config.freezing = True
+    compiled = torch.compile(quantized)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        compiled(images[:8])
+    compile_s = time.perf_counter() - start
+
+    def int8(b: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            result: torch.Tensor = compiled(b)
+            return result
+
+    rate, rows = _rate(int8, images, 8)
+    result = {
+        "float32_eager_img_per_s": round(base_rate, 1),
+        "int8_compiled_img_per_s": round(rate, 1),
+        "speedup": round(rate / base_rate, 2),
+        "quantise_s": round(quantise_s, 1),
+        "compile_s": round(compile_s, 1),
+        "row_cosine": round(float(F.cosine_similarity(rows, base_rows).mean()), 4),
+        "row_relative_error": round(float((rows - base_rows).norm() / base_rows.norm()), 4),
+    }
+    print(result, flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--images", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=3, help="alternations (best kept)")
+    ap.add_argument("--no-int8", action="store_true", help="skip the int8 lever")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    keep_cpu_buffers()  # as a CPU fit does
+    paths = _picked(args.data, args.images + 128)
+    backbone = petalnet.build_backbone("efficientnet_lite0")
+    pre = backbone.meta.preprocessing
+    transform = pre.transform()
+    images = torch.stack([transform(read_image(p, pre.resize_size)) for p in paths])
+    images = images.contiguous(memory_format=torch.channels_last)
+    calibration, images = images[:128], images[128:]
+    front = prepare_backbone(backbone, _CPU)
+    held = {
+        k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if k in os.environ
+    }
+    return emit(
+        {
+            "command": f"python benchmarks/front_levers.py --images {args.images}",
+            "date": time.strftime("%Y-%m-%d"),
+            "torch": torch.__version__,
+            **machine(),
+            "held_to": held,
+            "cpu_bf16": cpu_has_native_bf16(),
+            "images": len(images),
+            "same_padding": _padding(front, images, args.repeats),
+            "int8": "skipped" if args.no_int8 else _int8(front, calibration, images),
+        },
+        args.json,
+    )
+
+
+if __name__ == "__main__":
+    main()
