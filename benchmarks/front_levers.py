@@ -17,7 +17,12 @@ the same preprocessed images, one after the other:
 * **int8** (only where ``torchao`` is installed): post-training static quantisation of the
   front with ``torchao``'s PT2E flow and ``X86InductorQuantizer`` (calibrated on 128 other
   images), compiled by Inductor, against eager float32: images per second, the time to
-  quantise and compile, and how far the rows move (cosine, relative error).
+  quantise and compile, and how far the rows move (cosine, relative error). Once with
+  8-bit activations, once with ``reduce_range``'s 7-bit ones, which CPUs without VNNI
+  need: their int8 multiply-add saturates at 16 bits.
+* **fused activation**: each convolution and its ReLU6 in one oneDNN call
+  (``torch.ops.mkldnn._convolution_pointwise``, what Inductor emits) against the two
+  calls petalnet makes.
 
 The figures go to docs/benchmarks.md ("Speed levers"), with the CPU flags printed here.
 """
@@ -25,6 +30,7 @@ The figures go to docs/benchmarks.md ("Speed levers"), with the CPU flags printe
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import os
 import time
@@ -108,7 +114,9 @@ def _padding(front: torch.nn.Module, images: torch.Tensor, repeats: int) -> list
     return out
 
 
-def _int8(front: torch.nn.Module, calibration: torch.Tensor, images: torch.Tensor) -> Any:
+def _int8(
+    front: torch.nn.Module, calibration: torch.Tensor, images: torch.Tensor, reduce_range: bool
+) -> Any:
     if importlib.util.find_spec("torchao") is None:
         return "torchao is not installed"
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -126,8 +134,9 @@ def _int8(front: torch.nn.Module, calibration: torch.Tensor, images: torch.Tenso
         front, (calibration[:8],), dynamic_shapes=({0: batch},), strict=True
     ).module()
     quantizer = xiq.X86InductorQuantizer()
-    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config())
-    prepared = prepare_pt2e(exported, quantizer)  # type: ignore[arg-type]
+    config = xiq.get_default_x86_inductor_quantization_config(reduce_range=reduce_range)
+    quantizer.set_global(config)
+    prepared = prepare_pt2e(exported, quantizer)
     with torch.no_grad():
         for b in calibration.split(32):
             prepared(b)
@@ -147,6 +156,7 @@ def _int8(front: torch.nn.Module, calibration: torch.Tensor, images: torch.Tenso
 
     rate, rows = _rate(int8, images, 8)
     result = {
+        "reduce_range": reduce_range,
         "float32_eager_img_per_s": round(base_rate, 1),
         "int8_compiled_img_per_s": round(rate, 1),
         "speedup": round(rate / base_rate, 2),
@@ -154,6 +164,63 @@ def _int8(front: torch.nn.Module, calibration: torch.Tensor, images: torch.Tenso
         "compile_s": round(compile_s, 1),
         "row_cosine": round(float(F.cosine_similarity(rows, base_rows).mean()), 4),
         "row_relative_error": round(float((rows - base_rows).norm() / base_rows.norm()), 4),
+    }
+    print(result, flush=True)
+    return result
+
+
+class _ConvReLU6(torch.nn.Module):
+    """A prepared (BN-folded, frozen) convolution and its ReLU6 in one oneDNN call."""
+
+    def __init__(self, conv: torch.nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.conv
+        weight, padding = c.weight, list(c.padding)  # type: ignore[arg-type]
+        if c.stride[0] > 1:  # the grown kernel, as lite._SameConv2d computes it
+            (lo_h, hi_h), (lo_w, hi_w) = (
+                lite._same_padding(n, c.kernel_size[0], c.stride[0]) for n in x.shape[-2:]
+            )
+            weight = F.pad(c.weight, [hi_w - lo_w, 0, hi_h - lo_h, 0])
+            padding = [hi_h, hi_w]
+        out: torch.Tensor = torch.ops.mkldnn._convolution_pointwise(
+            x, weight, c.bias, padding, list(c.stride), [1, 1], c.groups, "hardtanh", [0.0, 6.0], ""
+        )
+        return out
+
+
+def _fused_activation(front: torch.nn.Module, images: torch.Tensor, repeats: int) -> Any:
+    fused = copy.deepcopy(front)
+    n = 0
+    for seq in fused.modules():
+        kids = list(seq) if isinstance(seq, torch.nn.Sequential) else []
+        pair = len(kids) == 3 and isinstance(kids[0], torch.nn.Conv2d)
+        if pair and isinstance(kids[2], torch.nn.ReLU6):
+            seq[0], seq[2] = _ConvReLU6(kids[0]), torch.nn.Identity()
+            n += 1
+
+    def runner(module: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        def run(b: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode():
+                result: torch.Tensor = module(b)
+                return result
+
+        return run
+
+    rates: dict[str, list[float]] = {"two_calls": [], "one_call": []}
+    rows = {}
+    for _ in range(repeats):
+        for name, module in (("two_calls", front), ("one_call", fused)):
+            rate, rows[name] = _rate(runner(module), images, 8)
+            rates[name].append(rate)
+    result = {
+        "fused_pairs": n,
+        "two_calls_img_per_s": round(max(rates["two_calls"]), 1),
+        "one_call_img_per_s": round(max(rates["one_call"]), 1),
+        "speedup": round(max(rates["one_call"]) / max(rates["two_calls"]), 2),
+        "max_row_difference": float((rows["one_call"] - rows["two_calls"]).abs().max()),
     }
     print(result, flush=True)
     return result
@@ -176,6 +243,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     images = images.contiguous(memory_format=torch.channels_last)
     calibration, images = images[:128], images[128:]
     front = prepare_backbone(backbone, _CPU)
+    with torch.inference_mode():  # warm-up: the first pass over the images runs slower
+        for b in images.split(8):
+            front(b)
     held = {
         k: os.environ[k] for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if k in os.environ
     }
@@ -189,7 +259,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "cpu_bf16": cpu_has_native_bf16(),
             "images": len(images),
             "same_padding": _padding(front, images, args.repeats),
-            "int8": "skipped" if args.no_int8 else _int8(front, calibration, images),
+            "fused_activation": _fused_activation(front, images, args.repeats),
+            "int8": "skipped"
+            if args.no_int8
+            else [_int8(front, calibration, images, r) for r in (False, True)],
         },
         args.json,
     )

@@ -107,3 +107,17 @@ def test_strided_same_conv_equals_padding_the_input(kernel, size, groups):
     (g_expected,) = torch.autograd.grad(expected.square().sum(), conv.weight)
     (g_got,) = torch.autograd.grad(got.square().sum(), conv.weight)
     torch.testing.assert_close(g_got, g_expected, rtol=1e-4, atol=1e-4)
+
+
+def test_frozen_copy_precomputes_its_grown_kernels_and_leaves_the_backbone_trainable():
+    from petalnet.features import prepare_backbone
+
+    fx = petalnet.build_backbone("efficientnet_lite0", weights=None)
+    fast = prepare_backbone(fx, torch.device("cpu"))
+    strided = [m for m in fast.modules() if isinstance(m, lite._SameConv2d) and m.stride[0] > 1]
+    assert len(strided) == 5 and all(hasattr(m, "kernel_11") for m in strided)
+    assert not any(hasattr(m, "kernel_11") for m in fx.modules())  # the original is untouched
+    assert not any("kernel_" in key for key in fast.state_dict())  # never saved
+    x = torch.randn(2, 3, 97, 130)  # odd and even sizes: every grown shape is used
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x), fx.eval()(x), rtol=1e-4, atol=1e-4)

@@ -173,8 +173,25 @@ class _SameConv2d(nn.Conv2d):
             return super().forward(x)
         k, s = self.kernel_size[0], self.stride[0]
         (lo_h, hi_h), (lo_w, hi_w) = (_same_padding(size, k, s) for size in x.shape[-2:])
-        weight = F.pad(self.weight, [hi_w - lo_w, 0, hi_h - lo_h, 0])
-        return F.conv2d(x, weight, self.bias, s, (hi_h, hi_w), groups=self.groups)
+        grown: torch.Tensor | None = getattr(self, f"kernel_{hi_h - lo_h}{hi_w - lo_w}", None)
+        if grown is None:  # trainable: grown from the weight at each step
+            grown = F.pad(self.weight, [hi_w - lo_w, 0, hi_h - lo_h, 0])
+        return F.conv2d(x, grown, self.bias, s, (hi_h, hi_w), groups=self.groups)
+
+    def freeze_kernels(self) -> None:
+        """Grow the kernels once, for a frozen copy that only infers (``prepare_backbone``).
+
+        Each of the four grown shapes becomes a buffer (not saved with the state), so a
+        forward pass and an exported graph hold constants instead of padding the weight.
+        Only for a copy whose weight no longer changes.
+        """
+        if self.stride[0] == 1:
+            return
+        with torch.no_grad():
+            for dh in (0, 1):
+                for dw in (0, 1):
+                    kernel = F.pad(self.weight, [dw, 0, dh, 0]).detach().clone()
+                    self.register_buffer(f"kernel_{dh}{dw}", kernel, persistent=False)
 
 
 def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
