@@ -13,7 +13,10 @@ This script builds exactly that trainable part (``FeatureExtractor.split(2)`` an
 * **eager** float32 (what petalnet does),
 * **compiled**: ``torch.compile`` (Inductor) of the back + head, float32; the first steps
   pay the compile (forward and backward graphs), reported apart,
-* the same two under bfloat16 autocast, where the CPU has native bfloat16.
+* the same two under bfloat16 autocast, where the CPU has native bfloat16;
+* **optimizer**: AdamW's default for-each step against its fused kernel (``fused=True``,
+  what petalnet uses on cpu and cuda), eager float32, for fast-cpu's head on cached
+  feature vectors and for best-cpu's back + head.
 
 Steps per second after warm-up, and the compile time a fit would pay once; a fit of 11
 fine-tuning epochs over 6552 images at batch 64 takes ~1130 steps.
@@ -51,11 +54,29 @@ def _model() -> tuple[nn.Module, tuple[int, ...]]:
     return nn.Sequential(back, head).train(), tuple(rows.shape[1:])
 
 
+def _head(features: int) -> nn.Module:
+    """fast-cpu's head, trained alone on cached feature vectors."""
+    return nn.Sequential(
+        nn.Dropout(0.3),
+        nn.Linear(features, 1024),
+        nn.ReLU(),
+        nn.Dropout(0.3),
+        nn.Linear(1024, 102),
+        nn.LogSoftmax(dim=1),
+    ).train()
+
+
 def _time(
-    model: nn.Module, row_shape: tuple[int, ...], batch: int, steps: int, dtype: torch.dtype
+    model: nn.Module,
+    row_shape: tuple[int, ...],
+    batch: int,
+    steps: int,
+    dtype: torch.dtype,
+    fused: bool | None = None,
 ) -> dict[str, float]:
     device = torch.device("cpu")
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.01, fused=fused)
     loss_fn = nn.NLLLoss()
     x = torch.randn(batch, *row_shape)
     y = torch.randint(0, 102, (batch,))
@@ -95,6 +116,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             got = _time(run, row_shape, args.batch, args.steps, dtype)
             rows.append({"dtype": str(dtype).removeprefix("torch."), "compiled": compiled, **got})
             print(rows[-1], flush=True)
+    optimizers = []  # eager float32, AdamW's for-each step against its fused kernel
+    for part in ("head on feature vectors", "last 2 blocks + head"):
+        for fused in (None, True):
+            torch.manual_seed(0)
+            model, row_shape = _model() if part.startswith("last") else (_head(1280), (1280,))
+            got = _time(model, row_shape, args.batch, args.steps * 4, torch.float32, fused)
+            optimizers.append({"part": part, "adamw": "fused" if fused else "for-each", **got})
+            print(optimizers[-1], flush=True)
     result = {
         "command": f"python benchmarks/train_step_levers.py --batch {args.batch}",
         "date": date.today().isoformat(),
@@ -102,6 +131,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         **machine(),
         "threads": torch.get_num_threads(),
         "rows": rows,
+        "optimizers": optimizers,
     }
     return emit(result, args.json)
 
