@@ -9,7 +9,7 @@ import torch
 
 import petalnet
 from petalnet.calibration import Calibration
-from petalnet.features import CENTER, MIRROR, View, run_backbone
+from petalnet.features import CENTER, MIRROR, View, fill_rows, run_backbone
 from petalnet.images import Unreadable, read_image
 from petalnet.pipeline import ImagePipeline, describe_tta
 from petalnet.preprocessing import Preprocessing
@@ -86,6 +86,61 @@ def test_crops_tta_averages_the_side_crops_and_their_mirrors(pipeline, flowers_r
     assert describe_tta(False) == "TTA off"
     assert describe_tta(True) == describe_tta("flip") == "TTA on (centre crop and mirror averaged)"
     assert "both ends of the longer side" in describe_tta("crops")
+
+
+def test_crops_of_one_resize_equal_each_crop_alone(flowers_root):
+    pre = petalnet.build_backbone("tiny_test").preprocessing
+    image = read_image(flowers_root / "test" / "2" / "img_000.jpg")
+    ats = ("center", "start", "end")
+    together = pre.crops(ats)(image)
+    assert len(together) == 3
+    for at, crop in zip(ats, together, strict=True):
+        assert torch.equal(crop, pre.transform(at)(image))
+
+
+def test_views_share_one_decode_and_are_stored_each_under_its_own_key(
+    flowers_root, tmp_path, monkeypatch, backbone_calls
+):
+    from petalnet import images as images_module
+
+    decoded: list[str] = []
+    real_read = images_module.read_image
+
+    def counting_read(source, draft_size=None):
+        decoded.append(str(source))
+        return real_read(source, draft_size)
+
+    monkeypatch.setattr(images_module, "read_image", counting_read)
+    cached = ImagePipeline(
+        petalnet.build_backbone("tiny_test"), device=torch.device("cpu"), cache_dir=tmp_path
+    )
+    paths = sorted((flowers_root / "test" / "4").glob("*.jpg"))
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    views = ImagePipeline.test_views("crops+flip")
+    got = cached.features([*paths, bad], unreadable=Unreadable("collect"), views=views)
+    assert len(decoded) == len(paths) + 1  # each file read once for the six views
+    assert got.features.shape == (6, len(paths), 32)
+    assert [u.position for u in got.skipped] == [len(paths)]  # reported once, not per view
+    assert sum(backbone_calls) == 6 * len(paths)
+    backbone_calls.clear()
+    for v, view in enumerate(views):  # every view was stored under its own key
+        alone = cached.features(paths, unreadable=Unreadable("raise"), views=[view])
+        torch.testing.assert_close(alone.features, got.features[v])
+    assert backbone_calls == []
+    # an augmented view is drawn from its own seed: the pipeline gives it a pass of its own
+    mixed = cached.features(paths, unreadable=Unreadable(), views=[View("augmented", 1), CENTER])
+    torch.testing.assert_close(mixed.features[1], got.features[0])
+    with pytest.raises(ValueError, match="augmented"):
+        fill_rows(
+            cached.runner,
+            paths,
+            torch.zeros(2, len(paths), 32),
+            preprocessing=cached.backbone.preprocessing,
+            device=cached.device,
+            unreadable=Unreadable(),
+            views=[View("augmented", 1), CENTER],
+        )
 
 
 def test_unreadable_files_are_skipped_with_their_positions(pipeline, flowers_root, tmp_path):

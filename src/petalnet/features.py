@@ -9,6 +9,7 @@ the k-th random augmentation (cached augmented training views).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import os
 import time
@@ -30,7 +31,7 @@ from petalnet.cache import default_cache_dir, parameter_fingerprint
 from petalnet.errors import PetalnetError
 from petalnet.images import ImageInput, Transform, Unreadable, image_loader
 from petalnet.precision import autocast
-from petalnet.preprocessing import Augmentation, Preprocessing
+from petalnet.preprocessing import Augmentation, CropAt, Preprocessing
 from petalnet.rows import compact
 from petalnet.rowstore import RowStore, row_key
 
@@ -194,13 +195,18 @@ class View:
         word = f"{self.kind} {self.index}"
         return f"{word} mirror" if self.mirrored else word
 
+    @property
+    def crop_at(self) -> CropAt:
+        """Where an unaugmented view's crop sits (see :meth:`Preprocessing.transform`)."""
+        if self.kind == "side":
+            return "start" if self.index == 1 else "end"
+        return "center"
+
     def transform(self, pre: Preprocessing, augmentation: Augmentation) -> Transform:
         """The transform producing this view (before the mirror flip, done on the batch)."""
         if self.kind == "augmented":
             return pre.augment_transform(augmentation)
-        if self.kind == "side":
-            return pre.transform("start" if self.index == 1 else "end")
-        return pre.transform()
+        return pre.transform(self.crop_at)
 
     def key(self, pre: Preprocessing, augmentation: Augmentation, seed: int | None) -> str:
         """Name of this view in row-store keys (for augmented ones, the recipe's own id).
@@ -289,11 +295,13 @@ class Also(NamedTuple):
 class _WithAlso:
     """A transform that returns the view and :class:`Also`'s row of one decoded picture."""
 
-    def __init__(self, transform: Transform, compute: Callable[[Image.Image], torch.Tensor]):
+    def __init__(
+        self, transform: Callable[[Any], Any], compute: Callable[[Image.Image], torch.Tensor]
+    ):
         self.transform = transform
         self.compute = compute
 
-    def __call__(self, image: Image.Image | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, image: Image.Image | torch.Tensor) -> tuple[Any, torch.Tensor]:
         picture = image if isinstance(image, Image.Image) else to_pil_image(image)
         return self.transform(image), self.compute(picture)
 
@@ -314,7 +322,7 @@ def fill_rows(
     num_workers: int | None = None,
     precision: torch.dtype = torch.float32,
     cache: RowStore | None = None,
-    view: View = CENTER,
+    views: Sequence[View] = (CENTER,),
     seed: int | None = None,
     augmentation: Augmentation = "classic",
     desc: str = "features",
@@ -323,10 +331,14 @@ def fill_rows(
 ) -> list[Unread]:
     """Write the row of image ``i`` into ``out[i]``, from the row store or the backbone.
 
+    With several views each image is decoded and resized once for all of them: the
+    test-time crops are cut from the same resize and a mirrored view flips its crop.
+
     Args:
         backbone: A prepared (frozen, eval-mode) backbone on ``device``.
         images: File paths (stored when ``cache`` is given) or in-memory images.
-        out: ``(len(images), D)`` CPU tensor to fill; its dtype is the storage dtype.
+        out: ``(len(images), D)`` CPU tensor to fill, or ``(V, len(images), D)`` with
+            several views; its dtype is the storage dtype.
         preprocessing: How images become the backbone's input.
         device: Where to compute.
         unreadable: What to do with an unreadable file.
@@ -334,13 +346,14 @@ def fill_rows(
         num_workers: Image-decoding workers; ``None`` picks a default for this machine.
         precision: Autocast dtype (see :func:`~petalnet.precision.resolve_precision`).
         cache: Row store to read and fill, or ``None``.
-        view: Which rendering of each image (see :class:`View`).
+        views: Which renderings of each image (see :class:`View`); an augmented view
+            (drawn from its own seed per image) comes alone.
         seed: Seed of augmented views.
         augmentation: Policy of augmented views.
         desc: Label of the progress bar.
         verbose: ``0`` silences progress output.
         also: A second row per image from the same decode (an image missing from either
-            store is decoded once for both).
+            store is decoded once for both), keyed as the first view.
 
     Returns:
         The unreadable images, in input order (their rows of ``out`` are left unset).
@@ -348,43 +361,61 @@ def fill_rows(
     Raises:
         ImageReadError: ``unreadable`` raises (the message names the file).
         PetalnetError: The backbone's rows are not ``D`` wide.
+        ValueError: No view, an augmented view with others, or ``out`` of another shape.
     """
-    name = view.key(preprocessing, augmentation, seed)
+    if not views or (len(views) > 1 and any(v.kind == "augmented" for v in views)):
+        raise ValueError(f"fill_rows takes one augmented view or unaugmented ones, got {views}")
+    outs = list(out) if len(views) > 1 else [out]
+    if len(outs) != len(views) or any(o.shape[0] != len(images) for o in outs):
+        raise ValueError(f"out is {tuple(out.shape)}: not one row per image for each view")
+    names = [v.key(preprocessing, augmentation, seed) for v in views]
     start = time.perf_counter()
     skipped: list[Unread] = []
     computed = 0
-    transform: Callable[[Any], Any] = view.transform(preprocessing, augmentation)
+    crops = list(dict.fromkeys(dataclasses.replace(v, mirrored=False) for v in views))
+    source = [crops.index(dataclasses.replace(v, mirrored=False)) for v in views]
+    transform: Callable[[Any], Any]
+    if len(crops) == 1:
+        transform = views[0].transform(preprocessing, augmentation)
+    else:
+        transform = preprocessing.crops([v.crop_at for v in crops])
     if also is not None:
         transform = _WithAlso(transform, also.compute)
-    stores = [cache, also.cache if also is not None else None]
+    stores: list[RowStore | None] = [cache] * len(views)  # one per target, also's last
+    keyed = list(names)
+    if also is not None:
+        stores.append(also.cache)
+        keyed.append(names[0])
     bar_off = None if verbose > 0 and images else True  # None: bars on a terminal only
     with (
         tqdm(total=len(images), desc=desc, unit="img", disable=bar_off, leave=False) as bar,
         ExitStack() as stack,
     ):
-        appenders = [stack.enter_context(s.appender()) if s is not None else None for s in stores]
+        distinct = {id(s): s for s in stores if s is not None}  # the views share one store
+        appender_of = {i: stack.enter_context(s.appender()) for i, s in distinct.items()}
         for first in range(0, len(images), BLOCK):
             block = images[first : first + BLOCK]
-            targets = [out[first : first + len(block)]]
+            targets = [o[first : first + len(block)] for o in outs]
             if also is not None:
                 targets.append(also.out[first : first + len(block)])
-            keys: list[bytes | None] = [None] * len(block)
-            if cache is not None or (also is not None and also.cache is not None):
-                for i, image in enumerate(block):
-                    if isinstance(image, (str, os.PathLike)):
-                        with suppress(OSError):  # a missing file: the loader reports it
-                            keys[i] = row_key(image, name)
+            keys: list[list[bytes | None]] = [[None] * len(block) for _ in stores]
+            for i, image in enumerate(block):
+                if isinstance(image, (str, os.PathLike)):
+                    for k, (store, name) in enumerate(zip(stores, keyed, strict=True)):
+                        if store is not None:
+                            with suppress(OSError):  # a missing file: the loader reports it
+                                keys[k][i] = row_key(image, name)
             found = [
-                s.read_into(keys, t.numpy()) if s is not None else np.zeros(len(block), bool)
-                for s, t in zip(stores, targets, strict=False)
+                s.read_into(k, t.numpy()) if s is not None else np.zeros(len(block), bool)
+                for s, k, t in zip(stores, keys, targets, strict=False)
             ]
             done = np.logical_and.reduce(found)
             bar.update(int(done.sum()))
             todo = np.flatnonzero(~done).tolist()
             computed += len(todo)
             seeds = None
-            if view.kind == "augmented":
-                draw = view.draw(augmentation, seed)
+            if views[0].kind == "augmented":
+                draw = views[0].draw(augmentation, seed)
                 seeds = [sample_seed(block[i], draw, seed) for i in todo]
             loader = image_loader(
                 [block[i] for i in todo],
@@ -403,33 +434,41 @@ def fill_rows(
                     bar.update(len(errors))
                     continue
                 parts = list(batch) if also is not None else [batch]
-                if view.mirrored:
-                    parts[0] = parts[0].flip(-1)
-                feats = run_backbone(backbone, parts[0], device, precision).cpu().flatten(1)
-                if feats.shape[1:] != out.shape[1:]:
-                    raise PetalnetError(
-                        f"The backbone returned rows of {feats.shape[1]} values, but "
-                        f"declares feature_dim={out.shape[1]}; fix its feature_dim."
-                    )
-                parts[0] = feats
+                rendered = list(parts[0]) if len(crops) > 1 else [parts[0]]
+                rows_of = []
+                for view, k in zip(views, source, strict=True):
+                    x = rendered[k].flip(-1) if view.mirrored else rendered[k]
+                    feats = run_backbone(backbone, x, device, precision).cpu().flatten(1)
+                    if feats.shape[1:] != outs[0].shape[1:]:
+                        raise PetalnetError(
+                            f"The backbone returned rows of {feats.shape[1]} values, but "
+                            f"declares feature_dim={outs[0].shape[1]}; fix its feature_dim."
+                        )
+                    rows_of.append(feats)
+                rows_of += parts[1:]
                 slots = [todo[p] for p in positions]
-                for rows, target, appender, had in zip(
-                    parts, targets, appenders, found, strict=False
+                for rows, target, store, key, had in zip(
+                    rows_of, targets, stores, keys, found, strict=True
                 ):
                     if target.dtype != rows.dtype:  # clamped: an overflow would be inf, then NaN
                         limit = torch.finfo(target.dtype).max
                         rows = rows.clamp(-limit, limit).to(target.dtype)
                     target[slots] = rows
-                    new = [(keys[s], j) for j, s in enumerate(slots) if keys[s] and not had[s]]
-                    if appender is not None and new:
-                        appender.add([k for k, _ in new], rows[[j for _, j in new]].numpy())
+                    new = [(key[s], j) for j, s in enumerate(slots) if key[s] and not had[s]]
+                    if store is not None and new:
+                        appender_of[id(store)].add(
+                            [k for k, _ in new], rows[[j for _, j in new]].numpy()
+                        )
                 bar.update(len(positions) + len(errors))
     elapsed = time.perf_counter() - start
     if verbose > 0 and images:
         cached = len(images) - computed
         rate = f", {computed / elapsed:.1f} img/s" if computed and elapsed > 0 else ""
         bad = f", {len(skipped)} unreadable skipped" if skipped else ""
-        print(f"{desc}: {len(images)} images ({cached} from cache{bad}) in {elapsed:.1f}s{rate}")
+        per = f" x {len(views)} views" if len(views) > 1 else ""
+        print(
+            f"{desc}: {len(images)} images{per} ({cached} from cache{bad}) in {elapsed:.1f}s{rate}"
+        )
     return sorted(skipped)
 
 

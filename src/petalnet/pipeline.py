@@ -177,7 +177,10 @@ class ImagePipeline:
         use_cache: bool = True,
         quiet: bool = False,
     ) -> Features:
-        """Backbone outputs of ``images``, one pass per view, stored where possible.
+        """Backbone outputs of ``images`` under each view, stored where possible.
+
+        Unaugmented views (test-time crops and mirrors) are rendered from one decode of
+        each image; augmented views, each drawn from its own seed, take a pass each.
 
         Every batch is written into its slot of one array (memory-mapped when large, see
         :mod:`petalnet.rows`), so memory does not grow with the number of images. Under
@@ -205,11 +208,16 @@ class ImagePipeline:
         n, dim = len(images), self.backbone.feature_dim
         rows = empty_rows((len(views), n, dim) if len(views) > 1 else (n, dim), self.storage)
         skipped: dict[int, Unread] = {}
-        for v, view in enumerate(views):
+        if len(views) > 1 and all(view.kind != "augmented" for view in views):
+            calls = [(list(views), rows)]  # crops and mirrors of one decode
+        else:  # each augmented view is drawn from its own seed: one pass each
+            calls = [([view], rows[v] if len(views) > 1 else rows) for v, view in enumerate(views)]
+        for group, out in calls:
+            labels_of = ", ".join(view.label for view in group)
             for bad in fill_rows(
                 self.runner,
                 images,
-                rows[v] if len(views) > 1 else rows,
+                out,
                 preprocessing=self.backbone.preprocessing,
                 device=self.device,
                 unreadable=unreadable,
@@ -217,10 +225,10 @@ class ImagePipeline:
                 num_workers=self.num_workers,
                 precision=self.precision,
                 cache=self.cache if use_cache else None,
-                view=view,
+                views=group,
                 seed=self.seed,
                 augmentation=self.augmentation,
-                desc=desc if len(views) == 1 else f"{desc} ({view.label})",
+                desc=desc if len(views) == 1 else f"{desc} ({labels_of})",
                 verbose=0 if quiet else self.verbose,
             ):
                 skipped.setdefault(bad.position, bad)

@@ -7,7 +7,7 @@ checkpoint and rebuilds the exact same transform on another machine.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, get_args
 
@@ -170,10 +170,29 @@ class Preprocessing:
             A callable mapping a ``PIL.Image``, an HxWxC uint8 array or a CxHxW tensor
             (uint8, or float in ``[0, 1]``) to a normalised float32 CxHxW tensor.
         """
-        crop: Any = (
-            v2.CenterCrop(self.crop_size) if at == "center" else _SideCrop(self.crop_size, at)
-        )
         evaluate: Callable[[Any], torch.Tensor] = v2.Compose(
+            [self._resize(), self._crop(at), *self._finish()]
+        )
+        return evaluate
+
+    def crops(self, ats: Sequence[CropAt]) -> Callable[[Any], tuple[torch.Tensor, ...]]:
+        """Build the evaluation transform of several crops of one resize.
+
+        The image is resized once and each crop then finished as :meth:`transform` finishes
+        it, so ``crops(ats)(image)[k]`` equals ``transform(ats[k])(image)``, for the cost
+        of one resize (test-time crops of a photo decoded once).
+
+        Args:
+            ats: Where each crop sits (see :meth:`transform`).
+
+        Returns:
+            A callable mapping an image (as :meth:`transform` takes) to one normalised
+            float32 CxHxW tensor per crop, in the order of ``ats``.
+        """
+        return _Crops(self._resize(), [v2.Compose([self._crop(a), *self._finish()]) for a in ats])
+
+    def _resize(self) -> Any:
+        return v2.Compose(
             [
                 v2.ToImage(),
                 v2.Resize(
@@ -181,12 +200,28 @@ class Preprocessing:
                     interpolation=InterpolationMode(self.interpolation),
                     antialias=True,
                 ),
-                crop,
-                v2.ToDtype(torch.float32, scale=True),
-                v2.Normalize(mean=list(self.mean), std=list(self.std)),
             ]
         )
-        return evaluate
+
+    def _crop(self, at: CropAt) -> Any:
+        return v2.CenterCrop(self.crop_size) if at == "center" else _SideCrop(self.crop_size, at)
+
+    def _finish(self) -> list[Any]:
+        return [
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=list(self.mean), std=list(self.std)),
+        ]
+
+
+class _Crops:
+    """One resize, then several crops of it (:meth:`Preprocessing.crops`)."""
+
+    def __init__(self, resize: Any, crops: Sequence[Any]) -> None:
+        self.resize, self.crops = resize, list(crops)
+
+    def __call__(self, image: Any) -> tuple[torch.Tensor, ...]:
+        resized = self.resize(image)
+        return tuple(crop(resized) for crop in self.crops)
 
 
 class _SideCrop(torch.nn.Module):

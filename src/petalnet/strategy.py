@@ -200,10 +200,8 @@ def validation_views(
         return []
     source, what = _row_source(plan.front, pipeline)
     paths, labels = [p for p, _ in data.valid], [t for _, t in data.valid]
-    out = []
-    for view in views[1:]:
-        got = source.features(
-            paths, labels, unreadable=unreadable, views=[view], desc=f"valid {what} ({view.label})"
-        )
-        out.append(TensorBatches(got.features, got.labels, pipeline.device))
-    return out
+    got = source.features(
+        paths, labels, unreadable=unreadable, views=views[1:], desc=f"valid {what}"
+    )
+    rows = got.features if len(views) > 2 else got.features.unsqueeze(0)  # (V, N, D)
+    return [TensorBatches(view_rows, got.labels, pipeline.device) for view_rows in rows]

@@ -1,0 +1,129 @@
+"""What int8 rows would cost in accuracy: fast-cpu on the grouped hold-out, float against int8.
+
+Usage (from the repository root; needs ``pip install torchao``)::
+
+    PETALNET_CPU_BF16=0 python benchmarks/int8_holdout.py --tta none
+
+``benchmarks/front_levers.py`` found the frozen front 1.5x faster in int8 on AVX2 (with
+``reduce_range``) and 2.8-3.2x natively, with rows that move (relative error 0.13-0.15).
+Whether a head trained on such rows still scores the same is what this measures. fast-cpu
+(without its refit) is fitted on the grouped hold-out's training side three times, in
+separate processes with new caches: with petalnet's float32 front, and with the front
+quantised by ``torchao``'s PT2E flow (``X86InductorQuantizer``, calibrated on 128 training
+images, compiled by Inductor) with 8-bit and with ``reduce_range``'s 7-bit activations.
+Each fit's rows, for training and for the hold-out, come from its own front. Run with
+``PETALNET_CPU_BF16=0`` so that the float run is float32 and nothing autocasts the int8
+graph. ``valid/`` is never read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import torch
+from _shared import DEFAULT_DATA, emit, holdout_preset, link_holdout, machine
+
+import petalnet
+from petalnet import pipeline
+from petalnet.backbones.base import FeatureExtractor
+from petalnet.data import load_training_data
+from petalnet.features import prepare_backbone
+from petalnet.images import read_image
+
+
+def _int8_front(reduce_range: bool, calibration: list[Path]) -> Any:
+    """A ``prepare_backbone`` that returns the front quantised to int8 and compiled."""
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+
+    def prepare(backbone: FeatureExtractor, device: torch.device) -> Any:
+        front = prepare_backbone(backbone, device)
+        pre = backbone.preprocessing
+        transform = pre.transform()
+        images = torch.stack([transform(read_image(p, pre.resize_size)) for p in calibration])
+        images = images.contiguous(memory_format=torch.channels_last)
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        exported = torch.export.export(
+            front, (images[:8],), dynamic_shapes=({0: batch},), strict=True
+        ).module()
+        quantizer = xiq.X86InductorQuantizer()
+        config = xiq.get_default_x86_inductor_quantization_config(reduce_range=reduce_range)
+        quantizer.set_global(config)
+        prepared = prepare_pt2e(exported, quantizer)
+        with torch.no_grad():
+            for b in images.split(32):
+                prepared(b)
+        torch._inductor.config.freezing = True
+        return torch.compile(convert_pt2e(prepared), dynamic=True)
+
+    return prepare
+
+
+def _run(front: str, data: Path, tta: str) -> dict[str, Any]:
+    """One fit and its hold-out score, in this process (a child of :func:`main`)."""
+    with tempfile.TemporaryDirectory(prefix="petalnet-holdout-") as tmp:
+        root = Path(tmp)
+        link_holdout(data, 0.15, root, split="grouped")
+        train = [p for p, _ in load_training_data(root / "train", valid_fraction=0.0).train]
+        if front != "float":
+            calibration = train[:: max(1, len(train) // 128)][:128]
+            int8 = _int8_front(front == "int8 reduce_range", calibration)
+            pipeline.prepare_backbone = int8  # type: ignore[attr-defined]
+        cache = Path(tempfile.mkdtemp(prefix="petalnet-int8-cache-"))
+        start = time.perf_counter()
+        views: Any = False if tta == "none" else tta
+        clf = holdout_preset("fast-cpu", cache_dir=cache, random_state=0, tta=views)
+        clf.fit(root)
+        fit_s = time.perf_counter() - start
+        report = clf.evaluate(root / "valid")
+    return {
+        "front": front,
+        "tta": tta,
+        "holdout_accuracy": report["accuracy"],
+        "correct": round(report["accuracy"] * report["n_images"]),
+        "images": report["n_images"],
+        "fit_s": round(fit_s, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--tta", default="none", help="none, flip, crops or crops+flip")
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--front", help=argparse.SUPPRESS)  # a child: one front
+    args = ap.parse_args(argv)
+    if args.front:
+        return emit(_run(args.front, args.data, args.tta), None)
+    runs = []
+    for front in ("float", "int8", "int8 reduce_range"):
+        cmd = [sys.executable, __file__, "--data", str(args.data), "--tta", args.tta]
+        out = subprocess.run([*cmd, "--front", front], capture_output=True, text=True)
+        if out.returncode:
+            sys.stderr.write(out.stderr[-3000:])
+            raise SystemExit(f"the {front} run failed")
+        runs.append(json.loads(out.stdout[out.stdout.index("{") :]))
+        print(runs[-1], flush=True)
+    return emit(
+        {
+            "command": f"python benchmarks/int8_holdout.py --tta {args.tta}",
+            "date": date.today().isoformat(),
+            "torch": torch.__version__,
+            "petalnet": petalnet.__version__,
+            **machine(),
+            "runs": runs,
+        },
+        args.json,
+    )
+
+
+if __name__ == "__main__":
+    main()
