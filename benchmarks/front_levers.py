@@ -114,13 +114,40 @@ def _padding(front: torch.nn.Module, images: torch.Tensor, repeats: int) -> list
     return out
 
 
+def quantise_int8(front: torch.nn.Module, calibration: torch.Tensor, reduce_range: bool) -> Any:
+    """``front`` quantised to int8 by ``torchao``'s PT2E flow (not compiled yet).
+
+    Args:
+        front: A prepared front (``prepare_backbone``).
+        calibration: Preprocessed, channels-last images the observers see.
+        reduce_range: 7-bit activations, which CPUs without VNNI need.
+
+    Returns:
+        The quantised graph module; any batch size from 1 to 4096.
+    """
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    exported = torch.export.export(
+        front, (calibration[:8],), dynamic_shapes=({0: batch},), strict=True
+    ).module()
+    quantizer = xiq.X86InductorQuantizer()
+    quantizer.set_global(
+        xiq.get_default_x86_inductor_quantization_config(reduce_range=reduce_range)
+    )
+    prepared = prepare_pt2e(exported, quantizer)
+    with torch.no_grad():
+        for b in calibration.split(32):
+            prepared(b)
+    return convert_pt2e(prepared)
+
+
 def _int8(
     front: torch.nn.Module, calibration: torch.Tensor, images: torch.Tensor, reduce_range: bool
 ) -> Any:
     if importlib.util.find_spec("torchao") is None:
         return "torchao is not installed"
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
 
     def eager(b: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -129,18 +156,7 @@ def _int8(
 
     base_rate, base_rows = _rate(eager, images, 8)
     start = time.perf_counter()
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    exported = torch.export.export(
-        front, (calibration[:8],), dynamic_shapes=({0: batch},), strict=True
-    ).module()
-    quantizer = xiq.X86InductorQuantizer()
-    config = xiq.get_default_x86_inductor_quantization_config(reduce_range=reduce_range)
-    quantizer.set_global(config)
-    prepared = prepare_pt2e(exported, quantizer)
-    with torch.no_grad():
-        for b in calibration.split(32):
-            prepared(b)
-    quantized = convert_pt2e(prepared)
+    quantized = quantise_int8(front, calibration, reduce_range)
     quantise_s = time.perf_counter() - start
     torch._inductor.config.freezing = True
     compiled = torch.compile(quantized)

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 from _shared import DEFAULT_DATA, emit, holdout_preset, link_holdout, machine
+from front_levers import quantise_int8
 
 import petalnet
 from petalnet import pipeline
@@ -41,28 +42,17 @@ from petalnet.images import read_image
 
 def _int8_front(reduce_range: bool, calibration: list[Path]) -> Any:
     """A ``prepare_backbone`` that returns the front quantised to int8 and compiled."""
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
 
     def prepare(backbone: FeatureExtractor, device: torch.device) -> Any:
         front = prepare_backbone(backbone, device)
         pre = backbone.preprocessing
         transform = pre.transform()
         images = torch.stack([transform(read_image(p, pre.resize_size)) for p in calibration])
-        images = images.contiguous(memory_format=torch.channels_last)
-        batch = torch.export.Dim("batch", min=1, max=4096)
-        exported = torch.export.export(
-            front, (images[:8],), dynamic_shapes=({0: batch},), strict=True
-        ).module()
-        quantizer = xiq.X86InductorQuantizer()
-        config = xiq.get_default_x86_inductor_quantization_config(reduce_range=reduce_range)
-        quantizer.set_global(config)
-        prepared = prepare_pt2e(exported, quantizer)
-        with torch.no_grad():
-            for b in images.split(32):
-                prepared(b)
+        quantized = quantise_int8(
+            front, images.contiguous(memory_format=torch.channels_last), reduce_range
+        )
         torch._inductor.config.freezing = True
-        return torch.compile(convert_pt2e(prepared), dynamic=True)
+        return torch.compile(quantized, dynamic=True)
 
     return prepare
 

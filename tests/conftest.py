@@ -174,6 +174,22 @@ def backbone_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return seen
 
 
+@pytest.fixture
+def decoded_files(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Count the images really decoded (one entry per ``read_image`` call)."""
+    from petalnet import images
+
+    decoded: list[str] = []
+    real = images.read_image
+
+    def counting(source, draft_size=None):
+        decoded.append(str(source))
+        return real(source, draft_size)
+
+    monkeypatch.setattr(images, "read_image", counting)
+    return decoded
+
+
 @pytest.fixture(scope="session")
 def flowers_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Udacity layout: train/ valid/ test/ with classes 1..12 and cat_to_name.json."""

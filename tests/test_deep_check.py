@@ -249,17 +249,8 @@ def test_counts_agree_with_the_quick_check(tmp_path):
     assert "(train 16, valid 16)" in report.summary().splitlines()[0]
 
 
-def test_hash_rows_are_stored_beside_features_from_one_decode(tmp_path, monkeypatch):
-    from petalnet import images
-
-    decoded: list[str] = []
-    real = images.read_image
-
-    def counting(source, draft_size=None):
-        decoded.append(str(source))
-        return real(source, draft_size)
-
-    monkeypatch.setattr(images, "read_image", counting)
+def test_hash_rows_are_stored_beside_features_from_one_decode(tmp_path, decoded_files):
+    decoded = decoded_files
     root = _clean(tmp_path / "d", per_class=3)
     first = deep_check(root, backbone="thumb_test", cache_dir=tmp_path / "c", verbose=0)
     assert len(decoded) == first.n_images == 4 * 7  # once each: hashes and features alike

@@ -99,18 +99,8 @@ def test_crops_of_one_resize_equal_each_crop_alone(flowers_root):
 
 
 def test_views_share_one_decode_and_are_stored_each_under_its_own_key(
-    flowers_root, tmp_path, monkeypatch, backbone_calls
+    flowers_root, tmp_path, backbone_calls, decoded_files
 ):
-    from petalnet import images as images_module
-
-    decoded: list[str] = []
-    real_read = images_module.read_image
-
-    def counting_read(source, draft_size=None):
-        decoded.append(str(source))
-        return real_read(source, draft_size)
-
-    monkeypatch.setattr(images_module, "read_image", counting_read)
     cached = ImagePipeline(
         petalnet.build_backbone("tiny_test"), device=torch.device("cpu"), cache_dir=tmp_path
     )
@@ -119,7 +109,7 @@ def test_views_share_one_decode_and_are_stored_each_under_its_own_key(
     bad.write_bytes(b"not an image")
     views = ImagePipeline.test_views("crops+flip")
     got = cached.features([*paths, bad], unreadable=Unreadable("collect"), views=views)
-    assert len(decoded) == len(paths) + 1  # each file read once for the six views
+    assert len(decoded_files) == len(paths) + 1  # each file read once for the six views
     assert got.features.shape == (6, len(paths), 32)
     assert [u.position for u in got.skipped] == [len(paths)]  # reported once, not per view
     assert sum(backbone_calls) == 6 * len(paths)
