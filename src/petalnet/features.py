@@ -407,7 +407,7 @@ def fill_rows(
                                 keys[k][i] = row_key(image, name)
             found = [
                 s.read_into(k, t.numpy()) if s is not None else np.zeros(len(block), bool)
-                for s, k, t in zip(stores, keys, targets, strict=False)
+                for s, k, t in zip(stores, keys, targets, strict=True)
             ]
             done = np.logical_and.reduce(found)
             bar.update(int(done.sum()))
