@@ -5,6 +5,7 @@ Usage (from the repository root)::
     python benchmarks/presets.py                      # every preset
     python benchmarks/presets.py --only fast-cpu --json out.json
     python benchmarks/presets.py --holdout-only --split random   # the hold-out as before
+    python benchmarks/presets.py --only best-cpu --holdout-only --seed 1   # another seed
 
 For each preset, two child processes, each with a new, empty feature cache:
 
@@ -42,7 +43,9 @@ from petalnet.precision import cpu_has_native_bf16
 from petalnet.presets import get_preset, list_presets
 
 
-def _phase(name: str, phase: str, data: Path, holdout: float, split: str) -> dict[str, Any]:
+def _phase(
+    name: str, phase: str, data: Path, holdout: float, split: str, seed: int = 0
+) -> dict[str, Any]:
     """Run one phase in this process (a child of :func:`main`)."""
     cache = Path(tempfile.mkdtemp(prefix="petalnet-preset-cache-"))
     with tempfile.TemporaryDirectory(prefix="petalnet-holdout-") as tmp:
@@ -54,7 +57,7 @@ def _phase(name: str, phase: str, data: Path, holdout: float, split: str) -> dic
         start = time.perf_counter()
         refits = bool(get_preset(name).params.get("refit"))
         make = holdout_preset if phase == "holdout" else petalnet.FlowerClassifier.from_preset
-        clf = make(name, cache_dir=cache, random_state=0)
+        clf = make(name, cache_dir=cache, random_state=seed)
         clf.fit(root)
         fit_s = time.perf_counter() - start
         report = clf.evaluate(report_on)
@@ -78,7 +81,7 @@ def _child(name: str, phase: str, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         cmd = [sys.executable, __file__, "--only", name, "--phase", phase]
         cmd += ["--data", str(args.data), "--holdout", str(args.holdout), "--json", out.name]
-        cmd += ["--split", args.split]
+        cmd += ["--split", args.split, "--seed", str(args.seed)]
         subprocess.run(cmd, check=True)
         return json.loads(Path(out.name).read_text())
 
@@ -96,6 +99,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         "(grouped, the default) or picks images per class at random",
     )
     ap.add_argument("--holdout-only", action="store_true", help="measure the hold-out phase only")
+    ap.add_argument("--seed", type=int, default=0, help="random_state of the fits (default 0)")
     ap.add_argument("--phase", choices=["holdout", "final"], help=argparse.SUPPRESS)
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
@@ -103,7 +107,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         sys.exit(f"No train/ and valid/ under {args.data}; pass --data DIR.")
     names = args.only or [p.name for p in list_presets()]
     if args.phase:  # a child: one phase of one preset
-        emit(_phase(names[0], args.phase, args.data, args.holdout, args.split), args.json)
+        emit(
+            _phase(names[0], args.phase, args.data, args.holdout, args.split, args.seed),
+            args.json,
+        )
         return []
     results = []
     for name in names:
@@ -117,7 +124,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 "torch": torch.__version__,
                 **machine(),
                 "cpu_bf16": cpu_has_native_bf16(),
-                "command": f"python benchmarks/presets.py --only {name} --split {args.split}",
+                "command": f"python benchmarks/presets.py --only {name} --split {args.split}"
+                f" --seed {args.seed}",
                 "holdout": held,
                 "final": final,
             }
