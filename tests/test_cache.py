@@ -342,3 +342,13 @@ def test_parameter_fingerprint_covers_buffers_and_scalars():
     assert parameter_fingerprint(net) == before
     net[1].running_mean += 1
     assert parameter_fingerprint(net) != before
+
+
+def test_row_keys_of_several_views_match_row_key_one_by_one(tmp_path):
+    from petalnet.rowstore import row_key, row_keys
+
+    image = tmp_path / "a.jpg"
+    image.write_bytes(b"x")
+    views = ["center", "side1", "side2-mirror"]
+    assert row_keys(image, views) == [row_key(image, v) for v in views]
+    assert len(set(row_keys(image, views))) == 3

@@ -33,7 +33,7 @@ from petalnet.images import ImageInput, Transform, Unreadable, image_loader
 from petalnet.precision import autocast
 from petalnet.preprocessing import Augmentation, CropAt, Preprocessing
 from petalnet.rows import compact
-from petalnet.rowstore import RowStore, row_key
+from petalnet.rowstore import RowStore, row_keys
 
 __all__ = [
     "Also",
@@ -399,12 +399,14 @@ def fill_rows(
             if also is not None:
                 targets.append(also.out[first : first + len(block)])
             keys: list[list[bytes | None]] = [[None] * len(block) for _ in stores]
+            stored = [k for k, store in enumerate(stores) if store is not None]
+            names_stored = [keyed[k] for k in stored]
             for i, image in enumerate(block):
-                if isinstance(image, (str, os.PathLike)):
-                    for k, (store, name) in enumerate(zip(stores, keyed, strict=True)):
-                        if store is not None:
-                            with suppress(OSError):  # a missing file: the loader reports it
-                                keys[k][i] = row_key(image, name)
+                if stored and isinstance(image, (str, os.PathLike)):
+                    with suppress(OSError):  # a missing file: the loader reports it
+                        found_keys = row_keys(image, names_stored)  # one lookup of the file
+                        for k, digest in zip(stored, found_keys, strict=True):
+                            keys[k][i] = digest
             found = [
                 s.read_into(k, t.numpy()) if s is not None else np.zeros(len(block), bool)
                 for s, k, t in zip(stores, keys, targets, strict=True)

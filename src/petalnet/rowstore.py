@@ -48,7 +48,15 @@ import torchvision
 
 from petalnet._version import __version__
 
-__all__ = ["COMMIT_ROWS", "DEFAULT_MAX_BYTES", "FORMAT", "SHARD_BYTES", "RowStore", "row_key"]
+__all__ = [
+    "COMMIT_ROWS",
+    "DEFAULT_MAX_BYTES",
+    "FORMAT",
+    "SHARD_BYTES",
+    "RowStore",
+    "row_key",
+    "row_keys",
+]
 
 FORMAT = 2
 """Layout version; part of the folder name, so another layout is never misread."""
@@ -86,10 +94,26 @@ def row_key(path: str | os.PathLike[str], view: str = "center") -> bytes:
     Raises:
         OSError: The file cannot be found.
     """
+    return row_keys(path, [view])[0]
+
+
+def row_keys(path: str | os.PathLike[str], views: Sequence[str]) -> list[bytes]:
+    """:func:`row_key` of several views of one image, the file looked up once.
+
+    Args:
+        path: The image file.
+        views: The views' names.
+
+    Returns:
+        One 16-byte digest per view, in order.
+
+    Raises:
+        OSError: The file cannot be found.
+    """
     p = Path(path).resolve()
     st = p.stat()
-    raw = f"{p}\0{st.st_size}\0{st.st_mtime_ns}\0{view}"
-    return hashlib.blake2b(raw.encode(), digest_size=16).digest()
+    stem = f"{p}\0{st.st_size}\0{st.st_mtime_ns}\0"
+    return [hashlib.blake2b(f"{stem}{view}".encode(), digest_size=16).digest() for view in views]
 
 
 class RowStore:
