@@ -1,4 +1,4 @@
-"""Side by side, one process: two ways to make the frozen front's float32 pass cheaper.
+"""Side by side, one process: three levers on the cost of the frozen front's pass.
 
 Usage::
 
@@ -13,7 +13,8 @@ the same preprocessed images, one after the other:
   convolutions done by padding the input (``F.pad``, a copy of each activation: what
   petalnet did before) against growing the kernel by a zero row and column and letting the
   convolution pad (what petalnet does now, ``lite._SameConv2d``). Images per second at
-  batch 8 (``fit``'s extraction batch) and 32, and the largest difference of the rows.
+  batch 8 (``fit``'s extraction batch) and 32, the best of ``--repeats`` alternations,
+  and the largest difference of the rows.
 * **int8** (only where ``torchao`` is installed): post-training static quantisation of the
   front with ``torchao``'s PT2E flow and ``X86InductorQuantizer`` (calibrated on 128 other
   images), compiled by Inductor, against eager float32: images per second, the time to
