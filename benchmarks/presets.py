@@ -15,10 +15,12 @@ For each preset, two child processes, each with a new, empty feature cache:
    there either; this is the figure recipes were compared on). A preset that refits on
    train + valid is scored here without its refit (the refit would train on the hold-out).
 2. **final**: the preset is fitted on the whole ``train/`` from the JPEG files and
-   ``valid/`` is evaluated once. Its wall time (fit + evaluate) is the end-to-end time and
-   its peak RSS the memory figure. A preset that refits has trained on ``valid/`` by then:
-   its accuracy there is not a figure (``null``), but the evaluation is still timed, as
-   the cost of scoring 818 new photos.
+   ``valid/`` is evaluated once, by the saved model loaded with a second empty cache: the
+   fit's calibration has stored the rows of ``valid/``'s test-time views, and a test set
+   of new photos would find none. The fit's time plus that evaluation's is the end-to-end
+   time (what fitting and then scoring 818 new photos costs), its peak RSS the memory
+   figure. A preset that refits has trained on ``valid/`` by then: its accuracy there is
+   not a figure (``null``), but the evaluation is still timed.
 
 Each phase runs in its own process so that its peak RSS and its cold cache are its own.
 """
@@ -60,8 +62,15 @@ def _phase(
         clf = make(name, cache_dir=cache, random_state=seed)
         clf.fit(root)
         fit_s = time.perf_counter() - start
-        report = clf.evaluate(report_on)
-        total_s = time.perf_counter() - start
+        scorer = clf
+        if phase == "final":  # new photos: none of their rows are stored (not timed)
+            saved = Path(tmp) / "model.pt"
+            clf.save(saved)
+            cold = Path(tempfile.mkdtemp(prefix="petalnet-preset-cache-"))
+            scorer = petalnet.FlowerClassifier.load(saved, cache_dir=cold)
+        start = time.perf_counter()
+        report = scorer.evaluate(report_on)
+        evaluate_s = time.perf_counter() - start
     trained_on = refits and phase == "final"  # valid/ was trained on: no figure
     return {
         "accuracy": None if trained_on else report["accuracy"],
@@ -72,7 +81,8 @@ def _phase(
         "history": [round(r["valid_accuracy"], 4) for r in clf.model_.validated_history],
         "precision": str(clf.pipeline_.precision),
         "fit_seconds": round(fit_s, 1),
-        "seconds": round(total_s, 1),
+        "evaluate_seconds": round(evaluate_s, 1),
+        "seconds": round(fit_s + evaluate_s, 1),
         "peak_rss_mib": round(peak_rss_mib()),
     }
 
