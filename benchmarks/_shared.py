@@ -97,6 +97,20 @@ def link_holdout(
     return counts["train"], counts["valid"]
 
 
+def labelled_images(folder: Path, classes: list[str]) -> tuple[list[str], list[int]]:
+    """The images of ``folder/<class>/`` for each of ``classes``, sorted, and their labels.
+
+    Args:
+        folder: A split's folder of class folders (e.g. a hold-out's ``valid/``).
+        classes: The fitted classifier's ``classes_``; a label is the class's index there.
+
+    Returns:
+        The image paths and one label per path.
+    """
+    samples = sorted((p, c) for c in classes for p in (folder / c).iterdir())
+    return [str(p) for p, _ in samples], [classes.index(c) for _, c in samples]
+
+
 def peak_rss_mib() -> float:
     """Peak resident memory of this process (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

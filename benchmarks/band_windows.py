@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 import torchvision.transforms.v2.functional as TF
-from _shared import DEFAULT_DATA, emit, holdout_preset, link_holdout, machine
+from _shared import DEFAULT_DATA, emit, holdout_preset, labelled_images, link_holdout, machine
 
 from petalnet.backbones.lite import EfficientNetLite
 from petalnet.features import prepare_backbone
@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cache = Path(tempfile.mkdtemp(prefix="petalnet-bench-cache-"))
     clf = holdout_preset("fast-cpu", cache_dir=cache, random_state=0, verbose=0).fit(root)
     classes = list(clf.classes_)
-    samples = sorted((p, c) for c in classes for p in (root / "valid" / c).iterdir())
-    labels = torch.tensor([classes.index(c) for _, c in samples])
+    paths, listed = labelled_images(root / "valid", classes)
+    labels = torch.tensor(listed)
     front = prepare_backbone(clf.model_.backbone, torch.device("cpu"))
     net = next(m for m in front.modules() if isinstance(m, EfficientNetLite))
     body = torch.nn.Sequential(*[m for n, m in net.named_children() if n != "pool"]).eval()
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     probs: dict[str, list[torch.Tensor]] = {"crops": [], "band windows": []}
     seconds = {"crops": 0.0, "band windows": 0.0}
     with torch.inference_mode():
-        for path, _ in samples:
+        for path in paths:
             x = TF.to_image(read_image(path, pre.resize_size))
             x = TF.resize(x, pre.resize_size, antialias=True)
             x = (TF.to_dtype(x, torch.float32, scale=True) - mean) / std

@@ -27,15 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _shared import DEFAULT_DATA, emit, holdout_preset, link_holdout, machine
+from _shared import DEFAULT_DATA, emit, holdout_preset, labelled_images, link_holdout, machine
 
 from petalnet.calibration import Calibration, calibration_metrics, fit_calibration
 from petalnet.images import Unreadable
-
-
-def _listed(root: Path, split: str, classes: list[str]) -> tuple[list[str], torch.Tensor]:
-    samples = sorted((p, c) for c in classes for p in (root / split / c).iterdir())
-    return [str(p) for p, _ in samples], torch.tensor([classes.index(c) for _, c in samples])
 
 
 def _batches(x: torch.Tensor, y: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -55,14 +50,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     clf = holdout_preset(args.preset, cache_dir=cache, random_state=0, verbose=0).fit(root)
     classes, pipeline = list(clf.classes_), clf.pipeline_
     unreadable = Unreadable.for_training(False)
-    valid_paths, valid_labels = _listed(root, "valid", classes)
-    train_paths, train_labels = _listed(root, "train", classes)
+    valid_paths, valid_listed = labelled_images(root / "valid", classes)
+    train_paths, train_listed = labelled_images(root / "train", classes)
+    valid_labels, train_labels = torch.tensor(valid_listed), torch.tensor(train_listed)
     views = pipeline.test_views("crops+flip")
     rows = pipeline.features(
-        valid_paths, valid_labels.tolist(), unreadable=unreadable, views=views, quiet=True
+        valid_paths, valid_listed, unreadable=unreadable, views=views, quiet=True
     ).features.float()
     train_rows = pipeline.features(
-        train_paths, train_labels.tolist(), unreadable=unreadable, quiet=True
+        train_paths, train_listed, unreadable=unreadable, quiet=True
     ).features.float()
     head, embed = clf.model_.head.eval(), torch.nn.Identity()
     train = _batches(train_rows, train_labels)
