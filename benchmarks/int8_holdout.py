@@ -1,19 +1,19 @@
-"""What int8 rows would cost in accuracy: fast-cpu on the grouped hold-out, float against int8.
+"""What int8 rows cost in accuracy: fast-cpu on the grouped hold-out, float against int8.
 
-Usage (from the repository root; needs ``pip install torchao``)::
+Usage (from the repository root; needs ``pip install 'petalnet[int8]'``)::
 
-    PETALNET_CPU_BF16=0 python benchmarks/int8_holdout.py --tta none
+    python benchmarks/int8_holdout.py --tta crops
+    PETALNET_CPU_BF16=0 python benchmarks/int8_holdout.py --tta none   # float32 against int8
 
 ``benchmarks/front_levers.py`` found the frozen front 1.5x faster in int8 on AVX2 (with
 ``reduce_range``) and 2.8-3.2x natively, with rows that move (relative error 0.13-0.15).
 Whether a head trained on such rows still scores the same is what this measures. fast-cpu
-(without its refit) is fitted on the grouped hold-out's training side three times, in
-separate processes with new caches: with petalnet's float32 front, and with the front
-quantised by ``torchao``'s PT2E flow (``X86InductorQuantizer``, calibrated on 128 training
-images, compiled by Inductor) with 8-bit and with ``reduce_range``'s 7-bit activations.
-Each fit's rows, for training and for the hold-out, come from its own front. Run with
-``PETALNET_CPU_BF16=0`` so that the float run is float32 and nothing autocasts the int8
-graph. ``valid/`` is never read.
+(without its refit) is fitted on the grouped hold-out's training side twice, in separate
+processes with new caches: as the preset is, and with ``quantize="int8"`` (the backbone
+quantised by ``torchao``'s PT2E flow, 7-bit activations calibrated on 128 training images,
+compiled by Inductor). Each fit's rows, for training and for the hold-out, come from its
+own backbone. ``valid/`` is never read. (Until 2026-12-03 this script quantised the front
+itself, with 8-bit and 7-bit activations; petalnet now does it, with 7-bit ones.)
 """
 
 from __future__ import annotations
@@ -30,31 +30,8 @@ from typing import Any
 
 import torch
 from _shared import DEFAULT_DATA, emit, holdout_preset, link_holdout, machine
-from front_levers import quantise_int8
 
 import petalnet
-from petalnet import pipeline
-from petalnet.backbones.base import FeatureExtractor
-from petalnet.data import load_training_data
-from petalnet.features import prepare_backbone
-from petalnet.images import read_image
-
-
-def _int8_front(reduce_range: bool, calibration: list[Path]) -> Any:
-    """A ``prepare_backbone`` that returns the front quantised to int8 and compiled."""
-
-    def prepare(backbone: FeatureExtractor, device: torch.device) -> Any:
-        front = prepare_backbone(backbone, device)
-        pre = backbone.preprocessing
-        transform = pre.transform()
-        images = torch.stack([transform(read_image(p, pre.resize_size)) for p in calibration])
-        quantized = quantise_int8(
-            front, images.contiguous(memory_format=torch.channels_last), reduce_range
-        )
-        torch._inductor.config.freezing = True
-        return torch.compile(quantized, dynamic=True)
-
-    return prepare
 
 
 def _run(front: str, data: Path, tta: str) -> dict[str, Any]:
@@ -62,15 +39,13 @@ def _run(front: str, data: Path, tta: str) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="petalnet-holdout-") as tmp:
         root = Path(tmp)
         link_holdout(data, 0.15, root, split="grouped")
-        train = [p for p, _ in load_training_data(root / "train", valid_fraction=0.0).train]
-        if front != "float":
-            calibration = train[:: max(1, len(train) // 128)][:128]
-            int8 = _int8_front(front == "int8 reduce_range", calibration)
-            pipeline.prepare_backbone = int8  # type: ignore[attr-defined]
         cache = Path(tempfile.mkdtemp(prefix="petalnet-int8-cache-"))
         start = time.perf_counter()
         views: Any = False if tta == "none" else tta
-        clf = holdout_preset("fast-cpu", cache_dir=cache, random_state=0, tta=views)
+        quantize = "int8" if front == "int8" else None
+        clf = holdout_preset(
+            "fast-cpu", cache_dir=cache, random_state=0, tta=views, quantize=quantize
+        )
         clf.fit(root)
         fit_s = time.perf_counter() - start
         report = clf.evaluate(root / "valid")
@@ -94,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.front:
         return emit(_run(args.front, args.data, args.tta), None)
     runs = []
-    for front in ("float", "int8", "int8 reduce_range"):
+    for front in ("float", "int8"):
         cmd = [sys.executable, __file__, "--data", str(args.data), "--tta", args.tta]
         out = subprocess.run([*cmd, "--front", front], capture_output=True, text=True)
         if out.returncode:

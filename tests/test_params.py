@@ -62,6 +62,7 @@ BAD_VALUES = {
     "extract_batch_size": [0],
     "num_workers": [-1],
     "amp": ["yes", 1],
+    "quantize": ["int4", True],
     "augment_views": [-1],
     "augmentation": ["seed", "random"],
     "cache": ["no"],

@@ -17,6 +17,7 @@ __all__ = [
     "ExportFormat",
     "Monitor",
     "NoveltyScore",
+    "Quantize",
     "Schedule",
     "Split",
     "Strategy",
@@ -52,6 +53,9 @@ Split = Literal["grouped", "stratified"]
 """How ``fit`` carves a validation split from a folder without ``valid/``: keeping each group of
 copies and other shots of one plant on one side (the data doctor's groups), or per class at
 random."""
+
+Quantize = Literal["int8"]
+"""How a frozen backbone may be quantised (``None``: it runs in floating point)."""
 
 ClassWeight = Literal["balanced"]
 """Class weighting of the loss: ``"balanced"`` (or ``None`` for none)."""

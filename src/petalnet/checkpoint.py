@@ -36,6 +36,7 @@ from petalnet.fitted import FittedModel
 from petalnet.head import build_head
 from petalnet.params import ClassifierParams, param_specs
 from petalnet.preprocessing import Preprocessing
+from petalnet.quantize import Int8Scales
 
 __all__ = [
     "FORMAT",
@@ -116,6 +117,8 @@ def to_payload(
     }
     if include_backbone or (include_backbone is None and not meta.restorable):
         backbone["state_dict"] = model.backbone.state_dict()
+    if meta.int8 is not None:
+        backbone["int8"] = meta.int8.to_payload()
     state = model.training
     payload: dict[str, Any] = {
         "petalnet_version": __version__,
@@ -179,6 +182,8 @@ def from_payload(data: Mapping[str, Any]) -> tuple[dict[str, Any], FittedModel]:
             extractor = extractor.derive(source="trained")
     else:
         extractor = build_backbone(spec["name"], weights=spec["weights"]).derive(preprocessing=pre)
+    if spec.get("int8") is not None:  # quantised: the scales its rows were computed with
+        extractor = extractor.derive(int8=Int8Scales.from_payload(spec["int8"]))
     if extractor.feature_dim != int(spec["feature_dim"]):
         raise CheckpointError(
             f"Backbone {spec['name']!r} now gives {extractor.feature_dim} features but the "

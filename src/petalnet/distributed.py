@@ -21,6 +21,7 @@ __all__ = [
     "all_reduce_max",
     "all_reduce_sum",
     "broadcast_seed",
+    "from_main",
     "gather_objects",
     "gather_tensor",
     "init",
@@ -85,6 +86,15 @@ def gather_objects(local: Sequence[T]) -> list[T]:
     parts: list[list[T] | None] = [None] * world_size()
     dist.all_gather_object(parts, list(local))
     return [item for part in parts for item in (part or [])]
+
+
+def from_main(value: T) -> T:
+    """Rank 0's ``value`` on every rank (``value`` itself outside ``torchrun``)."""
+    if world_size() == 1:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def broadcast_seed(seed: int | None) -> int | None:

@@ -105,13 +105,24 @@ def export_model(
         The model's path.
 
     Raises:
-        ExportOptionsError: Unknown format, or ``amp`` with ONNX.
+        ExportOptionsError: Unknown format, ``amp`` with ONNX, or an int8 model
+            (``quantize="int8"``, which exports to ``pt2`` in int8 only) with ONNX or ``amp``.
         PetalnetError: The export failed (the message says why).
     """
     if format not in FORMATS:
         raise ExportOptionsError(f"format must be one of {', '.join(FORMATS)}, got {format!r}.")
+    int8 = model.backbone.meta.int8 is not None
+    if int8 and format == "onnx":
+        raise ExportOptionsError(
+            "An int8 model (quantize='int8') exports to pt2 only: its graph holds torchao's "
+            "quantize and dequantize operators; use format pt2."
+        )
+    if int8 and amp is True:
+        raise ExportOptionsError(
+            "An int8 model computes in int8, not bfloat16: export with amp off."
+        )
     if amp == "auto":  # the one place this choice is made
-        amp = format == "pt2" and cpu_has_native_bf16()
+        amp = format == "pt2" and not int8 and cpu_has_native_bf16()
     if amp and format == "onnx":
         raise ExportOptionsError(
             "ONNX exports are float32 (ONNX Runtime's CPU kernels lack bfloat16); "
@@ -121,8 +132,10 @@ def export_model(
     target.parent.mkdir(parents=True, exist_ok=True)
     dtype = torch.bfloat16 if amp else torch.float32
     folded = prepare_backbone(copy.deepcopy(model.backbone), torch.device("cpu"))  # BN folded
+    # int8: the quantised graph itself, uncompiled (an _Int8Runner's); it carries its scales
+    folded = getattr(folded, "graph") if int8 else folded.to(dtype).eval()  # noqa: B009
     network = _Probabilities(
-        folded.to(dtype).eval(),
+        folded,
         copy.deepcopy(model.head).to(dtype).cpu().eval(),
         model.calibration.temperature,
         dtype,
@@ -132,7 +145,7 @@ def export_model(
     example = torch.zeros(2, 3, crop, crop)
     batch = {"images": {0: torch.export.Dim("N", min=1, max=4096)}}
     meta = export_metadata(model, format)
-    meta["compute_dtype"] = str(dtype).removeprefix("torch.")
+    meta["compute_dtype"] = "int8" if int8 else str(dtype).removeprefix("torch.")
     blob = json.dumps(meta, indent=1)
     try:
         with warnings.catch_warnings(), torch.no_grad():

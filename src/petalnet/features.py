@@ -32,6 +32,7 @@ from petalnet.errors import PetalnetError
 from petalnet.images import ImageInput, Transform, Unreadable, image_loader
 from petalnet.precision import autocast
 from petalnet.preprocessing import Augmentation, CropAt, Preprocessing
+from petalnet.quantize import int8_runner
 from petalnet.rows import compact
 from petalnet.rowstore import RowStore, row_keys
 
@@ -66,7 +67,7 @@ def _conv_bn_pairs(module: nn.Module) -> list[tuple[nn.Sequential, int]]:
     return pairs
 
 
-def prepare_backbone(backbone: FeatureExtractor, device: torch.device) -> FeatureExtractor:
+def prepare_backbone(backbone: FeatureExtractor, device: torch.device) -> nn.Module:
     """Freeze ``backbone`` and return the module to run it with, for inference only.
 
     ``backbone`` is frozen and put in eval mode. Where it has convolutions followed by batch
@@ -75,7 +76,8 @@ def prepare_backbone(backbone: FeatureExtractor, device: torch.device) -> Featur
     method precompute from their frozen weights (EfficientNet-Lite's grown strided
     kernels); otherwise it is ``backbone`` itself. Either way it sits on ``device`` in
     channels-last layout. Keep ``backbone`` for saving: the copy's
-    parameters no longer match the architecture's.
+    parameters no longer match the architecture's. A backbone with int8 scales
+    (``meta.int8``) runs quantised with them (:func:`~petalnet.quantize.int8_runner`).
 
     Args:
         backbone: The feature extractor.
@@ -83,6 +85,10 @@ def prepare_backbone(backbone: FeatureExtractor, device: torch.device) -> Featur
 
     Returns:
         The module to compute features with.
+
+    Raises:
+        PetalnetError: An int8 backbone on a device other than the CPU, or without
+            ``torchao``.
     """
     backbone.requires_grad_(False)
     backbone.eval()
@@ -99,7 +105,17 @@ def prepare_backbone(backbone: FeatureExtractor, device: torch.device) -> Featur
             freeze = getattr(module, "freeze_kernels", None)
             if callable(freeze):
                 freeze()
-    return fast.to(device).to(memory_format=torch.channels_last)
+    fast = fast.to(device).to(memory_format=torch.channels_last)
+    scales = backbone.meta.int8
+    if scales is None:
+        return fast
+    if device.type != "cpu":
+        raise PetalnetError(
+            f"This backbone runs in int8 (quantize='int8'), which computes on the CPU only; "
+            f"got device {device.type!r}: use device='cpu', or fit again with quantize=None."
+        )
+    crop = backbone.preprocessing.crop_size
+    return int8_runner(fast, scales, torch.zeros(8, 3, crop, crop))
 
 
 def run_backbone(
@@ -158,6 +174,8 @@ def feature_cache(
         "preprocessing": meta.preprocessing.to_dict(),
         "precision": str(precision),
     }
+    if meta.int8 is not None:  # int8 rows depend on the calibration's scales
+        namespace["int8"] = meta.int8.fingerprint
     return RowStore(
         default_cache_dir() if root is None else root,
         namespace,

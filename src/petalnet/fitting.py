@@ -32,12 +32,14 @@ from petalnet.data import (
     load_training_data,
 )
 from petalnet.errors import DataError
+from petalnet.features import prepare_backbone
 from petalnet.fitted import FittedModel
 from petalnet.head import build_head, normalize_hidden_units
 from petalnet.images import Unreadable
 from petalnet.params import ClassifierParams, param_specs
 from petalnet.pipeline import ImagePipeline
 from petalnet.precision import resolve_precision
+from petalnet.quantize import Int8Scales, calibrate_int8, calibration_images, require_torchao
 from petalnet.strategy import plan_training, training_batches, validation_views
 from petalnet.training import Trainer, seeded
 
@@ -78,10 +80,11 @@ def make_pipeline(params: ClassifierParams, backbone: FeatureExtractor) -> Image
         PetalnetError: The device asked for is not available here.
     """
     device = distributed.local_device(resolve_device(params.device))
+    int8 = backbone.meta.int8 is not None  # an int8 graph computes in int8, never autocast
     return ImagePipeline(
         backbone,
         device=device,
-        precision=resolve_precision(params.amp, device),
+        precision=torch.float32 if int8 else resolve_precision(params.amp, device),
         cache_dir=params.cache_dir,
         use_cache=params.cache,
         batch_size=params.extract_batch_size,
@@ -194,7 +197,8 @@ def fit_model(
     # the refit has no validation split of its own: it keeps the calibration of the run
     # that chose the epoch count (exact for a frozen backbone, close for a fine-tuned one)
     chosen_by = model.calibration
-    model = _Run(refit, everything, names, unreadable, pipeline_for, keep).train(None, "")
+    int8 = model.backbone.meta.int8  # the refit's rows of train/ are those already computed
+    model = _Run(refit, everything, names, unreadable, pipeline_for, keep, int8).train(None, "")
     model.selection_history = selection
     model.calibration = chosen_by
     return model
@@ -236,11 +240,14 @@ class _Run:
     unreadable: Unreadable
     pipeline_for: Callable[[FeatureExtractor], ImagePipeline]
     keep: Callable[[FittedModel], None]
+    int8: Int8Scales | None = None  # scales to reuse (a refit), else calibrated here
 
     def train(self, resume: Mapping[str, Any] | None, resume_path: str) -> FittedModel:
         params, data = self.params, self.data
         hidden = normalize_hidden_units(params.hidden_units)
         backbone = build_backbone(params.backbone, params.weights)
+        if params.quantize == "int8":
+            backbone = backbone.derive(int8=self.int8 or self.calibrate_int8(backbone))
         plan = plan_training(
             backbone,
             params.strategy,
@@ -299,6 +306,28 @@ class _Run:
             )
             model.calibration = self.calibrate(trained, head, plan.back, train, valid, views)
         return model
+
+    def calibrate_int8(self, backbone: FeatureExtractor) -> Int8Scales:
+        """The int8 scales of ``backbone``, observed on evenly spaced training images.
+
+        Under ``torchrun`` rank 0 calibrates and every rank runs with its scales.
+        """
+        device = distributed.local_device(resolve_device(self.params.device))
+        if device.type != "cpu":
+            raise ValueError(
+                f"quantize='int8' computes on the CPU only, but device is {device.type!r}; "
+                "use device='cpu' or quantize=None."
+            )
+        require_torchao()
+        scales = None
+        if distributed.is_main():
+            paths = [path for path, _ in self.data.train]
+            images = calibration_images(paths, backbone.preprocessing)
+            scales = calibrate_int8(prepare_backbone(backbone, device), images)
+        scales = distributed.from_main(scales)
+        if scales is None:  # pragma: no cover - rank 0 always sends them
+            raise RuntimeError("rank 0 sent no int8 scales")
+        return scales
 
     def calibrate(
         self,

@@ -26,6 +26,7 @@ from petalnet._types import (
     ClassWeight,
     Monitor,
     NoveltyScore,
+    Quantize,
     Schedule,
     Split,
     Strategy,
@@ -166,6 +167,14 @@ class ClassifierParams:
     )
     amp: Amp = _param(
         "auto", "mixed precision: auto (fp16 on CUDA, bf16 on CPUs that have it), true or false"
+    )
+    quantize: Quantize | None = _param(
+        None,
+        "int8: run the frozen backbone quantised to 8-bit integers on the CPU, calibrated on "
+        "128 training images (needs torchao: pip install 'petalnet[int8]'); 1.6-2.3x faster "
+        "features, which pays off from about 15 000 images",
+        check=lambda v, p: v is None or p.strategy == "freeze",
+        rule="None unless strategy is 'freeze' (only a frozen backbone is quantised)",
     )
     augment_views: int = _param(
         0,

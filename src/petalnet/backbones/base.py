@@ -6,7 +6,7 @@ import math
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import nn
@@ -14,6 +14,9 @@ from torch import nn
 from petalnet._types import WeightsArg
 from petalnet.errors import WeightsUnavailableError
 from petalnet.preprocessing import Preprocessing
+
+if TYPE_CHECKING:
+    from petalnet.quantize import Int8Scales
 
 __all__ = [
     "BackboneMeta",
@@ -50,6 +53,8 @@ class BackboneMeta:
         preprocessing: The resize/crop/normalisation the weights were trained with.
         feature_dim: ``D``, the length of one image's feature vector.
         blocks: Names of the blocks partial fine-tuning can unfreeze, first to last.
+        int8: The activation scales it runs with when quantised to int8 (see
+            :mod:`petalnet.quantize`), ``None`` in float.
     """
 
     name: str
@@ -58,6 +63,7 @@ class BackboneMeta:
     preprocessing: Preprocessing
     feature_dim: int
     blocks: tuple[str, ...]
+    int8: Int8Scales | None = None
 
     @property
     def restorable(self) -> bool:

@@ -1,0 +1,137 @@
+"""Where ``quantize="int8"`` pays off: a fit's time against its number of images, float and int8.
+
+Usage (from the repository root; needs ``pip install 'petalnet[int8]'``)::
+
+    python benchmarks/int8_scale.py                       # 2000 and 8000 images
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 PETALNET_CPU_BF16=0 \\
+        python benchmarks/int8_scale.py                   # as on an AVX2-only CPU
+
+Each fit runs in its own process: a frozen efficientnet_lite0 and fast-cpu's head trained
+for one epoch (the head costs the same either way), with no row store (``cache=False``), on
+``N`` training images (links cycling through Flowers-102 ``train/``, so every image is a
+real JPEG decoded and run through the backbone) and 102 ``valid/`` images. The int8 fit
+quantises the backbone (128 calibration images) and compiles it with an **empty** Inductor
+cache (``TORCHINDUCTOR_CACHE_DIR`` a new folder): the worst case, what a first fit on a new
+machine pays. A line ``seconds = a + b N`` through each mode's points gives the fixed cost
+``a``, the cost per image ``b`` and the size from which int8 is faster. Natively the float
+fit computes in bfloat16 where the CPU has it (``amp="auto"``), as petalnet does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from _shared import DEFAULT_DATA, emit, machine, peak_rss_mib
+
+_HELD = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "PETALNET_CPU_BF16")
+
+
+def _folder(data: Path, n: int, root: Path) -> None:
+    """``root/train`` with ``n`` links cycling through ``data/train``, ``root/valid`` 102."""
+    classes = sorted(p for p in (data / "train").iterdir() if p.is_dir())
+    files = [sorted(c.glob("*.jpg")) for c in classes]
+    made = 0
+    while made < n:  # round-robin over the classes, a new link name each time round
+        for c, pool in zip(classes, files, strict=True):
+            if made == n:
+                break
+            target = root / "train" / c.name / f"{made}.jpg"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(pool[(made // len(classes)) % len(pool)])
+            made += 1
+    for c in classes:
+        (root / "valid" / c.name).mkdir(parents=True)
+        (root / "valid" / c.name / "0.jpg").symlink_to(
+            sorted((data / "valid" / c.name).glob("*.jpg"))[0]
+        )
+
+
+def _child(data: Path, n: int, mode: str) -> dict[str, Any]:
+    import petalnet
+
+    with tempfile.TemporaryDirectory(prefix="petalnet-int8-scale-") as tmp:
+        root = Path(tmp)
+        _folder(data, n, root)
+        clf = petalnet.FlowerClassifier.from_preset(
+            "fast-cpu",
+            epochs=1,
+            refit=False,
+            tta=False,
+            cache=False,
+            verbose=0,
+            quantize="int8" if mode == "int8" else None,
+        )
+        start = time.perf_counter()
+        clf.fit(root)
+        seconds = time.perf_counter() - start
+    return {"images": n, "mode": mode, "fit_s": round(seconds, 1), "peak_rss_mib": peak_rss_mib()}
+
+
+def _line(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """Least squares ``seconds = a + b * n``."""
+    k = len(points)
+    mx = sum(n for n, _ in points) / k
+    my = sum(s for _, s in points) / k
+    b = sum((n - mx) * (s - my) for n, s in points) / max(sum((n - mx) ** 2 for n, _ in points), 1)
+    return my - b * mx, b
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--images", type=int, nargs="+", default=[2000, 8000])
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)  # N and mode: one fit
+    args = ap.parse_args(argv)
+    if args.child:
+        return emit(_child(args.data, int(args.child[0]), args.child[1]), None)
+    runs = []
+    for n in args.images:
+        for mode in ("float", "int8"):
+            env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(prefix="inductor-")}
+            cmd = [sys.executable, __file__, "--data", str(args.data), "--child", str(n), mode]
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if out.returncode:
+                sys.stderr.write(out.stderr[-3000:])
+                raise SystemExit(f"the {mode} fit of {n} images failed")
+            runs.append(json.loads(out.stdout[out.stdout.index("{") :]))
+            print(runs[-1], flush=True)
+    fits = {}
+    for mode in ("float", "int8"):
+        a, b = _line([(r["images"], r["fit_s"]) for r in runs if r["mode"] == mode])
+        fits[mode] = {"fixed_s": round(a, 1), "ms_per_image": round(b * 1000, 2)}
+    saved = fits["float"]["ms_per_image"] - fits["int8"]["ms_per_image"]
+    extra = fits["int8"]["fixed_s"] - fits["float"]["fixed_s"]
+    return emit(
+        {
+            "command": "python benchmarks/int8_scale.py " + " ".join(argv or sys.argv[1:]),
+            "date": date.today().isoformat(),
+            **machine(),
+            "env": {
+                k: os.environ[k]
+                for k in ("ONEDNN_MAX_CPU_ISA", "PETALNET_CPU_BF16")
+                if k in os.environ
+            },
+            "runs": runs,
+            "fits": fits,
+            "int8_faster_from_images": round(extra / saved * 1000) if saved > 0 else None,
+            "projected_300k_images_min": {
+                mode: round((f["fixed_s"] + f["ms_per_image"] * 300) / 60, 1)
+                for mode, f in fits.items()
+            },
+        },
+        args.json,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,274 @@
+"""Int8 backbones: a frozen backbone quantised to 8-bit integers, for the CPU.
+
+``FlowerClassifier(quantize="int8")`` runs its frozen backbone through post-training
+static quantisation: ``torchao``'s PT2E flow with ``X86InductorQuantizer`` (per-channel
+int8 weights, per-tensor activations observed on :data:`CALIBRATION_IMAGES` training
+images), compiled by Inductor into oneDNN's int8 kernels. Activations use 7 bits
+(``reduce_range``): CPUs without VNNI (AVX2 only) saturate 8-bit products at 16 bits, and
+one setting everywhere means a model gives the same rows on every CPU.
+
+The activation scales are what depends on the calibration images, so they are data: an
+:class:`Int8Scales` in the backbone's :class:`~petalnet.BackboneMeta`, saved in the
+checkpoint and part of the row store's namespace. Weights' scales follow from the weights.
+A loaded model rebuilds the same graph from its scales, without its training images.
+
+Where Inductor cannot compile (no C++ compiler), the same int8 graph runs uncompiled with
+a warning: the same quantisation, but slower than float32. ``torchao`` is an optional
+dependency (``pip install 'petalnet[int8]'``); this module imports it only when asked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from petalnet.errors import DataError, ImageReadError, PetalnetError, PetalnetWarning
+from petalnet.images import ImageInput, image_to_tensor
+from petalnet.preprocessing import Preprocessing
+
+__all__ = [
+    "CALIBRATION_IMAGES",
+    "Int8Scales",
+    "calibrate_int8",
+    "calibration_images",
+    "int8_runner",
+    "require_torchao",
+]
+
+CALIBRATION_IMAGES = 128
+"""Training images the activation observers see (evenly spaced over the sorted list)."""
+
+_EXPORT_BATCH = 8  # the example batch the graph is traced with; any batch runs it
+
+
+def require_torchao() -> None:
+    """Fail with what to install where ``torchao`` is missing.
+
+    Raises:
+        PetalnetError: ``torchao`` cannot be imported.
+    """
+    try:
+        import torchao  # noqa: F401
+    except ImportError:
+        raise PetalnetError(
+            "quantize='int8' needs torchao, which is not installed: "
+            "pip install 'petalnet[int8]' (or use quantize=None)."
+        ) from None
+
+
+@dataclass(frozen=True)
+class Int8Scales:
+    """The activation quantisation of an int8 backbone: what its calibration decided.
+
+    Attributes:
+        observers: ``(observer name, scale, zero point)`` of every activation observer in
+            the quantised graph, in graph order.
+    """
+
+    observers: tuple[tuple[str, float, int], ...]
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the scales: rows computed with other scales never mix."""
+        text = json.dumps([list(o) for o in self.observers])
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def to_payload(self) -> list[list[Any]]:
+        """Plain values for a checkpoint."""
+        return [list(o) for o in self.observers]
+
+    @classmethod
+    def from_payload(cls, data: Sequence[Sequence[Any]]) -> Int8Scales:
+        """Rebuild what :meth:`to_payload` stored.
+
+        Args:
+            data: ``[name, scale, zero point]`` triples.
+
+        Returns:
+            The scales.
+        """
+        return cls(tuple((str(n), float(s), int(z)) for n, s, z in data))
+
+
+def calibration_images(
+    images: Sequence[ImageInput], preprocessing: Preprocessing, count: int = CALIBRATION_IMAGES
+) -> torch.Tensor:
+    """Up to ``count`` of ``images``, evenly spaced, as the centre crop the backbone sees.
+
+    Unreadable files are left out here (the training pass reports them).
+
+    Args:
+        images: The training images, in their (sorted) order.
+        preprocessing: The backbone's preprocessing.
+        count: How many to take.
+
+    Returns:
+        ``(n, 3, crop, crop)`` preprocessed images.
+
+    Raises:
+        DataError: None of those images can be read.
+    """
+    step = max(1, len(images) // count)
+    picked = list(images[::step][:count])
+    transform = preprocessing.transform()
+    read = []
+    for image in picked:
+        try:
+            read.append(image_to_tensor(image, transform, draft_size=preprocessing.resize_size))
+        except ImageReadError:
+            continue
+    if not read:
+        raise DataError(
+            f"None of the {len(picked)} training images picked to calibrate quantize='int8' "
+            "could be read; see the warnings of the training pass, or use quantize=None."
+        )
+    return torch.stack(read)
+
+
+def _prepared(runner: nn.Module, example: torch.Tensor) -> Any:
+    """``runner`` traced and given observers (``torchao``'s ``prepare_pt2e``)."""
+    require_torchao()
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    try:
+        graph = torch.export.export(
+            runner, (example,), dynamic_shapes=({0: batch},), strict=True
+        ).module()
+    except Exception as exc:  # torch.export names the construct it cannot trace
+        raise PetalnetError(
+            "quantize='int8' could not trace this backbone with torch.export "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); use quantize=None."
+        ) from None
+    quantizer = xiq.X86InductorQuantizer()
+    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config(reduce_range=True))
+    return prepare_pt2e(graph, quantizer)
+
+
+def _activation_observers(prepared: Any) -> list[tuple[str, Any]]:
+    """Every per-tensor (activation) observer of a prepared graph, by attribute name.
+
+    One observer shared by two places appears under each name, so that fixing them by name
+    fixes every use.
+    """
+    from torchao.quantization.pt2e.observer import ObserverBase
+
+    return [
+        (name, module)
+        for name, module in prepared.named_modules(remove_duplicate=False)
+        if isinstance(module, ObserverBase) and module.qscheme == torch.per_tensor_affine
+    ]
+
+
+def calibrate_int8(runner: nn.Module, images: torch.Tensor) -> Int8Scales:
+    """Observe ``runner``'s activations on ``images`` and return their int8 scales.
+
+    Args:
+        runner: A prepared float backbone (:func:`~petalnet.features.prepare_backbone`).
+        images: ``(N, 3, H, W)`` preprocessed calibration images.
+
+    Returns:
+        The scales (:class:`Int8Scales`).
+
+    Raises:
+        PetalnetError: ``torchao`` is missing, or the backbone cannot be traced.
+    """
+    images = images.contiguous(memory_format=torch.channels_last)
+    prepared = _prepared(runner, images[:_EXPORT_BATCH])
+    with torch.no_grad():
+        for first in range(0, len(images), 32):
+            prepared(images[first : first + 32])
+    found = []
+    for name, observer in _activation_observers(prepared):
+        scale, zero_point = observer.calculate_qparams()
+        found.append((name, float(scale.reshape(-1)[0]), int(zero_point.reshape(-1)[0])))
+    return Int8Scales(tuple(found))
+
+
+class _Int8Runner(nn.Module):
+    """The quantised graph, compiled on its first call (uncompiled where that fails)."""
+
+    def __init__(self, graph: nn.Module) -> None:
+        super().__init__()
+        self.graph = graph
+        self.compiled: Any = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compiled is None:
+            self.compiled = _compile(self.graph, x)
+        with torch._inductor.config.patch(freezing=True):  # constant weights: prepacked
+            out: torch.Tensor = self.compiled(x)
+        return out
+
+
+def _compile(graph: nn.Module, x: torch.Tensor) -> Any:
+    """Inductor's compile of ``graph``, tried on ``x``; ``graph`` itself where it fails."""
+    import torch._inductor.config
+
+    compiled = torch.compile(graph, dynamic=True)
+    try:
+        with torch._inductor.config.patch(freezing=True):
+            compiled(x)
+    except Exception as exc:  # no C++ compiler, an unsupported platform
+        warnings.warn(
+            "quantize='int8': Inductor could not compile the int8 backbone "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}); "
+            "running it uncompiled, which is slower than float32. Install a C++ compiler "
+            "(e.g. apt-get install g++) or use quantize=None.",
+            PetalnetWarning,
+            stacklevel=4,
+        )
+        return graph
+    return compiled
+
+
+def int8_runner(runner: nn.Module, scales: Int8Scales, example: torch.Tensor) -> nn.Module:
+    """``runner`` quantised with ``scales``: the module that computes an int8 backbone's rows.
+
+    Args:
+        runner: A prepared float backbone on the CPU (channels-last, BN folded).
+        scales: Its activation scales (:func:`calibrate_int8`, or a checkpoint's).
+        example: One preprocessed batch of the backbone's input shape (for tracing).
+
+    Returns:
+        The int8 module; any batch size runs it.
+
+    Raises:
+        PetalnetError: ``torchao`` is missing, the backbone cannot be traced, or the scales
+            do not fit its graph (another backbone, or another ``torchao``'s graph).
+    """
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.observer import FixedQParamsObserver
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    example = example.contiguous(memory_format=torch.channels_last)
+    prepared = _prepared(runner, example)
+    observers = _activation_observers(prepared)
+    if [name for name, _ in observers] != [name for name, _, _ in scales.observers]:
+        raise PetalnetError(
+            f"The int8 scales ({len(scales.observers)} activations) do not fit this "
+            f"backbone's quantised graph ({len(observers)}): the backbone or torchao changed "
+            "since they were computed; fit again."
+        )
+    for (name, observer), (_, scale, zero_point) in zip(observers, scales.observers, strict=True):
+        fixed = FixedQParamsObserver(
+            scale,
+            zero_point,
+            dtype=observer.dtype,
+            qscheme=observer.qscheme,
+            quant_min=observer.quant_min,
+            quant_max=observer.quant_max,
+        )
+        setattr(prepared, name, fixed)
+    with torch.no_grad():
+        prepared(example[:1])  # the weights' per-channel observers see the weights
+    graph = allow_exported_model_train_eval(convert_pt2e(prepared))  # eval(): a no-op
+    return _Int8Runner(graph).eval()

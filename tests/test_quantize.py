@@ -1,0 +1,151 @@
+"""quantize="int8": a frozen backbone quantised by torchao's PT2E flow, through every door."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import petalnet
+from conftest import FITTED_PARAMS
+from petalnet import fitting
+from petalnet.backbones.registry import build_backbone
+from petalnet.errors import ExportOptionsError, PetalnetError, PetalnetWarning
+from petalnet.features import feature_cache, prepare_backbone
+from petalnet.images import read_image
+from petalnet.quantize import Int8Scales, calibrate_int8, calibration_images, int8_runner
+
+pytest.importorskip("torchao")
+
+INT8 = {**FITTED_PARAMS, "quantize": "int8"}
+
+
+def _images(root: Path) -> list[Path]:
+    return sorted((root / "valid").glob("*/*.jpg"))
+
+
+def _batch(backbone: petalnet.FeatureExtractor, paths: list[Path]) -> torch.Tensor:
+    pre = backbone.preprocessing
+    return torch.stack([pre.transform()(read_image(p, pre.resize_size)) for p in paths])
+
+
+@pytest.fixture(scope="module")
+def int8_fitted(flowers_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    cache = tmp_path_factory.mktemp("int8-cache")
+    return petalnet.FlowerClassifier(**INT8, cache_dir=cache).fit(flowers_root)
+
+
+def test_fit_carries_scales_and_every_door_answers_alike(int8_fitted, flowers_root, tmp_path):
+    model = int8_fitted.fitted_model()
+    scales = model.backbone.meta.int8
+    assert isinstance(scales, Int8Scales) and scales.observers
+    assert int8_fitted.pipeline_.precision == torch.float32  # int8, never autocast
+    images = _images(flowers_root)
+    proba = int8_fitted.predict_proba(images)
+    assert int8_fitted.evaluate(flowers_root / "valid")["accuracy"] > 0.5
+
+    saved = int8_fitted.save(tmp_path / "int8.pt")
+    loaded = petalnet.FlowerClassifier.load(saved, cache_dir=tmp_path / "other-cache")
+    assert loaded.fitted_model().backbone.meta.int8 == scales  # the checkpoint's scales
+    np.testing.assert_array_equal(loaded.predict_proba(images), proba)  # rebuilt, not re-observed
+
+    program = torch.export.load(loaded.export(tmp_path / "int8.pt2")).module()
+    exported = program(_batch(model.backbone, images)).numpy()
+    # the program runs the quantised graph uncompiled: the same int8 arithmetic in reference
+    # kernels, so the same answers to rounding
+    np.testing.assert_allclose(exported, proba, atol=0.02)
+    assert (exported.argmax(1) == proba.argmax(1)).all()
+    with pytest.raises(ExportOptionsError, match="pt2 only"):
+        loaded.export(tmp_path / "int8.onnx", format="onnx")
+    with pytest.raises(ExportOptionsError, match="amp off"):
+        loaded.export(tmp_path / "bf16.pt2", amp=True)
+
+
+def test_int8_rows_are_close_to_float_but_stored_apart(tmp_path, flowers_root):
+    backbone = build_backbone("tiny_test")
+    paths = sorted((flowers_root / "train").glob("*/*.jpg"))
+    scales = calibrate_int8(
+        prepare_backbone(backbone, torch.device("cpu")), _batch(backbone, paths)
+    )
+    quantised = backbone.derive(int8=scales)
+    x = _batch(backbone, _images(flowers_root))
+    with torch.inference_mode():
+        rows = prepare_backbone(quantised, torch.device("cpu"))(x)
+        again = prepare_backbone(quantised, torch.device("cpu"))(x)
+        floats = prepare_backbone(backbone, torch.device("cpu"))(x)
+    torch.testing.assert_close(rows, again, rtol=0, atol=0)  # scales fix the graph
+    assert not torch.equal(rows, floats)
+    assert torch.nn.functional.cosine_similarity(rows, floats).min() > 0.95
+    stores = [feature_cache(b, torch.float32, tmp_path) for b in (backbone, quantised)]
+    other = backbone.derive(int8=Int8Scales(tuple((n, s * 2, z) for n, s, z in scales.observers)))
+    stores.append(feature_cache(other, torch.float32, tmp_path))
+    assert len({s.namespace for s in stores if s is not None}) == 3
+
+
+def test_refit_reuses_the_first_runs_scales(flowers_root, tmp_path, monkeypatch):
+    calls = []
+    real = fitting.calibrate_int8
+    monkeypatch.setattr(
+        fitting,
+        "calibrate_int8",
+        lambda runner, images: calls.append(len(images)) or real(runner, images),
+    )
+    clf = petalnet.FlowerClassifier(**{**INT8, "refit": True, "epochs": 2}, cache_dir=tmp_path).fit(
+        flowers_root
+    )
+    assert calls == [len(sorted((flowers_root / "train").glob("*/*.jpg")))]
+    assert clf.fitted_model().backbone.meta.int8 is not None
+
+
+def test_calibration_takes_evenly_spaced_readable_images(flowers_root, tmp_path):
+    paths = sorted((flowers_root / "train").glob("*/*.jpg"))
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    pre = build_backbone("tiny_test").preprocessing
+    assert calibration_images([broken, *paths], pre, count=8).shape[0] <= 8
+    with pytest.raises(petalnet.DataError, match="quantize=None"):
+        calibration_images([broken], pre)
+
+
+def test_int8_needs_a_frozen_backbone_the_cpu_and_torchao(flowers_root, monkeypatch):
+    with pytest.raises(ValueError, match="quantize must be None unless strategy is 'freeze'"):
+        petalnet.FlowerClassifier(**INT8, strategy="freeze_unfreeze").fit(flowers_root)
+    scales = Int8Scales((("activation_post_process_0", 0.1, 0),))
+    with pytest.raises(PetalnetError, match="CPU only"):
+        prepare_backbone(build_backbone("tiny_test").derive(int8=scales), torch.device("meta"))
+    monkeypatch.setitem(sys.modules, "torchao", None)  # as if it were not installed
+    with pytest.raises(PetalnetError, match=r"pip install 'petalnet\[int8\]'"):
+        petalnet.FlowerClassifier(**INT8).fit(flowers_root)
+
+
+def test_scales_of_another_graph_are_refused():
+    backbone = build_backbone("tiny_test")
+    wrong = Int8Scales((("activation_post_process_99", 0.1, 0),))
+    with pytest.raises(PetalnetError, match="do not fit"):
+        int8_runner(
+            prepare_backbone(backbone, torch.device("cpu")), wrong, torch.zeros(2, 3, 32, 32)
+        )
+
+
+def test_without_a_compiler_the_int8_graph_runs_uncompiled(flowers_root, monkeypatch):
+    backbone = build_backbone("tiny_test")
+    x = _batch(backbone, _images(flowers_root))
+    runner = prepare_backbone(backbone, torch.device("cpu"))
+    scales = calibrate_int8(runner, x)
+
+    def no_compiler(module, **_):
+        def fails(*args):
+            raise RuntimeError("no C++ compiler found")
+
+        return fails
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    int8 = int8_runner(runner, scales, x[:2])
+    with pytest.warns(PetalnetWarning, match="uncompiled"), torch.inference_mode():
+        rows = int8(x)
+    with torch.inference_mode():
+        reference = int8.graph(x)  # type: ignore[operator]
+    torch.testing.assert_close(rows, reference, rtol=0, atol=0)
