@@ -6,6 +6,7 @@ Usage (from the repository root)::
     python benchmarks/presets.py --only fast-cpu --json out.json
     python benchmarks/presets.py --holdout-only --split random   # the hold-out as before
     python benchmarks/presets.py --only best-cpu --holdout-only --seed 1   # another seed
+    python benchmarks/presets.py --only fast-cpu --param 'quantize="int8"'   # one change
 
 For each preset, two child processes, each with a new, empty feature cache:
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -46,7 +48,13 @@ from petalnet.presets import get_preset, list_presets
 
 
 def _phase(
-    name: str, phase: str, data: Path, holdout: float, split: str, seed: int = 0
+    name: str,
+    phase: str,
+    data: Path,
+    holdout: float,
+    split: str,
+    seed: int = 0,
+    params: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run one phase in this process (a child of :func:`main`)."""
     cache = Path(tempfile.mkdtemp(prefix="petalnet-preset-cache-"))
@@ -59,7 +67,7 @@ def _phase(
         start = time.perf_counter()
         refits = bool(get_preset(name).params.get("refit"))
         make = holdout_preset if phase == "holdout" else petalnet.FlowerClassifier.from_preset
-        clf = make(name, cache_dir=cache, random_state=seed)
+        clf = make(name, cache_dir=cache, random_state=seed, **(params or {}))
         clf.fit(root)
         fit_s = time.perf_counter() - start
         scorer = clf
@@ -87,12 +95,24 @@ def _phase(
     }
 
 
+def _param(text: str) -> tuple[str, Any]:
+    name, _, value = text.partition("=")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"--param NAME=JSON; {exc}") from None
+
+
 def _child(name: str, phase: str, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         cmd = [sys.executable, __file__, "--only", name, "--phase", phase]
         cmd += ["--data", str(args.data), "--holdout", str(args.holdout), "--json", out.name]
         cmd += ["--split", args.split, "--seed", str(args.seed)]
-        subprocess.run(cmd, check=True)
+        cmd += [f"--param={k}={json.dumps(v)}" for k, v in args.param]
+        # an empty Inductor cache: a quantize="int8" fit pays its first compile, as on a new
+        # machine (a float fit compiles nothing)
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(prefix="inductor-")}
+        subprocess.run(cmd, check=True, env=env)
         return json.loads(Path(out.name).read_text())
 
 
@@ -110,6 +130,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     )
     ap.add_argument("--holdout-only", action="store_true", help="measure the hold-out phase only")
     ap.add_argument("--seed", type=int, default=0, help="random_state of the fits (default 0)")
+    ap.add_argument(
+        "--param",
+        type=_param,
+        action="append",
+        default=[],
+        help="NAME=JSON: change one of the preset's parameters (repeat for more)",
+    )
     ap.add_argument("--phase", choices=["holdout", "final"], help=argparse.SUPPRESS)
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
@@ -118,7 +145,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     names = args.only or [p.name for p in list_presets()]
     if args.phase:  # a child: one phase of one preset
         emit(
-            _phase(names[0], args.phase, args.data, args.holdout, args.split, args.seed),
+            _phase(
+                names[0],
+                args.phase,
+                args.data,
+                args.holdout,
+                args.split,
+                args.seed,
+                dict(args.param),
+            ),
             args.json,
         )
         return []
@@ -129,7 +164,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         results.append(
             {
                 "preset": name,
-                "params": dict(get_preset(name).params),
+                "params": {**get_preset(name).params, **dict(args.param)},
                 "date": date.today().isoformat(),
                 "torch": torch.__version__,
                 **machine(),

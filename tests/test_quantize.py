@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -149,3 +150,21 @@ def test_without_a_compiler_the_int8_graph_runs_uncompiled(flowers_root, monkeyp
     with torch.inference_mode():
         reference = int8.graph(x)  # type: ignore[operator]
     torch.testing.assert_close(rows, reference, rtol=0, atol=0)
+
+
+def test_the_command_line_trains_and_predicts_in_int8(flowers_root, tmp_path):
+    from petalnet.cli import main
+
+    argv = ["train", str(flowers_root), "--arch", "tiny_test", "--epochs", "3", "--quiet"]
+    argv += ["--quantize", "int8", "--save_dir", str(tmp_path), "--seed", "0"]
+    assert main(argv) == 0
+    checkpoint = tmp_path / "checkpoint.pt"
+    clf = petalnet.FlowerClassifier.load(checkpoint, device="cpu")
+    assert clf.get_params()["quantize"] == "int8" and clf.fitted_model().backbone.meta.int8
+    out = tmp_path / "predictions.jsonl"
+    images = flowers_root / "test"
+    assert main(["predict", str(images), str(checkpoint), "--output", str(out)]) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    proba = clf.predict_proba([Path(r["image"]) for r in records])
+    top = [r["top"][0]["probability"] for r in records]
+    np.testing.assert_allclose(top, proba.max(1), atol=1e-4)  # the same answer, both doors

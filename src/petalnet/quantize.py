@@ -194,7 +194,12 @@ def calibrate_int8(runner: nn.Module, images: torch.Tensor) -> Int8Scales:
 
 
 class _Int8Runner(nn.Module):
-    """The quantised graph, compiled on its first call (uncompiled where that fails)."""
+    """The quantised graph, compiled on its first call (uncompiled where that fails).
+
+    Inductor lowers the graph to oneDNN's int8 kernels only for static shapes (compiled with
+    dynamic shapes it ran 2.7x slower), so it always sees batches of :data:`_EXPORT_BATCH`:
+    a larger batch runs in such chunks and the last chunk is padded with zeros.
+    """
 
     def __init__(self, graph: nn.Module) -> None:
         super().__init__()
@@ -202,18 +207,28 @@ class _Int8Runner(nn.Module):
         self.compiled: Any = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch._inductor.config
+
+        n = x.shape[0]
+        if n % _EXPORT_BATCH:
+            pad = x.new_zeros((_EXPORT_BATCH - n % _EXPORT_BATCH, *x.shape[1:]))
+            x = torch.cat([x, pad])
+        chunks = [
+            x[i : i + _EXPORT_BATCH].contiguous(memory_format=torch.channels_last)
+            for i in range(0, len(x), _EXPORT_BATCH)
+        ]
         if self.compiled is None:
-            self.compiled = _compile(self.graph, x)
+            self.compiled = _compile(self.graph, chunks[0])
         with torch._inductor.config.patch(freezing=True):  # constant weights: prepacked
-            out: torch.Tensor = self.compiled(x)
-        return out
+            out = torch.cat([self.compiled(c) for c in chunks])
+        return out[:n]
 
 
 def _compile(graph: nn.Module, x: torch.Tensor) -> Any:
     """Inductor's compile of ``graph``, tried on ``x``; ``graph`` itself where it fails."""
     import torch._inductor.config
 
-    compiled = torch.compile(graph, dynamic=True)
+    compiled = torch.compile(graph, dynamic=False)
     try:
         with torch._inductor.config.patch(freezing=True):
             compiled(x)
