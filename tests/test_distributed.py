@@ -35,10 +35,12 @@ SCRIPT = textwrap.dedent(
     petalnet.batches.TensorBatches.__init__ = recording
 
     backbone, strategy = sys.argv[4], sys.argv[5]
+    quantize = json.loads(sys.argv[7])
     clf = FlowerClassifier(backbone, hidden_units=16, epochs=3, batch_size=8,
                            learning_rate=0.01, device="cpu", random_state=0, cache=False,
                            amp=False, verbose=1, strategy=strategy, unfreeze_blocks=1,
-                           freeze_epochs=1, split="stratified")  # synthetic photos group whole
+                           freeze_epochs=1, split="stratified",  # synthetic photos group whole
+                           quantize=quantize)
     clf.fit(sys.argv[1])
     path = clf.save(sys.argv[2])
     dist.barrier()  # rank 0 has written the checkpoint
@@ -51,7 +53,8 @@ SCRIPT = textwrap.dedent(
     # one file per rank: the ranks' stdout lines interleave (even mid-line)
     report = {"rank": dist.get_rank(), "world": dist.get_world_size(), "train": clf.n_train_,
               "backbone": weights, "history": clf.history_, "held": held, "proba": proba,
-              "outcomes": outcomes}
+              "outcomes": outcomes,
+              "int8": [list(o) for o in clf.backbone_.meta.int8.observers] if quantize else None}
     with open(f"{sys.argv[2]}.rank{dist.get_rank()}.json", "w") as f:
         json.dump(report, f)
     dist.destroy_process_group()
@@ -60,9 +63,16 @@ SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.parametrize(
-    ("backbone", "strategy"), [("tiny_test", "freeze"), ("tiny_blocks", "freeze_unfreeze")]
+    ("backbone", "strategy", "quantize"),
+    [
+        ("tiny_test", "freeze", None),
+        ("tiny_blocks", "freeze_unfreeze", None),
+        pytest.param("tiny_test", "freeze", "int8", id="int8"),
+    ],
 )
-def test_two_process_gloo_training(single_folder, tmp_path, backbone, strategy):
+def test_two_process_gloo_training(single_folder, tmp_path, backbone, strategy, quantize):
+    if quantize:
+        pytest.importorskip("torchao")
     script = tmp_path / "train_ddp.py"
     script.write_text(SCRIPT)
     bad = tmp_path / "bad.jpg"
@@ -87,6 +97,7 @@ def test_two_process_gloo_training(single_folder, tmp_path, backbone, strategy):
             backbone,
             strategy,
             json.dumps(images),
+            json.dumps(quantize),
         ],
         capture_output=True,
         text=True,
@@ -121,6 +132,9 @@ def test_two_process_gloo_training(single_folder, tmp_path, backbone, strategy):
     ]
     assert [e[1] for e in expected] == [False, True] + [False] * 8 + [True, False]
     assert reports[0]["outcomes"] == reports[1]["outcomes"] == expected
+    if quantize:  # rank 0 calibrated; every rank ran with its scales, which the file holds
+        saved = [list(o) for o in clf.backbone_.meta.int8.observers]
+        assert reports[0]["int8"] == reports[1]["int8"] == saved
 
 
 def _gather_empty_share(rank: int, port: int, out: str) -> None:

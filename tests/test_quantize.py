@@ -168,3 +168,24 @@ def test_the_command_line_trains_and_predicts_in_int8(flowers_root, tmp_path):
     proba = clf.predict_proba([Path(r["image"]) for r in records])
     top = [r["top"][0]["probability"] for r in records]
     np.testing.assert_allclose(top, proba.max(1), atol=1e-4)  # the same answer, both doors
+
+
+def test_serve_answers_like_the_int8_classifier(tmp_path, flowers_root):
+    pytest.importorskip("starlette")
+    pytest.importorskip("multipart")
+    from starlette.testclient import TestClient
+
+    from petalnet.serve import create_app
+
+    # a fresh load: its first int8 call (and compile) happens in the server's worker thread
+    clf = petalnet.FlowerClassifier(**{**INT8, "epochs": 3}).fit(flowers_root)
+    served = petalnet.FlowerClassifier.load(clf.save(tmp_path / "int8.pt"))
+    image = _images(flowers_root)[0]
+    with TestClient(create_app(served)) as client:
+        response = client.post("/predict?topk=3", files={"file": ("a.jpg", image.read_bytes())})
+    assert response.status_code == 200
+    expected = clf.predict(image, topk=3)
+    body = response.json()["predictions"]
+    assert [p["class_id"] for p in body] == [p.class_id for p in expected]
+    got = [p["probability"] for p in body]
+    np.testing.assert_allclose(got, [p.probability for p in expected], atol=1e-5)

@@ -197,8 +197,10 @@ def fit_model(
     # the refit has no validation split of its own: it keeps the calibration of the run
     # that chose the epoch count (exact for a frozen backbone, close for a fine-tuned one)
     chosen_by = model.calibration
-    int8 = model.backbone.meta.int8  # the refit's rows of train/ are those already computed
-    model = _Run(refit, everything, names, unreadable, pipeline_for, keep, int8).train(None, "")
+    # a frozen backbone is the same network again: the refit keeps it (and its pipeline, its
+    # prepared copy and, with quantize="int8", its scales and compiled graph)
+    frozen = model.backbone if params.strategy == "freeze" else None
+    model = _Run(refit, everything, names, unreadable, pipeline_for, keep, frozen).train(None, "")
     model.selection_history = selection
     model.calibration = chosen_by
     return model
@@ -240,14 +242,16 @@ class _Run:
     unreadable: Unreadable
     pipeline_for: Callable[[FeatureExtractor], ImagePipeline]
     keep: Callable[[FittedModel], None]
-    int8: Int8Scales | None = None  # scales to reuse (a refit), else calibrated here
+    backbone: FeatureExtractor | None = None  # a frozen one to reuse (a refit), else built
 
     def train(self, resume: Mapping[str, Any] | None, resume_path: str) -> FittedModel:
         params, data = self.params, self.data
         hidden = normalize_hidden_units(params.hidden_units)
-        backbone = build_backbone(params.backbone, params.weights)
-        if params.quantize == "int8":
-            backbone = backbone.derive(int8=self.int8 or self.calibrate_int8(backbone))
+        backbone = self.backbone
+        if backbone is None:
+            backbone = build_backbone(params.backbone, params.weights)
+            if params.quantize == "int8":
+                backbone = backbone.derive(int8=self.calibrate_int8(backbone))
         plan = plan_training(
             backbone,
             params.strategy,
