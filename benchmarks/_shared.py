@@ -21,6 +21,15 @@ DEFAULT_DATA = (
 ).resolve()
 
 
+def param_override(text: str) -> tuple[str, Any]:
+    """``--param NAME=JSON`` as ``(name, value)``: one preset parameter changed."""
+    name, _, value = text.partition("=")
+    try:
+        return name, json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"--param NAME=JSON; {exc}") from None
+
+
 def holdout_preset(name: str, **overrides: Any) -> Any:
     """A preset as a hold-out protocol fits it: without its refit, which would train on the
     hold-out (``root/valid``) before it is scored."""

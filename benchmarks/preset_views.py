@@ -19,26 +19,17 @@ for more) and ``--tta`` picks the views to score.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from _shared import DEFAULT_DATA, emit, holdout_preset, link_holdout, machine
+from _shared import DEFAULT_DATA, emit, holdout_preset, link_holdout, machine, param_override
 
 import petalnet
 
 TTAS: tuple[bool | str, ...] = (False, True, "crops", "crops+flip")
-
-
-def _param(text: str) -> tuple[str, Any]:
-    name, _, value = text.partition("=")
-    try:
-        return name, json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"--param NAME=JSON; {exc}") from None
 
 
 def _tta(text: str) -> bool | str:
@@ -50,7 +41,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--preset", default="fast-cpu")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--param", type=_param, action="append", default=[])
+    ap.add_argument("--param", type=param_override, action="append", default=[])
     ap.add_argument("--tta", type=_tta, nargs="+", default=list(TTAS))
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)

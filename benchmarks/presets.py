@@ -40,7 +40,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from _shared import DEFAULT_DATA, emit, holdout_preset, link_holdout, machine, peak_rss_mib
+from _shared import (
+    DEFAULT_DATA,
+    emit,
+    holdout_preset,
+    link_holdout,
+    machine,
+    param_override,
+    peak_rss_mib,
+)
 
 import petalnet
 from petalnet.precision import cpu_has_native_bf16
@@ -95,14 +103,6 @@ def _phase(
     }
 
 
-def _param(text: str) -> tuple[str, Any]:
-    name, _, value = text.partition("=")
-    try:
-        return name, json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"--param NAME=JSON; {exc}") from None
-
-
 def _child(name: str, phase: str, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         cmd = [sys.executable, __file__, "--only", name, "--phase", phase]
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--seed", type=int, default=0, help="random_state of the fits (default 0)")
     ap.add_argument(
         "--param",
-        type=_param,
+        type=param_override,
         action="append",
         default=[],
         help="NAME=JSON: change one of the preset's parameters (repeat for more)",
