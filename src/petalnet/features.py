@@ -151,8 +151,8 @@ def feature_cache(
 
     The namespace is the backbone's registered name, weights id, a hash of its parameters
     (so fine-tuned or file weights never share entries), its output size, preprocessing and
-    the precision. A randomly initialised backbone is never cached: its features would never
-    be asked for again.
+    the precision, and for an int8 backbone its scales' fingerprint. A randomly initialised
+    backbone is never cached: its features would never be asked for again.
 
     Args:
         backbone: The unprepared backbone (its parameters are fingerprinted).

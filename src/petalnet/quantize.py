@@ -5,7 +5,8 @@ static quantisation: ``torchao``'s PT2E flow with ``X86InductorQuantizer`` (per-
 int8 weights, per-tensor activations observed on :data:`CALIBRATION_IMAGES` training
 images), compiled by Inductor into oneDNN's int8 kernels. Activations use 7 bits
 (``reduce_range``): CPUs without VNNI (AVX2 only) saturate 8-bit products at 16 bits, and
-one setting everywhere means a model gives the same rows on every CPU.
+one setting everywhere means a model calibrated on one CPU runs correctly on any other
+(their int8 kernels round alike to within a few units of the last bit, not bit for bit).
 
 The activation scales are what depends on the calibration images, so they are data: an
 :class:`Int8Scales` in the backbone's :class:`~petalnet.BackboneMeta`, saved in the
