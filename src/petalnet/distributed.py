@@ -101,9 +101,7 @@ def broadcast_seed(seed: int | None) -> int | None:
     """Rank 0's seed on every rank, so all ranks shuffle alike (drawn if ``None``)."""
     if world_size() == 1:
         return seed
-    box = [seed if seed is not None else int(torch.randint(2**31 - 1, ()).item())]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+    return from_main(seed if seed is not None else int(torch.randint(2**31 - 1, ()).item()))
 
 
 def all_reduce_sum(values: Sequence[float]) -> list[float]:

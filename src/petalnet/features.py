@@ -32,7 +32,7 @@ from petalnet.errors import PetalnetError
 from petalnet.images import ImageInput, Transform, Unreadable, image_loader
 from petalnet.precision import autocast
 from petalnet.preprocessing import Augmentation, CropAt, Preprocessing
-from petalnet.quantize import int8_runner
+from petalnet.quantize import int8_runner, require_int8
 from petalnet.rows import compact
 from petalnet.rowstore import RowStore, row_keys
 
@@ -109,11 +109,7 @@ def prepare_backbone(backbone: FeatureExtractor, device: torch.device) -> nn.Mod
     scales = backbone.meta.int8
     if scales is None:
         return fast
-    if device.type != "cpu":
-        raise PetalnetError(
-            f"This backbone runs in int8 (quantize='int8'), which computes on the CPU only; "
-            f"got device {device.type!r}: use device='cpu', or fit again with quantize=None."
-        )
+    require_int8(device)
     crop = backbone.preprocessing.crop_size
     return int8_runner(fast, scales, torch.zeros(8, 3, crop, crop))
 

@@ -39,7 +39,7 @@ from petalnet.images import Unreadable
 from petalnet.params import ClassifierParams, param_specs
 from petalnet.pipeline import ImagePipeline
 from petalnet.precision import resolve_precision
-from petalnet.quantize import Int8Scales, calibrate_int8, calibration_images, require_torchao
+from petalnet.quantize import Int8Scales, calibrate_int8, calibration_images, require_int8
 from petalnet.strategy import plan_training, training_batches, validation_views
 from petalnet.training import Trainer, seeded
 
@@ -317,12 +317,7 @@ class _Run:
         Under ``torchrun`` rank 0 calibrates and every rank runs with its scales.
         """
         device = distributed.local_device(resolve_device(self.params.device))
-        if device.type != "cpu":
-            raise ValueError(
-                f"quantize='int8' computes on the CPU only, but device is {device.type!r}; "
-                "use device='cpu' or quantize=None."
-            )
-        require_torchao()
+        require_int8(device)  # before any image is read
         scales = None
         if distributed.is_main():
             paths = [path for path, _ in self.data.train]

@@ -40,7 +40,7 @@ __all__ = [
     "calibrate_int8",
     "calibration_images",
     "int8_runner",
-    "require_torchao",
+    "require_int8",
 ]
 
 CALIBRATION_IMAGES = 128
@@ -49,12 +49,20 @@ CALIBRATION_IMAGES = 128
 _EXPORT_BATCH = 8  # the example batch the graph is traced with; any batch runs it
 
 
-def require_torchao() -> None:
-    """Fail with what to install where ``torchao`` is missing.
+def require_int8(device: torch.device) -> None:
+    """Fail with what to do where an int8 backbone cannot run: off the CPU, or without torchao.
+
+    Args:
+        device: Where the backbone would compute.
 
     Raises:
-        PetalnetError: ``torchao`` cannot be imported.
+        PetalnetError: ``device`` is not the CPU, or ``torchao`` cannot be imported.
     """
+    if device.type != "cpu":
+        raise PetalnetError(
+            f"quantize='int8' computes on the CPU only, but the device is {device.type!r}: "
+            "use device='cpu', or fit with quantize=None."
+        )
     try:
         import torchao  # noqa: F401
     except ImportError:
@@ -135,7 +143,7 @@ def calibration_images(
 
 def _prepared(runner: nn.Module, example: torch.Tensor) -> Any:
     """``runner`` traced and given observers (``torchao``'s ``prepare_pt2e``)."""
-    require_torchao()
+    require_int8(example.device)
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
 
