@@ -30,6 +30,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from _shared import DEFAULT_DATA, emit, machine, peak_rss_mib
 
 _HELD = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "PETALNET_CPU_BF16")
@@ -76,15 +77,6 @@ def _child(data: Path, n: int, mode: str) -> dict[str, Any]:
     return {"images": n, "mode": mode, "fit_s": round(seconds, 1), "peak_rss_mib": peak_rss_mib()}
 
 
-def _line(points: list[tuple[int, float]]) -> tuple[float, float]:
-    """Least squares ``seconds = a + b * n``."""
-    k = len(points)
-    mx = sum(n for n, _ in points) / k
-    my = sum(s for _, s in points) / k
-    b = sum((n - mx) * (s - my) for n, s in points) / max(sum((n - mx) ** 2 for n, _ in points), 1)
-    return my - b * mx, b
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -107,7 +99,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(runs[-1], flush=True)
     fits = {}
     for mode in ("float", "int8"):
-        a, b = _line([(r["images"], r["fit_s"]) for r in runs if r["mode"] == mode])
+        mine = [r for r in runs if r["mode"] == mode]
+        b, a = np.polyfit([r["images"] for r in mine], [r["fit_s"] for r in mine], 1)
         fits[mode] = {"fixed_s": round(a, 1), "ms_per_image": round(b * 1000, 2)}
     saved = fits["float"]["ms_per_image"] - fits["int8"]["ms_per_image"]
     extra = fits["int8"]["fixed_s"] - fits["float"]["fixed_s"]
