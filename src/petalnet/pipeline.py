@@ -36,6 +36,7 @@ from petalnet.features import (
     readable_rows,
 )
 from petalnet.images import ImageInput, Unreadable
+from petalnet.onednn import onednn_available, pack_convolutions
 from petalnet.preprocessing import Augmentation
 from petalnet.rows import empty_rows
 from petalnet.rowstore import RowStore
@@ -107,8 +108,17 @@ class ImagePipeline:
 
     @functools.cached_property
     def runner(self) -> nn.Module:
-        """The frozen, BN-folded copy that runs the backbone (made on first use)."""
-        return prepare_backbone(self.backbone, self.device)
+        """The frozen, BN-folded copy that runs the backbone (made on first use).
+
+        On the CPU its convolutions run as prepacked oneDNN calls with their activations
+        fused (:func:`~petalnet.onednn.pack_convolutions`; not for an int8 backbone, whose
+        compiled graph packs its own).
+        """
+        runner = prepare_backbone(self.backbone, self.device)
+        if self.device.type == "cpu" and self.backbone.meta.int8 is None and onednn_available():
+            # packing changes the module in place: never the backbone itself (it is saved)
+            runner = pack_convolutions(copy.deepcopy(runner) if runner is self.backbone else runner)
+        return runner
 
     @functools.cached_property
     def cache(self) -> RowStore | None:

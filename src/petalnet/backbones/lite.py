@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import math
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -171,12 +172,26 @@ class _SameConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride[0] == 1:
             return super().forward(x)
+        grown, padding = self.grown_kernel(x.shape[-2:])
+        return F.conv2d(x, grown, self.bias, self.stride, padding, groups=self.groups)
+
+    def grown_kernel(self, size: Sequence[int]) -> tuple[torch.Tensor, list[int]]:
+        """The kernel and the symmetric padding that compute "SAME" for an input size.
+
+        Args:
+            size: The input's ``(height, width)``.
+
+        Returns:
+            ``(kernel, [pad_h, pad_w])``: for a stride of 1 the weight and its padding.
+        """
+        if self.stride[0] == 1:
+            return self.weight, [int(p) for p in self.padding]
         k, s = self.kernel_size[0], self.stride[0]
-        (lo_h, hi_h), (lo_w, hi_w) = (_same_padding(size, k, s) for size in x.shape[-2:])
+        (lo_h, hi_h), (lo_w, hi_w) = (_same_padding(n, k, s) for n in size)
         grown: torch.Tensor | None = getattr(self, f"kernel_{hi_h - lo_h}{hi_w - lo_w}", None)
         if grown is None:  # trainable: grown from the weight at each step
             grown = F.pad(self.weight, [hi_w - lo_w, 0, hi_h - lo_h, 0])
-        return F.conv2d(x, grown, self.bias, s, (hi_h, hi_w), groups=self.groups)
+        return grown, [hi_h, hi_w]
 
     def freeze_kernels(self) -> None:
         """Grow the kernels once, for a frozen copy that only infers (``prepare_backbone``).

@@ -1,0 +1,96 @@
+"""Frozen CPU convolutions as prepacked oneDNN calls: the same rows, the backbone untouched."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import petalnet
+from petalnet.features import prepare_backbone
+from petalnet.onednn import PackedConv2d, onednn_available, pack_convolutions
+from petalnet.pipeline import ImagePipeline
+from petalnet.precision import autocast
+
+CPU = torch.device("cpu")
+
+pytestmark = pytest.mark.skipif(not onednn_available(), reason="torch built without oneDNN")
+
+
+def _packed(module: nn.Module) -> list[PackedConv2d]:
+    return [m for m in module.modules() if isinstance(m, PackedConv2d)]
+
+
+@pytest.mark.parametrize("precision", [torch.float32, torch.bfloat16])
+def test_packed_lite0_gives_the_rows_of_the_plain_front_at_every_shape(precision):
+    plain = prepare_backbone(petalnet.build_backbone("efficientnet_lite0", weights=None), CPU)
+    packed = pack_convolutions(copy.deepcopy(plain))
+    convs = _packed(packed)
+    assert len(convs) == 49  # every convolution of lite0
+    # each conv_bn with a ReLU6 takes it into its call; the projections have none
+    assert {c.activation for c in convs} == {"hardtanh", "none"}
+    assert not any(isinstance(m, nn.ReLU6) for m in packed.modules())
+    # odd and even sizes (every grown "SAME" kernel), two batch sizes
+    for shape in [(2, 3, 64, 64), (1, 3, 65, 71), (2, 3, 64, 64)]:
+        x = torch.randn(shape).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), autocast(CPU, precision):
+            want, got = plain(x), packed(x)
+        assert got.dtype == want.dtype
+        tolerance = 1e-5 if precision == torch.float32 else 2e-2
+        torch.testing.assert_close(got.float(), want.float(), rtol=tolerance, atol=tolerance)
+
+
+def test_a_relu_after_a_convolution_is_fused_and_the_rest_is_left_alone():
+    trainable = nn.Conv2d(4, 4, 3, padding=1)
+    frozen = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.Identity(),  # where BN folding leaves its batch norm
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding="same"),  # string padding: plain
+        nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"),  # not zeros: plain
+        nn.AdaptiveAvgPool2d(1),
+    ).requires_grad_(False)
+    model = nn.Sequential(frozen, trainable)
+    expected_plain = [frozen[3], frozen[4], trainable]
+    x = torch.randn(2, 3, 9, 9)
+    with torch.no_grad():
+        want = model(x)
+    pack_convolutions(model)
+    assert isinstance(frozen[0], PackedConv2d) and frozen[0].activation == "relu"
+    assert isinstance(frozen[2], nn.Identity)
+    assert [frozen[3], frozen[4], model[1]] == expected_plain  # unchanged objects
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_convolution_keeps_packed_weights_for_a_bounded_number_of_shapes(monkeypatch):
+    import petalnet.onednn as onednn
+
+    monkeypatch.setattr(onednn, "_SHAPES_KEPT", 2)
+    conv = PackedConv2d(nn.Conv2d(3, 4, 3, padding=1).requires_grad_(False))
+    with torch.inference_mode():
+        for n in (1, 2, 3, 3, 1):
+            conv(torch.randn(n, 3, 8, 8))
+    assert [key[0] for key in conv._packed] == [3, 1]  # the last two used, oldest dropped
+
+
+def test_petalnet_onednn_0_turns_packing_off(monkeypatch):
+    monkeypatch.setenv("PETALNET_ONEDNN", "0")
+    assert not onednn_available()
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).requires_grad_(False)
+    assert not _packed(pack_convolutions(model))
+
+
+def test_the_pipeline_packs_its_runner_and_never_the_backbone_it_saves():
+    # tiny_test has no batch norm: prepare_backbone hands back the backbone itself
+    backbone = petalnet.build_backbone("tiny_test")
+    state = {k: v.clone() for k, v in backbone.state_dict().items()}
+    pipeline = ImagePipeline(backbone, device=CPU, use_cache=False)
+    runner = pipeline.runner
+    assert _packed(runner) and not _packed(backbone)
+    assert backbone.state_dict().keys() == state.keys()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(runner(x), backbone(x), rtol=1e-5, atol=1e-5)
