@@ -65,6 +65,25 @@ def test_a_relu_after_a_convolution_is_fused_and_the_rest_is_left_alone():
         torch.testing.assert_close(model(x), want, rtol=1e-5, atol=1e-5)
 
 
+class _Reordered(nn.Sequential):
+    """A Sequential that does not run its children in order."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self[0](self[1](x))  # the ReLU first
+
+
+def test_no_activation_is_fused_where_a_sequential_runs_its_own_forward():
+    model = _Reordered(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()).requires_grad_(False)
+    x = torch.randn(1, 3, 6, 6)
+    with torch.no_grad():
+        want = model(x)
+    pack_convolutions(model)
+    assert isinstance(model[0], PackedConv2d) and model[0].activation == "none"
+    assert isinstance(model[1], nn.ReLU)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), want, rtol=1e-5, atol=1e-5)
+
+
 def test_a_convolution_keeps_packed_weights_for_a_bounded_number_of_shapes(monkeypatch):
     import petalnet.onednn as onednn
 

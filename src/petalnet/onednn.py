@@ -143,10 +143,11 @@ def pack_convolutions(module: nn.Module) -> nn.Module:
     """Replace the frozen CPU convolutions of ``module`` by :class:`PackedConv2d`, in place.
 
     A convolution directly followed by a ``ReLU`` or ``ReLU6`` in an ``nn.Sequential``
-    (BN-folded: an ``nn.Identity`` may sit between them) takes the activation into its call,
-    and the activation becomes an ``nn.Identity``. Convolutions that train, sit on a GPU,
-    use string or non-zero padding modes, or subclass ``nn.Conv2d`` with a forward of their
-    own (other than EfficientNet-Lite's) are left as they are.
+    that runs its children in order (BN-folded: an ``nn.Identity`` may sit between them)
+    takes the activation into its call, and the activation becomes an ``nn.Identity``.
+    Convolutions that train, sit on a GPU, use string or non-zero padding modes, or
+    subclass ``nn.Conv2d`` with a forward of their own (other than EfficientNet-Lite's)
+    are left as they are.
 
     Args:
         module: A frozen, eval-mode module that only infers (a prepared backbone).
@@ -165,7 +166,7 @@ def pack_convolutions(module: nn.Module) -> nn.Module:
                 continue
             assert isinstance(child, nn.Conv2d)
             activation, scalars = "none", list[float]()
-            if isinstance(parent, nn.Sequential):
+            if isinstance(parent, nn.Sequential) and type(parent).forward is nn.Sequential.forward:
                 after = [m for _, m in children[i + 1 :]]
                 while after and isinstance(after[0], nn.Identity):
                     after = after[1:]
