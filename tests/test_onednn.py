@@ -113,3 +113,45 @@ def test_the_pipeline_packs_its_runner_and_never_the_backbone_it_saves():
     x = torch.randn(2, 3, 32, 32)
     with torch.inference_mode():
         torch.testing.assert_close(runner(x), backbone(x), rtol=1e-5, atol=1e-5)
+
+
+class _Residual(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.expand = nn.Sequential(nn.Conv2d(channels, 4 * channels, 1), nn.ReLU6())
+        self.depthwise = nn.Sequential(
+            nn.Conv2d(4 * channels, 4 * channels, 3, padding=1, groups=4 * channels), nn.ReLU6()
+        )
+        self.project = nn.Conv2d(4 * channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.project(self.depthwise(self.expand(x)))
+
+
+def test_the_int8_graph_runs_as_onednn_calls_and_computes_what_it_did():
+    pytest.importorskip("torchao")
+    from petalnet.onednn import lower_int8_graph
+    from petalnet.quantize import calibrate_int8, int8_runner
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2, padding=1),
+        nn.ReLU(),
+        _Residual(8),
+        nn.Conv2d(8, 16, 1),  # no activation, then pooled in float
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    ).eval()
+    model.requires_grad_(False)
+    x = torch.rand(12, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    scales = calibrate_int8(model, x)
+    reference = int8_runner(model, scales, x[:8]).graph  # type: ignore[union-attr]
+    lowered = lower_int8_graph(copy.deepcopy(reference))
+    calls = [str(n.target) for n in lowered.graph.nodes if n.op == "call_function"]
+    assert "aten.conv2d.default" not in calls  # every convolution is one oneDNN call
+    assert calls.count("onednn.qconv2d_pointwise.binary") == 1  # the residual, fused
+    assert calls.count("onednn.qconv2d_pointwise.default") == 4
+    with torch.inference_mode():
+        want, got, floats = reference(x), lowered(x[:5]), model(x)
+    torch.testing.assert_close(got, want[:5], rtol=0.05, atol=0.05 * float(want.abs().max()))
+    assert torch.nn.functional.cosine_similarity(got, floats[:5]).min() > 0.98

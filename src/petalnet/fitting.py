@@ -198,7 +198,7 @@ def fit_model(
     # that chose the epoch count (exact for a frozen backbone, close for a fine-tuned one)
     chosen_by = model.calibration
     # a frozen backbone is the same network again: the refit keeps it (and its pipeline, its
-    # prepared copy and, with quantize="int8", its scales and compiled graph)
+    # prepared copy and, with quantize="int8", its scales and lowered int8 graph)
     frozen = model.backbone if params.strategy == "freeze" else None
     model = _Run(refit, everything, names, unreadable, pipeline_for, keep, frozen).train(None, "")
     model.selection_history = selection

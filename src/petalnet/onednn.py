@@ -1,5 +1,8 @@
 """Frozen CPU convolutions as one prepacked oneDNN call each, their ReLU fused in.
 
+Two forms, one idea: the float runner's ``nn.Conv2d`` modules (:func:`pack_convolutions`)
+and an int8 backbone's quantised graph (:func:`lower_int8_graph`).
+
 An eager ``nn.Conv2d`` on the CPU hands oneDNN its weight in PyTorch's plain layout on
 every call: oneDNN reorders it into its blocked layout each time, under autocast the
 weight is cast to bfloat16 first, and the ReLU6 after it is a second pass over the whole
@@ -11,21 +14,37 @@ ReLU6 in one ``torch.ops.mkldnn._convolution_pointwise`` call. The sums are the 
 lite0's front ran 1.12x faster in float32 held to AVX2 and about 1.9x faster in bfloat16
 on AMX (docs/benchmarks.md, "Speed levers").
 
-Only the module that computes rows is packed (``ImagePipeline.runner``); saved models,
-exports and the int8 path keep plain convolutions. ``PETALNET_ONEDNN=0`` turns packing
-off (to measure against it, or where a build's oneDNN misbehaves).
+Only the module that computes rows is packed (``ImagePipeline.runner``); saved models
+and exports keep plain convolutions. ``PETALNET_ONEDNN=0`` turns packing off (to measure
+against it, or where a build's oneDNN misbehaves).
+
+An int8 backbone's graph (:mod:`petalnet.quantize`: torchao's PT2E flow, every convolution
+between a ``dequantize`` of its uint8 input and a ``quantize`` of its output) gets the same
+treatment from :func:`lower_int8_graph`: each such chain becomes one
+``torch.ops.onednn.qconv2d_pointwise`` call on uint8 activations with its weight prepacked
+once, its ReLU/ReLU6 and its requantisation fused, and a residual ``add`` fused as oneDNN's
+``sum`` post-op. These are the calls Inductor emits for that graph; made directly they
+need no C++ compiler and no compile time (Inductor's first compile took 26 s) and run as
+fast (docs/benchmarks.md, "int8 without a compiler").
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import OrderedDict
 from typing import Any
 
 import torch
-from torch import nn
+from torch import fx, nn
 
-__all__ = ["PackedConv2d", "onednn_available", "pack_convolutions"]
+__all__ = [
+    "PackedConv2d",
+    "lower_int8_graph",
+    "onednn_available",
+    "onednn_int8_available",
+    "pack_convolutions",
+]
 
 _SHAPES_KEPT = 8
 """Input shapes whose packed weight a convolution keeps (batch sizes and crop sizes met)."""
@@ -177,3 +196,129 @@ def pack_convolutions(module: nn.Module) -> nn.Module:
                     parent[j] = nn.Identity()
             setattr(parent, name, PackedConv2d(child, activation, scalars))
     return module
+
+
+def onednn_int8_available() -> bool:
+    """Whether this torch has oneDNN's int8 convolution and it is not turned off.
+
+    Returns:
+        ``False`` with ``PETALNET_ONEDNN=0``, or where torch lacks the operators.
+    """
+    if not onednn_available():
+        return False
+    ops = torch.ops.onednn
+    return hasattr(ops, "qconv_prepack") and hasattr(ops, "qconv2d_pointwise")
+
+
+_UNARY = {
+    torch.ops.aten.hardtanh_.default: "hardtanh",
+    torch.ops.aten.hardtanh.default: "hardtanh",
+    torch.ops.aten.relu_.default: "relu",
+    torch.ops.aten.relu.default: "relu",
+}
+
+
+def _calls(node: Any, target: Any) -> bool:
+    return isinstance(node, fx.Node) and node.op == "call_function" and node.target == target
+
+
+def _only_user(node: fx.Node | None) -> fx.Node | None:
+    users = [] if node is None else list(node.users)
+    return users[0] if len(users) == 1 else None
+
+
+def _args(node: Any) -> tuple[Any, ...]:
+    """A node's arguments, untyped: which of them are nodes is what the caller checked."""
+    return tuple(node.args)
+
+
+def lower_int8_graph(graph: fx.GraphModule) -> fx.GraphModule:
+    """Replace each quantised convolution chain of ``graph`` by one oneDNN int8 call.
+
+    ``graph`` is a converted PT2E graph (``torchao``'s ``convert_pt2e``): a convolution
+    reads ``dequantize_per_tensor(uint8)`` and ``dequantize_per_channel(int8 weight)``.
+    Its weight is prepacked once (:func:`torch.ops.onednn.qconv_prepack`) and the chain
+    becomes one ``qconv2d_pointwise`` call:
+
+    * conv [→ ReLU/ReLU6 (``hardtanh``)] → ``quantize_per_tensor``: uint8 out, the
+      activation and the requantisation fused;
+    * conv → ``add(dequantize(q), ·)`` → ``quantize_per_tensor``: the residual added by
+      oneDNN's ``sum`` post-op into a copy of ``q`` (the ``.binary`` overload);
+    * otherwise float32 out (the activation still fused), for what follows in float.
+
+    Everything else (the input's quantisation, pooling) is left as it is, so the graph
+    computes what it did, to rounding: oneDNN's integer kernels instead of float ones on
+    dequantised values.
+
+    Args:
+        graph: The converted graph, changed in place.
+
+    Returns:
+        ``graph``, recompiled.
+    """
+    g = graph.graph
+    q = torch.ops.quantized_decomposed
+    for count, conv in enumerate(list(g.nodes)):
+        if not _calls(conv, torch.ops.aten.conv2d.default):
+            continue
+        x, w, bias, stride, padding, dilation, groups = (*_args(conv), *[None] * 7)[:7]
+        if not (
+            _calls(x, q.dequantize_per_tensor.default)
+            and _calls(w, q.dequantize_per_channel.default)
+            and w.args[3] == 0
+            and all(isinstance(n, fx.Node) and n.op == "get_attr" for n in w.args[:3])
+        ):
+            continue
+        xa, wa = _args(x), _args(w)
+        x_q = (xa[0], float(xa[1]), int(xa[2]))
+        qw, w_scale = (functools.reduce(getattr, n.target.split("."), graph) for n in wa[:2])
+        shape = (list(stride or [1, 1]), list(padding or [0, 0]), list(dilation or [1, 1]))
+        name = f"_onednn_qconv_{count}"
+        packed = torch.ops.onednn.qconv_prepack(qw, w_scale, *x_q[1:], *shape, groups or 1, None)
+        graph.register_buffer(name, packed, persistent=False)
+        w_q, rest = (wa[1], wa[2]), (bias, *shape, groups or 1)
+
+        post, attr, scalars = conv, "none", list[float]()
+        after = _only_user(conv)
+        if after is not None and after.op == "call_function" and after.target in _UNARY:
+            post, attr = after, _UNARY[after.target]
+            if attr == "hardtanh":
+                scalars = [float(a) for a in (*_args(after)[1:3], -1.0, 1.0)[:2]]
+        nxt = _only_user(post)
+        add_out = _only_user(nxt) if _calls(nxt, torch.ops.aten.add.Tensor) else None
+        other: Any = None
+        if attr == "none" and _calls(add_out, q.quantize_per_tensor.default):
+            operands = [a for a in _args(nxt) if a is not post]
+            if len(operands) == 1 and _calls(operands[0], q.dequantize_per_tensor.default):
+                other = operands[0]
+
+        out_q: tuple[Any, ...]
+        middle: tuple[Any, ...] = ()
+        post_op: tuple[Any, ...] = (attr, scalars, "")
+        target = torch.ops.onednn.qconv2d_pointwise.default
+        if nxt is not None and _calls(nxt, q.quantize_per_tensor.default):  # uint8 out
+            out_q = (float(_args(nxt)[1]), int(_args(nxt)[2]), None)
+            replaced, dead, where = nxt, [nxt, post, conv], nxt
+        elif other is not None and add_out is not None and nxt is not None:  # residual sum
+            out_q = (float(_args(add_out)[1]), int(_args(add_out)[2]), None)
+            oa = _args(other)
+            with g.inserting_after(add_out):  # oneDNN adds into it: a copy of the uint8 input
+                accumulator = g.call_function(torch.ops.aten.clone.default, (oa[0],))
+            replaced, dead, where = add_out, [add_out, nxt, conv], accumulator
+            target, middle = torch.ops.onednn.qconv2d_pointwise.binary, (accumulator,)
+            post_op = (float(oa[1]), int(oa[2]), "sum", 1.0, "none", [], "")
+        else:  # float32 out, for what follows in float
+            out_q = (1.0, 0, torch.float32)
+            replaced, dead, where = post, [post, conv], post
+        with g.inserting_after(where):
+            weight = g.get_attr(name)
+        with g.inserting_after(weight):
+            args = (*x_q, weight, *w_q, *middle, *rest, *out_q, *post_op)
+            new = g.call_function(target, args)
+        replaced.replace_all_uses_with(new)
+        for node in dict.fromkeys(dead):  # in place (hardtanh_): dead code elimination keeps it
+            if not node.users:
+                g.erase_node(node)
+    g.eliminate_dead_code()
+    graph.recompile()
+    return graph

@@ -112,7 +112,7 @@ class ImagePipeline:
 
         On the CPU its convolutions run as prepacked oneDNN calls with their activations
         fused (:func:`~petalnet.onednn.pack_convolutions`; not for an int8 backbone, whose
-        compiled graph packs its own).
+        int8 graph is lowered to oneDNN int8 calls: :func:`~petalnet.onednn.lower_int8_graph`).
         """
         runner = prepare_backbone(self.backbone, self.device)
         if self.device.type == "cpu" and self.backbone.meta.int8 is None and onednn_available():

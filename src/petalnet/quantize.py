@@ -3,7 +3,9 @@
 ``FlowerClassifier(quantize="int8")`` runs its frozen backbone through post-training
 static quantisation: ``torchao``'s PT2E flow with ``X86InductorQuantizer`` (per-channel
 int8 weights, per-tensor activations observed on :data:`CALIBRATION_IMAGES` training
-images), compiled by Inductor into oneDNN's int8 kernels. Activations use 7 bits
+images), whose convolutions then run as oneDNN's int8 kernels, called directly
+(:func:`~petalnet.onednn.lower_int8_graph`: no C++ compiler, no compile time, the calls
+Inductor would emit). Activations use 7 bits
 (``reduce_range``): CPUs without VNNI (AVX2 only) saturate 8-bit products at 16 bits, and
 one setting everywhere means a model calibrated on one CPU runs correctly on any other
 (their int8 kernels round alike to within a few units of the last bit, not bit for bit).
@@ -13,13 +15,14 @@ The activation scales are what depends on the calibration images, so they are da
 checkpoint and part of the row store's namespace. Weights' scales follow from the weights.
 A loaded model rebuilds the same graph from its scales, without its training images.
 
-Where Inductor cannot compile (no C++ compiler), the same int8 graph runs uncompiled with
-a warning: the same quantisation, but slower than float32. ``torchao`` is an optional
+Where torch has no oneDNN int8 convolution, the same int8 graph runs in reference kernels
+with a warning: the same quantisation, but slower than float32. ``torchao`` is an optional
 dependency (``pip install 'petalnet[int8]'``); this module imports it only when asked.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import warnings
@@ -28,10 +31,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from petalnet.errors import DataError, ImageReadError, PetalnetError, PetalnetWarning
 from petalnet.images import ImageInput, image_to_tensor
+from petalnet.onednn import lower_int8_graph, onednn_int8_available
 from petalnet.preprocessing import Preprocessing
 
 __all__ = [
@@ -46,7 +50,7 @@ __all__ = [
 CALIBRATION_IMAGES = 128
 """Training images the activation observers see (evenly spaced over the sorted list)."""
 
-_EXPORT_BATCH = 8  # the example batch the graph is traced with; any batch runs it
+_EXAMPLE_BATCH = 8  # the example batch the graph is traced with; any batch runs it
 
 
 def require_int8(device: torch.device) -> None:
@@ -191,7 +195,7 @@ def calibrate_int8(runner: nn.Module, images: torch.Tensor) -> Int8Scales:
         PetalnetError: ``torchao`` is missing, or the backbone cannot be traced.
     """
     images = images.contiguous(memory_format=torch.channels_last)
-    prepared = _prepared(runner, images[:_EXPORT_BATCH])
+    prepared = _prepared(runner, images[:_EXAMPLE_BATCH])
     with torch.no_grad():
         for first in range(0, len(images), 32):
             prepared(images[first : first + 32])
@@ -203,55 +207,34 @@ def calibrate_int8(runner: nn.Module, images: torch.Tensor) -> Int8Scales:
 
 
 class _Int8Runner(nn.Module):
-    """The quantised graph, compiled on its first call (uncompiled where that fails).
+    """The quantised graph, its convolutions run by oneDNN's int8 kernels.
 
-    Inductor lowers the graph to oneDNN's int8 kernels only for static shapes (compiled with
-    dynamic shapes it ran 2.7x slower), so it always sees batches of :data:`_EXPORT_BATCH`:
-    a larger batch runs in such chunks and the last chunk is padded with zeros.
+    ``graph`` is the converted PT2E graph (reference kernels on dequantised values: what a
+    ``.pt2`` export holds); ``lowered`` is a copy whose quantised convolution chains are
+    single prepacked oneDNN calls (:func:`~petalnet.onednn.lower_int8_graph`), or ``None``
+    where this torch has no oneDNN int8 convolution (``graph`` runs then, with a warning,
+    slower than float32).
     """
 
-    def __init__(self, graph: nn.Module) -> None:
+    def __init__(self, graph: fx.GraphModule) -> None:
         super().__init__()
         self.graph = graph
-        self.compiled: Any = None
+        self.lowered: fx.GraphModule | None = None
+        if onednn_int8_available():
+            self.lowered = lower_int8_graph(copy.deepcopy(graph))
+        else:
+            warnings.warn(
+                "quantize='int8': this torch has no oneDNN int8 convolution (or "
+                "PETALNET_ONEDNN=0 is set), so the int8 backbone runs in reference kernels, "
+                "slower than float32; use a CPU build of torch with oneDNN, or quantize=None.",
+                PetalnetWarning,
+                stacklevel=4,
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        import torch._inductor.config
-
-        n = x.shape[0]
-        if n % _EXPORT_BATCH:
-            pad = x.new_zeros((_EXPORT_BATCH - n % _EXPORT_BATCH, *x.shape[1:]))
-            x = torch.cat([x, pad])
-        chunks = [
-            x[i : i + _EXPORT_BATCH].contiguous(memory_format=torch.channels_last)
-            for i in range(0, len(x), _EXPORT_BATCH)
-        ]
-        if self.compiled is None:
-            self.compiled = _compile(self.graph, chunks[0])
-        with torch._inductor.config.patch(freezing=True):  # constant weights: prepacked
-            out = torch.cat([self.compiled(c) for c in chunks])
-        return out[:n]
-
-
-def _compile(graph: nn.Module, x: torch.Tensor) -> Any:
-    """Inductor's compile of ``graph``, tried on ``x``; ``graph`` itself where it fails."""
-    import torch._inductor.config
-
-    compiled = torch.compile(graph, dynamic=False)
-    try:
-        with torch._inductor.config.patch(freezing=True):
-            compiled(x)
-    except Exception as exc:  # no C++ compiler, an unsupported platform
-        warnings.warn(
-            "quantize='int8': Inductor could not compile the int8 backbone "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}); "
-            "running it uncompiled, which is slower than float32. Install a C++ compiler "
-            "(e.g. apt-get install g++) or use quantize=None.",
-            PetalnetWarning,
-            stacklevel=4,
-        )
-        return graph
-    return compiled
+        x = x.contiguous(memory_format=torch.channels_last)
+        out: torch.Tensor = (self.lowered or self.graph)(x)
+        return out
 
 
 def int8_runner(runner: nn.Module, scales: Int8Scales, example: torch.Tensor) -> nn.Module:
