@@ -12,7 +12,7 @@ import torch
 
 import petalnet
 from conftest import FITTED_PARAMS
-from petalnet import fitting
+from petalnet import fitting, quantize
 from petalnet.backbones.registry import build_backbone
 from petalnet.errors import ExportOptionsError, PetalnetError, PetalnetWarning
 from petalnet.features import feature_cache, prepare_backbone
@@ -86,6 +86,29 @@ def test_int8_rows_are_close_to_float_but_stored_apart(tmp_path, flowers_root):
     assert len({s.namespace for s in stores if s is not None}) == 3
 
 
+def test_the_graph_is_traced_once_to_calibrate_and_run(flowers_root, monkeypatch):
+    backbone = build_backbone("tiny_test")
+    x = _batch(backbone, _images(flowers_root))
+    traces = []
+    real = quantize._export
+    monkeypatch.setattr(quantize, "_export", lambda *a: traces.append(1) or real(*a))
+    monkeypatch.setattr(quantize, "_LAST_TRACE", [])  # nothing traced before this test
+    runner = prepare_backbone(backbone, torch.device("cpu"))
+    scales = calibrate_int8(runner, x)
+    again = prepare_backbone(backbone.derive(int8=scales), torch.device("cpu"))  # a new copy
+    assert len(traces) == 1  # the same weights: the calibration's trace is reused
+    with torch.inference_mode():
+        rows = again(x)
+    other = prepare_backbone(build_backbone("tiny_test"), torch.device("cpu"))
+    with torch.no_grad():
+        next(other.parameters()).add_(0.5)  # other weights: traced anew
+    int8_runner(other, scales, x[:2])
+    assert len(traces) == 2
+    quantised = prepare_backbone(backbone.derive(int8=scales), torch.device("cpu"))
+    with torch.inference_mode():  # rebuilt from a trace of the same weights: the same rows
+        torch.testing.assert_close(quantised(x), rows, rtol=0, atol=0)
+
+
 def test_refit_reuses_the_first_runs_scales(flowers_root, tmp_path, monkeypatch):
     calls = []
     real = fitting.calibrate_int8
@@ -97,7 +120,8 @@ def test_refit_reuses_the_first_runs_scales(flowers_root, tmp_path, monkeypatch)
     clf = petalnet.FlowerClassifier(**{**INT8, "refit": True, "epochs": 2}, cache_dir=tmp_path).fit(
         flowers_root
     )
-    assert calls == [len(sorted((flowers_root / "train").glob("*/*.jpg")))]
+    train = len(sorted((flowers_root / "train").glob("*/*.jpg")))
+    assert calls == [min(train, quantize.CALIBRATION_IMAGES)]  # once, not again for the refit
     assert clf.fitted_model().backbone.meta.int8 is not None
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 import warnings
 from collections.abc import Sequence
@@ -47,7 +48,7 @@ __all__ = [
     "require_int8",
 ]
 
-CALIBRATION_IMAGES = 128
+CALIBRATION_IMAGES = 64
 """Training images the activation observers see (evenly spaced over the sorted list)."""
 
 _EXAMPLE_BATCH = 8  # the example batch the graph is traced with; any batch runs it
@@ -145,15 +146,32 @@ def calibration_images(
     return torch.stack(read)
 
 
-def _prepared(runner: nn.Module, example: torch.Tensor) -> Any:
-    """``runner`` traced and given observers (``torchao``'s ``prepare_pt2e``)."""
-    require_int8(example.device)
-    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
-    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+_LAST_TRACE: list[tuple[tuple[Any, ...], nn.Module]] = []
+"""The last traced graph and its key: a fit traces once to calibrate, once to run."""
 
+
+def _trace_key(runner: nn.Module, example: torch.Tensor) -> tuple[Any, ...]:
+    """What a trace depends on: the module's type, its tensors' values, the input's shape."""
+    digest = hashlib.sha256()
+    # parameters and every buffer, unsaved ones too (lite's grown kernels)
+    for name, tensor in itertools.chain(runner.named_parameters(), runner.named_buffers()):
+        data = tensor.detach().cpu().contiguous().view(-1).view(torch.uint8)
+        digest.update(name.encode() + data.numpy().tobytes())
+    return (type(runner), tuple(example.shape[1:]), example.dtype, digest.hexdigest())
+
+
+def _traced(runner: nn.Module, example: torch.Tensor) -> nn.Module:
+    """``runner`` traced by ``torch.export`` with a dynamic batch (the last trace reused)."""
+    key = _trace_key(runner, example)
+    if not (_LAST_TRACE and _LAST_TRACE[0][0] == key):
+        _LAST_TRACE[:] = [(key, _export(runner, example))]
+    return copy.deepcopy(_LAST_TRACE[0][1])  # prepare_pt2e annotates its graph in place
+
+
+def _export(runner: nn.Module, example: torch.Tensor) -> nn.Module:
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     try:
-        graph = torch.export.export(
+        return torch.export.export(
             runner, (example,), dynamic_shapes=({0: batch},), strict=True
         ).module()
     except Exception as exc:  # torch.export names the construct it cannot trace
@@ -161,9 +179,17 @@ def _prepared(runner: nn.Module, example: torch.Tensor) -> Any:
             "quantize='int8' could not trace this backbone with torch.export "
             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); use quantize=None."
         ) from None
+
+
+def _prepared(runner: nn.Module, example: torch.Tensor) -> Any:
+    """``runner`` traced and given observers (``torchao``'s ``prepare_pt2e``)."""
+    require_int8(example.device)
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
+
     quantizer = xiq.X86InductorQuantizer()
     quantizer.set_global(xiq.get_default_x86_inductor_quantization_config(reduce_range=True))
-    return prepare_pt2e(graph, quantizer)
+    return prepare_pt2e(_traced(runner, example), quantizer)
 
 
 def _activation_observers(prepared: Any) -> list[tuple[str, Any]]:
