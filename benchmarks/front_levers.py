@@ -20,7 +20,9 @@ the same preprocessed images, one after the other:
   images), compiled by Inductor, against eager float32: images per second, the time to
   quantise and compile, and how far the rows move (cosine, relative error). Once with
   8-bit activations, once with ``reduce_range``'s 7-bit ones, which CPUs without VNNI
-  need: their int8 multiply-add saturates at 16 bits.
+  need: their int8 multiply-add saturates at 16 bits. Beside the compiled graph, the same
+  graph as direct oneDNN int8 calls (``petalnet.onednn.lower_int8_graph``, what
+  ``quantize="int8"`` runs: no compile).
 * **fused activation**: each convolution and its ReLU6 in one oneDNN call
   (``torch.ops.mkldnn._convolution_pointwise``, what Inductor emits) against the plain
   two calls, once with the weight in PyTorch's layout (reordered by oneDNN on every call)
@@ -37,6 +39,7 @@ import argparse
 import copy
 import importlib.util
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -52,7 +55,7 @@ from petalnet._allocator import keep_cpu_buffers
 from petalnet.backbones import lite
 from petalnet.features import prepare_backbone
 from petalnet.images import read_image
-from petalnet.onednn import pack_convolutions
+from petalnet.onednn import lower_int8_graph, pack_convolutions
 from petalnet.precision import autocast, cpu_has_native_bf16
 
 _CPU = torch.device("cpu")
@@ -163,6 +166,9 @@ def _int8(
     start = time.perf_counter()
     quantized = quantise_int8(front, calibration, reduce_range)
     quantise_s = time.perf_counter() - start
+    start = time.perf_counter()
+    lowered = lower_int8_graph(copy.deepcopy(quantized))  # what petalnet runs
+    lower_s = time.perf_counter() - start
     torch._inductor.config.freezing = True
     compiled = torch.compile(quantized)
     start = time.perf_counter()
@@ -170,21 +176,34 @@ def _int8(
         compiled(images[:8])
     compile_s = time.perf_counter() - start
 
-    def int8(b: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            result: torch.Tensor = compiled(b)
-            return result
+    def runs(module: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+        def run(b: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode():
+                result: torch.Tensor = module(b)
+                return result
 
-    rate, rows = _rate(int8, images, 8)
+        return run
+
+    rate, rows = _rate(runs(compiled), images, 8)
+    direct_rate, direct_rows = _rate(runs(lowered), images, 8)
     result = {
         "reduce_range": reduce_range,
         "float32_eager_img_per_s": round(base_rate, 1),
         "int8_compiled_img_per_s": round(rate, 1),
+        "int8_onednn_calls_img_per_s": round(direct_rate, 1),
         "speedup": round(rate / base_rate, 2),
+        "onednn_calls_speedup": round(direct_rate / base_rate, 2),
         "quantise_s": round(quantise_s, 1),
         "compile_s": round(compile_s, 1),
+        "lower_s": round(lower_s, 2),
         "row_cosine": round(float(F.cosine_similarity(rows, base_rows).mean()), 4),
         "row_relative_error": round(float((rows - base_rows).norm() / base_rows.norm()), 4),
+        "onednn_calls_row_cosine": round(
+            float(F.cosine_similarity(direct_rows, base_rows).mean()), 4
+        ),
+        "onednn_calls_against_compiled_cosine": round(
+            float(F.cosine_similarity(direct_rows, rows).mean()), 4
+        ),
     }
     print(result, flush=True)
     return result
@@ -266,6 +285,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--images", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=3, help="alternations (best kept)")
     ap.add_argument("--no-int8", action="store_true", help="skip the int8 lever")
+    ap.add_argument("--only", choices=["padding", "fused", "int8"], help="measure this lever alone")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     keep_cpu_buffers()  # as a CPU fit does
@@ -285,17 +305,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     return emit(
         {
-            "command": f"python benchmarks/front_levers.py --images {args.images}",
+            "command": "python benchmarks/front_levers.py "
+            + " ".join(argv if argv is not None else sys.argv[1:]),
             "date": time.strftime("%Y-%m-%d"),
             "torch": torch.__version__,
             **machine(),
             "held_to": held,
             "cpu_bf16": cpu_has_native_bf16(),
             "images": len(images),
-            "same_padding": _padding(front, images, args.repeats),
-            "fused_activation": _fused_activation(front, images, args.repeats),
+            "same_padding": _padding(front, images, args.repeats)
+            if args.only in (None, "padding")
+            else "skipped",
+            "fused_activation": _fused_activation(front, images, args.repeats)
+            if args.only in (None, "fused")
+            else "skipped",
             "int8": "skipped"
-            if args.no_int8
+            if args.no_int8 or args.only not in (None, "int8")
             else [_int8(front, calibration, images, r) for r in (False, True)],
         },
         args.json,

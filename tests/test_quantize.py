@@ -17,7 +17,13 @@ from petalnet.backbones.registry import build_backbone
 from petalnet.errors import ExportOptionsError, PetalnetError, PetalnetWarning
 from petalnet.features import feature_cache, prepare_backbone
 from petalnet.images import read_image
-from petalnet.quantize import Int8Scales, calibrate_int8, calibration_images, int8_runner
+from petalnet.quantize import (
+    Int8Scales,
+    calibrate_int8,
+    calibration_images,
+    int8_runner,
+    resolve_quantize,
+)
 
 pytest.importorskip("torchao")
 
@@ -137,7 +143,9 @@ def test_calibration_takes_evenly_spaced_readable_images(flowers_root, tmp_path)
 
 
 def test_int8_needs_a_frozen_backbone_the_cpu_and_torchao(flowers_root, monkeypatch):
-    with pytest.raises(ValueError, match="quantize must be None unless strategy is 'freeze'"):
+    with pytest.raises(
+        ValueError, match="quantize must be None or 'auto' unless strategy is 'freeze'"
+    ):
         petalnet.FlowerClassifier(**INT8, strategy="freeze_unfreeze").fit(flowers_root)
     scales = Int8Scales((("activation_post_process_0", 0.1, 0),))
     with pytest.raises(PetalnetError, match="CPU only"):
@@ -145,6 +153,39 @@ def test_int8_needs_a_frozen_backbone_the_cpu_and_torchao(flowers_root, monkeypa
     monkeypatch.setitem(sys.modules, "torchao", None)  # as if it were not installed
     with pytest.raises(PetalnetError, match=r"pip install 'petalnet\[int8\]'"):
         petalnet.FlowerClassifier(**INT8).fit(flowers_root)
+
+
+def test_auto_quantises_a_frozen_backbone_where_the_cpu_runs_onednn_int8(flowers_root, monkeypatch):
+    cpu = torch.device("cpu")
+    assert resolve_quantize("auto", "freeze", cpu) == "int8"  # this x86 CPU, torchao installed
+    assert resolve_quantize("int8", "freeze", cpu) == "int8"
+    assert resolve_quantize(None, "freeze", cpu) is None
+    assert resolve_quantize("auto", "freeze_unfreeze", cpu) is None  # nothing stays frozen
+    assert resolve_quantize("auto", "freeze", torch.device("meta")) is None  # not the CPU
+    clf = petalnet.FlowerClassifier(**{**INT8, "quantize": "auto", "epochs": 2}).fit(flowers_root)
+    assert clf.fitted_model().backbone.meta.int8 is not None
+    assert clf.get_params()["quantize"] == "auto"  # the parameter as given; the backbone says
+    # a fine-tuning strategy with "auto" is not an error: it runs in floating point
+    tuned = {**INT8, "quantize": "auto", "strategy": "full", "epochs": 1}
+    assert (
+        petalnet.FlowerClassifier(**tuned).fit(flowers_root).fitted_model().backbone.meta.int8
+        is None
+    )
+    monkeypatch.setenv("PETALNET_ONEDNN", "0")  # as a torch without oneDNN's int8 kernels
+    assert resolve_quantize("auto", "freeze", cpu) is None
+    monkeypatch.delenv("PETALNET_ONEDNN")
+    monkeypatch.setitem(sys.modules, "torchao", None)  # as if it were not installed
+    assert resolve_quantize("auto", "freeze", cpu) is None
+
+
+def test_an_int8_model_computes_on_the_cpu_where_the_device_is_auto(
+    int8_fitted, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
+    assert fitting.resolve_device("auto").type == "cuda"
+    path = int8_fitted.save(tmp_path / "int8.pt")
+    loaded = petalnet.FlowerClassifier.load(path, cache_dir=tmp_path / "cache")
+    assert loaded.pipeline_.device.type == "cpu"  # not the GPU, where int8 cannot run
 
 
 def test_scales_of_another_graph_are_refused():

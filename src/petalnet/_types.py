@@ -54,8 +54,9 @@ Split = Literal["grouped", "stratified"]
 copies and other shots of one plant on one side (the data doctor's groups), or per class at
 random."""
 
-Quantize = Literal["int8"]
-"""How a frozen backbone may be quantised (``None``: it runs in floating point)."""
+Quantize = Literal["int8", "auto"]
+"""How a frozen backbone may be quantised (``None``: it runs in floating point; ``"auto"``:
+int8 where the CPU runs oneDNN's int8 kernels and torchao is installed, else ``None``)."""
 
 ClassWeight = Literal["balanced"]
 """Class weighting of the loss: ``"balanced"`` (or ``None`` for none)."""

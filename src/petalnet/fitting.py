@@ -39,7 +39,13 @@ from petalnet.images import Unreadable
 from petalnet.params import ClassifierParams, param_specs
 from petalnet.pipeline import ImagePipeline
 from petalnet.precision import resolve_precision
-from petalnet.quantize import Int8Scales, calibrate_int8, calibration_images, require_int8
+from petalnet.quantize import (
+    Int8Scales,
+    calibrate_int8,
+    calibration_images,
+    require_int8,
+    resolve_quantize,
+)
 from petalnet.strategy import plan_training, training_batches, validation_views
 from petalnet.training import Trainer, seeded
 
@@ -79,8 +85,10 @@ def make_pipeline(params: ClassifierParams, backbone: FeatureExtractor) -> Image
     Raises:
         PetalnetError: The device asked for is not available here.
     """
-    device = distributed.local_device(resolve_device(params.device))
     int8 = backbone.meta.int8 is not None  # an int8 graph computes in int8, never autocast
+    # and on the CPU only: there "auto" finds it (fast-cpu's model loaded on a GPU machine)
+    wanted = "cpu" if int8 and params.device in (None, "auto") else params.device
+    device = distributed.local_device(resolve_device(wanted))
     return ImagePipeline(
         backbone,
         device=device,
@@ -250,7 +258,8 @@ class _Run:
         backbone = self.backbone
         if backbone is None:
             backbone = build_backbone(params.backbone, params.weights)
-            if params.quantize == "int8":
+            device = distributed.local_device(resolve_device(params.device))
+            if resolve_quantize(params.quantize, params.strategy, device) == "int8":
                 backbone = backbone.derive(int8=self.calibrate_int8(backbone))
         plan = plan_training(
             backbone,

@@ -29,7 +29,7 @@ import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import fx, nn
@@ -46,6 +46,7 @@ __all__ = [
     "calibration_images",
     "int8_runner",
     "require_int8",
+    "resolve_quantize",
 ]
 
 CALIBRATION_IMAGES = 64
@@ -75,6 +76,32 @@ def require_int8(device: torch.device) -> None:
             "quantize='int8' needs torchao, which is not installed: "
             "pip install 'petalnet[int8]' (or use quantize=None)."
         ) from None
+
+
+def resolve_quantize(
+    quantize: str | None, strategy: str, device: torch.device
+) -> Literal["int8"] | None:
+    """Whether a fit quantises its backbone: the one place ``quantize="auto"`` is decided.
+
+    Args:
+        quantize: ``None``, ``"int8"`` or ``"auto"``.
+        strategy: The fine-tuning strategy (only ``"freeze"`` keeps a backbone to quantise).
+        device: Where the backbone computes.
+
+    Returns:
+        ``"int8"`` for ``"int8"``; for ``"auto"``, ``"int8"`` where the backbone stays frozen
+        on a CPU whose torch runs oneDNN's int8 convolution (x86) and torchao is installed
+        (the CPUs where it measured faster: docs/benchmarks.md), else ``None``.
+    """
+    if quantize != "auto":
+        return "int8" if quantize == "int8" else None
+    if strategy != "freeze" or device.type != "cpu" or not onednn_int8_available():
+        return None
+    try:
+        import torchao  # noqa: F401
+    except ImportError:
+        return None
+    return "int8"
 
 
 @dataclass(frozen=True)
