@@ -23,6 +23,15 @@ def _packed(module: nn.Module) -> list[PackedConv2d]:
     return [m for m in module.modules() if isinstance(m, PackedConv2d)]
 
 
+def _pack_keeping_the_output(model: nn.Module, x: torch.Tensor) -> None:
+    """Pack ``model`` in place and check that it computes what it did."""
+    with torch.no_grad():
+        want = model(x)
+    pack_convolutions(model)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), want, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("precision", [torch.float32, torch.bfloat16])
 def test_packed_lite0_gives_the_rows_of_the_plain_front_at_every_shape(precision):
     plain = prepare_backbone(petalnet.build_backbone("efficientnet_lite0", weights=None), CPU)
@@ -54,15 +63,10 @@ def test_a_relu_after_a_convolution_is_fused_and_the_rest_is_left_alone():
     ).requires_grad_(False)
     model = nn.Sequential(frozen, trainable)
     expected_plain = [frozen[3], frozen[4], trainable]
-    x = torch.randn(2, 3, 9, 9)
-    with torch.no_grad():
-        want = model(x)
-    pack_convolutions(model)
+    _pack_keeping_the_output(model, torch.randn(2, 3, 9, 9))
     assert isinstance(frozen[0], PackedConv2d) and frozen[0].activation == "relu"
     assert isinstance(frozen[2], nn.Identity)
     assert [frozen[3], frozen[4], model[1]] == expected_plain  # unchanged objects
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), want, rtol=1e-5, atol=1e-5)
 
 
 class _Reordered(nn.Sequential):
@@ -74,14 +78,9 @@ class _Reordered(nn.Sequential):
 
 def test_no_activation_is_fused_where_a_sequential_runs_its_own_forward():
     model = _Reordered(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()).requires_grad_(False)
-    x = torch.randn(1, 3, 6, 6)
-    with torch.no_grad():
-        want = model(x)
-    pack_convolutions(model)
+    _pack_keeping_the_output(model, torch.randn(1, 3, 6, 6))
     assert isinstance(model[0], PackedConv2d) and model[0].activation == "none"
     assert isinstance(model[1], nn.ReLU)
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), want, rtol=1e-5, atol=1e-5)
 
 
 def test_a_convolution_keeps_packed_weights_for_a_bounded_number_of_shapes(monkeypatch):
