@@ -26,6 +26,7 @@ import copy
 import hashlib
 import itertools
 import json
+import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,6 +56,25 @@ CALIBRATION_IMAGES = 64
 _EXAMPLE_BATCH = 8  # the example batch the graph is traced with; any batch runs it
 
 
+def _import_torchao() -> bool:
+    """Import ``torchao`` (once); whether it is installed.
+
+    Its import makes torch log a deprecation meant for torchao's developers (an Enum given
+    to ``register_constant``), which would be the one line a user sees from a fit or a
+    notebook cell: that logger is held at ERROR during the import.
+    """
+    pytree_log = logging.getLogger("torch.utils._pytree")
+    level = pytree_log.level
+    pytree_log.setLevel(logging.ERROR)
+    try:
+        import torchao  # noqa: F401
+    except ImportError:
+        return False
+    finally:
+        pytree_log.setLevel(level)
+    return True
+
+
 def require_int8(device: torch.device) -> None:
     """Fail with what to do where an int8 backbone cannot run: off the CPU, or without torchao.
 
@@ -69,13 +89,11 @@ def require_int8(device: torch.device) -> None:
             f"quantize='int8' computes on the CPU only, but the device is {device.type!r}: "
             "use device='cpu', or fit with quantize=None."
         )
-    try:
-        import torchao  # noqa: F401
-    except ImportError:
+    if not _import_torchao():
         raise PetalnetError(
             "quantize='int8' needs torchao, which is not installed: "
             "pip install 'petalnet[int8]' (or use quantize=None)."
-        ) from None
+        )
 
 
 def resolve_quantize(
@@ -97,11 +115,7 @@ def resolve_quantize(
         return "int8" if quantize == "int8" else None
     if strategy != "freeze" or device.type != "cpu" or not onednn_int8_available():
         return None
-    try:
-        import torchao  # noqa: F401
-    except ImportError:
-        return None
-    return "int8"
+    return "int8" if _import_torchao() else None
 
 
 @dataclass(frozen=True)
