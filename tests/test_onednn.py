@@ -154,3 +154,20 @@ def test_the_int8_graph_runs_as_onednn_calls_and_computes_what_it_did():
         want, got, floats = reference(x), lowered(x[:5]), model(x)
     torch.testing.assert_close(got, want[:5], rtol=0.05, atol=0.05 * float(want.abs().max()))
     assert torch.nn.functional.cosine_similarity(got, floats[:5]).min() > 0.98
+
+
+def test_a_torchvision_resnet_lowers_as_well():
+    pytest.importorskip("torchao")
+    from petalnet.quantize import calibrate_int8, int8_runner
+
+    torch.manual_seed(0)
+    backbone = petalnet.build_backbone("resnet18", weights=None)  # ReLU after the residual add
+    runner = prepare_backbone(backbone, CPU)
+    x = torch.rand(12, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    int8 = int8_runner(runner, calibrate_int8(runner, x[:8]), x[:8])
+    calls = [str(n.target) for n in int8.lowered.graph.nodes if n.op == "call_function"]  # type: ignore[union-attr]
+    assert "aten.conv2d.default" not in calls
+    assert calls.count("onednn.qconv2d_pointwise.default") == 20
+    with torch.inference_mode():
+        got, want = int8(x[8:]), int8.graph(x[8:])  # type: ignore[operator]
+    assert torch.nn.functional.cosine_similarity(got, want).min() > 0.99
