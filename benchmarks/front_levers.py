@@ -71,6 +71,19 @@ def _padded_input_forward(self: lite._SameConv2d, x: torch.Tensor) -> torch.Tens
     return F.conv2d(x, self.weight, self.bias, s, 0, groups=self.groups)
 
 
+def _inferring(
+    module: Any, precision: torch.dtype = torch.float32
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``module`` as a function of a batch: inference mode, autocast to ``precision``."""
+
+    def run(b: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), autocast(_CPU, precision):
+            result: torch.Tensor = module(b)
+            return result
+
+    return run
+
+
 def _rate(
     run: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, batch: int
 ) -> tuple[float, torch.Tensor]:
@@ -86,12 +99,7 @@ def _padding(front: torch.nn.Module, images: torch.Tensor, repeats: int) -> list
     precisions = [torch.float32] + ([torch.bfloat16] if cpu_has_native_bf16() else [])
     out = []
     for precision in precisions:
-
-        def run(b: torch.Tensor, precision: torch.dtype = precision) -> torch.Tensor:
-            with torch.inference_mode(), autocast(_CPU, precision):
-                result: torch.Tensor = front(b)
-                return result
-
+        run = _inferring(front, precision)
         for batch in (8, 32):
             rates: dict[str, list[float]] = {"padded": [], "grown": []}
             rows = {}
@@ -157,12 +165,7 @@ def _int8(
     if importlib.util.find_spec("torchao") is None:
         return "torchao is not installed"
 
-    def eager(b: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            result: torch.Tensor = front(b)
-            return result
-
-    base_rate, base_rows = _rate(eager, images, 8)
+    base_rate, base_rows = _rate(_inferring(front), images, 8)
     start = time.perf_counter()
     quantized = quantise_int8(front, calibration, reduce_range)
     quantise_s = time.perf_counter() - start
@@ -176,16 +179,8 @@ def _int8(
         compiled(images[:8])
     compile_s = time.perf_counter() - start
 
-    def runs(module: Any) -> Callable[[torch.Tensor], torch.Tensor]:
-        def run(b: torch.Tensor) -> torch.Tensor:
-            with torch.inference_mode():
-                result: torch.Tensor = module(b)
-                return result
-
-        return run
-
-    rate, rows = _rate(runs(compiled), images, 8)
-    direct_rate, direct_rows = _rate(runs(lowered), images, 8)
+    rate, rows = _rate(_inferring(compiled), images, 8)
+    direct_rate, direct_rows = _rate(_inferring(lowered), images, 8)
     result = {
         "reduce_range": reduce_range,
         "float32_eager_img_per_s": round(base_rate, 1),
@@ -246,22 +241,11 @@ def _fused_activation(front: torch.nn.Module, images: torch.Tensor, repeats: int
     precisions = [torch.float32] + ([torch.bfloat16] if cpu_has_native_bf16() else [])
     out = []
     for precision in precisions:
-
-        def runner(
-            module: torch.nn.Module, precision: torch.dtype = precision
-        ) -> Callable[[torch.Tensor], torch.Tensor]:
-            def run(b: torch.Tensor) -> torch.Tensor:
-                with torch.inference_mode(), autocast(_CPU, precision):
-                    result: torch.Tensor = module(b)
-                    return result
-
-            return run
-
         rates: dict[str, list[float]] = {name: [] for name in variants}
         rows = {}
         for _ in range(repeats):  # alternated, so that drift hits all alike
             for name, module in variants.items():
-                rate, rows[name] = _rate(runner(module), images, 8)
+                rate, rows[name] = _rate(_inferring(module, precision), images, 8)
                 rates[name].append(rate)
         best = {name: max(r) for name, r in rates.items()}
         result = {
