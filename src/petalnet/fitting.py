@@ -260,7 +260,7 @@ class _Run:
             backbone = build_backbone(params.backbone, params.weights)
             device = distributed.local_device(resolve_device(params.device))
             if resolve_quantize(params.quantize, params.strategy, device) == "int8":
-                backbone = backbone.derive(int8=self.calibrate_int8(backbone))
+                backbone = backbone.derive(int8=self.calibrate_int8(backbone, device))
         plan = plan_training(
             backbone,
             params.strategy,
@@ -320,12 +320,12 @@ class _Run:
             model.calibration = self.calibrate(trained, head, plan.back, train, valid, views)
         return model
 
-    def calibrate_int8(self, backbone: FeatureExtractor) -> Int8Scales:
-        """The int8 scales of ``backbone``, observed on evenly spaced training images.
+    def calibrate_int8(self, backbone: FeatureExtractor, device: torch.device) -> Int8Scales:
+        """The int8 scales of ``backbone`` on ``device``, observed on training images.
 
-        Under ``torchrun`` rank 0 calibrates and every rank runs with its scales.
+        The images are evenly spaced over the training list. Under ``torchrun`` rank 0
+        calibrates and every rank runs with its scales.
         """
-        device = distributed.local_device(resolve_device(self.params.device))
         require_int8(device)  # before any image is read
         scales = None
         if distributed.is_main():
