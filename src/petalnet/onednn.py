@@ -11,8 +11,8 @@ activation. :func:`pack_convolutions` gives a frozen, BN-folded copy
 without compiling anything: the weight reordered (and cast) once per input shape by
 ``torch.ops.mkldnn._reorder_convolution_weight``, and the convolution with its ReLU or
 ReLU6 in one ``torch.ops.mkldnn._convolution_pointwise`` call. The sums are the same;
-lite0's front ran 1.12x faster in float32 held to AVX2 and about 1.9x faster in bfloat16
-on AMX (docs/benchmarks.md, "Speed levers").
+on an AMD EPYC with AVX-512 BF16 lite0's front ran 1.22x faster in bfloat16 and 1.02x in
+float32, and nothing end to end held to AVX2 (docs/benchmarks.md, "Speed levers").
 
 Only the module that computes rows is packed (``ImagePipeline.runner``); saved models
 and exports keep plain convolutions. ``PETALNET_ONEDNN=0`` turns packing off (to measure
@@ -24,8 +24,9 @@ treatment from :func:`lower_int8_graph`: each such chain becomes one
 ``torch.ops.onednn.qconv2d_pointwise`` call on uint8 activations with its weight prepacked
 once, its ReLU/ReLU6 and its requantisation fused, and a residual ``add`` fused as oneDNN's
 ``sum`` post-op. These are the calls Inductor emits for that graph; made directly they
-need no C++ compiler and no compile time (Inductor's first compile took 26 s) and run as
-fast (docs/benchmarks.md, "int8 without a compiler").
+need no C++ compiler and no compile time (Inductor's first compile took 26 s) and run at
+90-97 % of the compiled graph's speed, which also fuses the input's quantisation
+(docs/benchmarks.md, "int8 without a compiler").
 """
 
 from __future__ import annotations
