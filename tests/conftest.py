@@ -61,7 +61,7 @@ def _tiny_body() -> nn.Module:
     )
 
 
-@register_backbone("tiny_test", overwrite=True)
+@register_backbone("tiny_test", overwrite=True, auto_int8=True)  # as lite0
 def tiny_test(weights="DEFAULT") -> FeatureExtractor:
     """A 32-feature CNN; "DEFAULT" is a fixed seeded init (restorable), None a random one."""
     if weights is None:

@@ -13,7 +13,7 @@ import torch
 import petalnet
 from conftest import FITTED_PARAMS
 from petalnet import fitting, quantize
-from petalnet.backbones.registry import build_backbone
+from petalnet.backbones.registry import auto_int8, build_backbone, get_backbone, registered
 from petalnet.errors import ExportOptionsError, PetalnetError, PetalnetWarning
 from petalnet.features import feature_cache, prepare_backbone
 from petalnet.images import read_image
@@ -121,7 +121,7 @@ def test_refit_reuses_the_first_runs_scales(flowers_root, tmp_path, monkeypatch)
     monkeypatch.setattr(
         fitting,
         "calibrate_int8",
-        lambda runner, images: calls.append(len(images)) or real(runner, images),
+        lambda runner, images, parts: calls.append(len(images)) or real(runner, images, parts),
     )
     clf = petalnet.FlowerClassifier(**{**INT8, "refit": True, "epochs": 2}, cache_dir=tmp_path).fit(
         flowers_root
@@ -157,9 +157,17 @@ def test_int8_needs_a_frozen_backbone_the_cpu_and_torchao(flowers_root, monkeypa
 
 def test_auto_quantises_a_frozen_backbone_where_the_cpu_runs_onednn_int8(flowers_root, monkeypatch):
     cpu = torch.device("cpu")
-    assert resolve_quantize("auto", "freeze", cpu) == "int8"  # this x86 CPU, torchao installed
-    assert resolve_quantize("int8", "freeze", cpu) == "int8"
+    assert resolve_quantize("auto", "freeze", cpu) == ()  # this x86 CPU, torchao installed
+    assert resolve_quantize("int8", "freeze", cpu) == ()  # the whole backbone
     assert resolve_quantize(None, "freeze", cpu) is None
+    # only the backbones registered with auto_int8 (int8 measured to keep their accuracy)
+    assert resolve_quantize("auto", "freeze", cpu, auto_parts=(False,)) is None
+    assert resolve_quantize("int8", "freeze", cpu, auto_parts=(False,)) == ()  # asked for
+    # of a fused backbone, those parts, where the float parts compute in float32 anyway
+    assert resolve_quantize("auto", "freeze", cpu, (True, False), torch.float32) == (0,)
+    assert resolve_quantize("auto", "freeze", cpu, (False, True), torch.float32) == (1,)
+    assert resolve_quantize("auto", "freeze", cpu, (True, False), torch.bfloat16) is None
+    assert resolve_quantize("auto", "freeze", cpu, (True, True), torch.bfloat16) == ()
     assert resolve_quantize("auto", "freeze_unfreeze", cpu) is None  # nothing stays frozen
     assert resolve_quantize("auto", "freeze", torch.device("meta")) is None  # not the CPU
     clf = petalnet.FlowerClassifier(**{**INT8, "quantize": "auto", "epochs": 2}).fit(flowers_root)
@@ -171,11 +179,62 @@ def test_auto_quantises_a_frozen_backbone_where_the_cpu_runs_onednn_int8(flowers
         petalnet.FlowerClassifier(**tuned).fit(flowers_root).fitted_model().backbone.meta.int8
         is None
     )
+    with registered("tiny_unmeasured", get_backbone("tiny_test")):
+        assert auto_int8("tiny_unmeasured") == (False,)  # registered without auto_int8
+        assert auto_int8("tiny_test+tiny_unmeasured") == (True, False)
+        assert auto_int8("efficientnet_lite0+efficientnet_lite1") == (True, False)
     monkeypatch.setenv("PETALNET_ONEDNN", "0")  # as a torch without oneDNN's int8 kernels
     assert resolve_quantize("auto", "freeze", cpu) is None
     monkeypatch.delenv("PETALNET_ONEDNN")
     monkeypatch.setitem(sys.modules, "torchao", None)  # as if it were not installed
     assert resolve_quantize("auto", "freeze", cpu) is None
+
+
+def test_auto_quantises_only_the_measured_parts_of_a_fused_backbone(
+    flowers_root, tmp_path, monkeypatch
+):
+    # tiny_test is registered with auto_int8 (as efficientnet_lite0), tiny_test_wide_crop not
+    fused = {**FITTED_PARAMS, "backbone": "tiny_test+tiny_test_wide_crop", "epochs": 2}
+    clf = petalnet.FlowerClassifier(**fused, quantize="auto", cache_dir=tmp_path / "a")
+    clf.fit(flowers_root)  # amp=False: the float part computes in float32 either way
+    backbone = clf.fitted_model().backbone
+    scales = backbone.meta.int8
+    assert scales is not None and scales.parts == (0,)
+    cpu = torch.device("cpu")
+    runner = prepare_backbone(backbone, cpu)
+    assert runner.lowered is not None
+    calls = {node.target for node in runner.lowered.graph.nodes}
+    assert torch.ops.onednn.qconv2d_pointwise.default in calls  # part 0: oneDNN int8
+    assert torch.ops.aten.conv2d.default in calls  # part 1: a float convolution
+    x = _batch(backbone, _images(flowers_root))
+    with torch.inference_mode():
+        rows = runner(x)
+        floats = prepare_backbone(backbone.derive(int8=None), cpu)(x)
+    torch.testing.assert_close(rows[:, 32:], floats[:, 32:])  # part 1 gives its float rows
+    assert not torch.equal(rows[:, :32], floats[:, :32])  # part 0 its int8 ones
+    assert torch.nn.functional.cosine_similarity(rows[:, :32], floats[:, :32]).min() > 0.95
+
+    saved = clf.save(tmp_path / "mixed.pt")  # the checkpoint keeps which parts
+    loaded = petalnet.FlowerClassifier.load(saved, cache_dir=tmp_path / "b")
+    assert loaded.fitted_model().backbone.meta.int8 == scales
+    images = _images(flowers_root)
+    proba = clf.predict_proba(images)
+    np.testing.assert_array_equal(loaded.predict_proba(images), proba)
+    program = torch.export.load(loaded.export(tmp_path / "mixed.pt2")).module()
+    np.testing.assert_allclose(program(x).numpy(), proba, atol=0.02)  # reference kernels
+    whole = Int8Scales(scales.observers)  # a whole backbone's scales: the format as before
+    assert (
+        isinstance(whole.to_payload(), list)
+        and Int8Scales.from_payload(whole.to_payload()) == whole
+    )
+    assert Int8Scales.from_payload(scales.to_payload()) == scales
+    assert whole.fingerprint != scales.fingerprint  # rows of other parts never mix
+
+    monkeypatch.setenv("PETALNET_CPU_BF16", "1")  # a CPU whose float path is bfloat16:
+    bf16 = petalnet.FlowerClassifier(**{**fused, "amp": "auto"}, quantize="auto")
+    assert bf16.fit(flowers_root).fitted_model().backbone.meta.int8 is None  # stays float
+    with pytest.raises(PetalnetError, match="not the fused backbone"):
+        int8_runner(prepare_backbone(build_backbone("tiny_test"), cpu), scales, x[:2])
 
 
 def test_an_int8_model_computes_on_the_cpu_where_the_device_is_auto(

@@ -19,7 +19,7 @@ from torch import nn
 from petalnet import distributed
 from petalnet._device import resolve_device
 from petalnet.backbones.base import FeatureExtractor
-from petalnet.backbones.registry import build_backbone
+from petalnet.backbones.registry import auto_int8, build_backbone
 from petalnet.batches import Batches, ImageBatches
 from petalnet.calibration import Calibration, fit_calibration, sample_rows
 from petalnet.callbacks import TrainingState
@@ -259,8 +259,15 @@ class _Run:
         if backbone is None:
             backbone = build_backbone(params.backbone, params.weights)
             device = distributed.local_device(resolve_device(params.device))
-            if resolve_quantize(params.quantize, params.strategy, device) == "int8":
-                backbone = backbone.derive(int8=self.calibrate_int8(backbone, device))
+            parts = resolve_quantize(
+                params.quantize,
+                params.strategy,
+                device,
+                auto_int8(params.backbone),
+                resolve_precision(params.amp, device),
+            )
+            if parts is not None:
+                backbone = backbone.derive(int8=self.calibrate_int8(backbone, device, parts))
         plan = plan_training(
             backbone,
             params.strategy,
@@ -320,8 +327,10 @@ class _Run:
             model.calibration = self.calibrate(trained, head, plan.back, train, valid, views)
         return model
 
-    def calibrate_int8(self, backbone: FeatureExtractor, device: torch.device) -> Int8Scales:
-        """The int8 scales of ``backbone`` on ``device``, observed on training images.
+    def calibrate_int8(
+        self, backbone: FeatureExtractor, device: torch.device, parts: tuple[int, ...] = ()
+    ) -> Int8Scales:
+        """The int8 scales of ``backbone`` (or of its ``parts``), observed on training images.
 
         The images are evenly spaced over the training list. Under ``torchrun`` rank 0
         calibrates and every rank runs with its scales.
@@ -331,7 +340,7 @@ class _Run:
         if distributed.is_main():
             paths = [path for path, _ in self.data.train]
             images = calibration_images(paths, backbone.preprocessing)
-            scales = calibrate_int8(prepare_backbone(backbone, device), images)
+            scales = calibrate_int8(prepare_backbone(backbone, device), images, parts)
         scales = distributed.from_main(scales)
         if scales is None:  # pragma: no cover - rank 0 always sends them
             raise RuntimeError("rank 0 sent no int8 scales")

@@ -121,7 +121,7 @@ _PRESETS = {
         Preset(
             "balanced-cpu",
             "fast-cpu's recipe on efficientnet_lite0 and efficientnet_lite1 features side by "
-            "side (both frozen)",
+            "side (both frozen; lite0 in int8 on x86 CPUs without bfloat16)",
             MappingProxyType(
                 {
                     **_HEAD,
@@ -129,6 +129,7 @@ _PRESETS = {
                     "epochs": 12,
                     "tta": "crops",
                     "refit": True,
+                    "quantize": "auto",
                 }
             ),
             holdout_accuracy=0.9735,

@@ -15,6 +15,11 @@ The activation scales are what depends on the calibration images, so they are da
 checkpoint and part of the row store's namespace. Weights' scales follow from the weights.
 A loaded model rebuilds the same graph from its scales, without its training images.
 
+Of a fused backbone (``"efficientnet_lite0+efficientnet_lite1"``) some parts may be
+quantised and the others left in float32 (:attr:`Int8Scales.parts`): what
+``quantize="auto"`` does where only some parts were measured to keep their accuracy in
+int8 (:func:`resolve_quantize`).
+
 Where torch has no oneDNN int8 convolution, the same int8 graph runs in reference kernels
 with a warning: the same quantisation, but slower than float32. ``torchao`` is an optional
 dependency (``pip install 'petalnet[int8]'``); this module imports it only when asked.
@@ -28,9 +33,9 @@ import itertools
 import json
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import fx, nn
@@ -97,25 +102,42 @@ def require_int8(device: torch.device) -> None:
 
 
 def resolve_quantize(
-    quantize: str | None, strategy: str, device: torch.device
-) -> Literal["int8"] | None:
-    """Whether a fit quantises its backbone: the one place ``quantize="auto"`` is decided.
+    quantize: str | None,
+    strategy: str,
+    device: torch.device,
+    auto_parts: Sequence[bool] = (True,),
+    float_dtype: torch.dtype = torch.float32,
+) -> tuple[int, ...] | None:
+    """Whether a fit quantises its backbone, and which parts: the one place that decides.
 
     Args:
         quantize: ``None``, ``"int8"`` or ``"auto"``.
         strategy: The fine-tuning strategy (only ``"freeze"`` keeps a backbone to quantise).
         device: Where the backbone computes.
+        auto_parts: For each part of the backbone (one, or those of a fused backbone),
+            whether int8 was measured to keep its accuracy (its registration's
+            ``auto_int8``: :func:`~petalnet.backbones.registry.auto_int8`).
+        float_dtype: What the backbone would compute in unquantised (``bfloat16`` on a CPU
+            with native bfloat16).
 
     Returns:
-        ``"int8"`` for ``"int8"``; for ``"auto"``, ``"int8"`` where the backbone stays frozen
-        on a CPU whose torch runs oneDNN's int8 convolution (x86) and torchao is installed
-        (the CPUs where it measured faster: docs/benchmarks.md), else ``None``.
+        ``None``: float. ``()``: the whole backbone in int8 (``"int8"``, or ``"auto"``
+        where every part may be quantised). Part indices: those parts of a fused backbone
+        in int8, the others in float32 (``"auto"``, where some parts may be quantised and
+        the float path is float32 anyway: where the CPU has native bfloat16 a float part
+        would lose it, so the backbone stays float). ``"auto"`` quantises only a frozen
+        backbone on a CPU whose torch runs oneDNN's int8 convolution (x86) with torchao
+        installed: where int8 measured faster (docs/benchmarks.md).
     """
     if quantize != "auto":
-        return "int8" if quantize == "int8" else None
+        return () if quantize == "int8" else None
     if strategy != "freeze" or device.type != "cpu" or not onednn_int8_available():
         return None
-    return "int8" if _import_torchao() else None
+    picked = tuple(i for i, ok in enumerate(auto_parts) if ok)
+    whole = len(picked) == len(auto_parts)
+    if not picked or (not whole and float_dtype != torch.float32) or not _import_torchao():
+        return None
+    return () if whole else picked
 
 
 @dataclass(frozen=True)
@@ -125,31 +147,45 @@ class Int8Scales:
     Attributes:
         observers: ``(observer name, scale, zero point)`` of every activation observer in
             the quantised graph, in graph order.
+        parts: The parts of a fused backbone that are quantised (indices, in order), the
+            others computing in float32; ``()`` for the whole backbone.
     """
 
     observers: tuple[tuple[str, float, int], ...]
+    parts: tuple[int, ...] = ()
 
     @property
     def fingerprint(self) -> str:
         """A short hash of the scales: rows computed with other scales never mix."""
-        text = json.dumps([list(o) for o in self.observers])
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        data: list[Any] = [list(o) for o in self.observers]
+        if self.parts:  # (the whole backbone's fingerprint as before: its rows stay valid)
+            data.append(["parts", *self.parts])
+        return hashlib.sha256(json.dumps(data).encode()).hexdigest()[:16]
 
-    def to_payload(self) -> list[list[Any]]:
-        """Plain values for a checkpoint."""
-        return [list(o) for o in self.observers]
+    def to_payload(self) -> list[list[Any]] | dict[str, Any]:
+        """Plain values for a checkpoint (the list of triples for a whole backbone)."""
+        observers = [list(o) for o in self.observers]
+        return {"observers": observers, "parts": list(self.parts)} if self.parts else observers
 
     @classmethod
-    def from_payload(cls, data: Sequence[Sequence[Any]]) -> Int8Scales:
+    def from_payload(cls, data: Sequence[Sequence[Any]] | Mapping[str, Any]) -> Int8Scales:
         """Rebuild what :meth:`to_payload` stored.
 
         Args:
-            data: ``[name, scale, zero point]`` triples.
+            data: ``[name, scale, zero point]`` triples, or ``{"observers": triples,
+                "parts": indices}``.
 
         Returns:
             The scales.
         """
-        return cls(tuple((str(n), float(s), int(z)) for n, s, z in data))
+        triples: Sequence[Sequence[Any]]
+        parts: Sequence[Any] = ()
+        if isinstance(data, Mapping):
+            triples, parts = data["observers"], data.get("parts", ())
+        else:
+            triples = data
+        observers = tuple((str(n), float(s), int(z)) for n, s, z in triples)
+        return cls(observers, tuple(int(p) for p in parts))
 
 
 def calibration_images(
@@ -222,14 +258,33 @@ def _export(runner: nn.Module, example: torch.Tensor) -> nn.Module:
         ) from None
 
 
-def _prepared(runner: nn.Module, example: torch.Tensor) -> Any:
-    """``runner`` traced and given observers (``torchao``'s ``prepare_pt2e``)."""
+_PART = "body.parts.{}"
+"""Where a fused backbone's part sits in the module run (``FeatureExtractor.body.parts``)."""
+
+
+def _prepared(runner: nn.Module, example: torch.Tensor, parts: Sequence[int] = ()) -> Any:
+    """``runner`` traced and given observers (``torchao``'s ``prepare_pt2e``).
+
+    Every layer is observed, or those of the fused backbone's ``parts`` only.
+    """
     require_int8(example.device)
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
 
+    config = xiq.get_default_x86_inductor_quantization_config(reduce_range=True)
     quantizer = xiq.X86InductorQuantizer()
-    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config(reduce_range=True))
+    if not parts:
+        quantizer.set_global(config)
+    for part in parts:
+        name = _PART.format(part)
+        try:
+            runner.get_submodule(name)
+        except AttributeError:
+            raise PetalnetError(
+                f"int8 scales of part {part} of a fused backbone, but this backbone has no "
+                f"{name!r}: it is not the fused backbone they were computed for; fit again."
+            ) from None
+        quantizer.set_module_name_qconfig(name, config)
     return prepare_pt2e(_traced(runner, example), quantizer)
 
 
@@ -248,12 +303,16 @@ def _activation_observers(prepared: Any) -> list[tuple[str, Any]]:
     ]
 
 
-def calibrate_int8(runner: nn.Module, images: torch.Tensor) -> Int8Scales:
+def calibrate_int8(
+    runner: nn.Module, images: torch.Tensor, parts: Sequence[int] = ()
+) -> Int8Scales:
     """Observe ``runner``'s activations on ``images`` and return their int8 scales.
 
     Args:
         runner: A prepared float backbone (:func:`~petalnet.features.prepare_backbone`).
         images: ``(N, 3, H, W)`` preprocessed calibration images.
+        parts: The parts of a fused backbone to quantise (:func:`resolve_quantize`);
+            ``()`` for all of it.
 
     Returns:
         The scales (:class:`Int8Scales`).
@@ -262,7 +321,7 @@ def calibrate_int8(runner: nn.Module, images: torch.Tensor) -> Int8Scales:
         PetalnetError: ``torchao`` is missing, or the backbone cannot be traced.
     """
     images = images.contiguous(memory_format=torch.channels_last)
-    prepared = _prepared(runner, images[:_EXAMPLE_BATCH])
+    prepared = _prepared(runner, images[:_EXAMPLE_BATCH], parts)
     with torch.no_grad():
         for first in range(0, len(images), 32):
             prepared(images[first : first + 32])
@@ -270,7 +329,7 @@ def calibrate_int8(runner: nn.Module, images: torch.Tensor) -> Int8Scales:
     for name, observer in _activation_observers(prepared):
         scale, zero_point = observer.calculate_qparams()
         found.append((name, float(scale.reshape(-1)[0]), int(zero_point.reshape(-1)[0])))
-    return Int8Scales(tuple(found))
+    return Int8Scales(tuple(found), tuple(parts))
 
 
 class _Int8Runner(nn.Module):
@@ -324,7 +383,7 @@ def int8_runner(runner: nn.Module, scales: Int8Scales, example: torch.Tensor) ->
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
     example = example.contiguous(memory_format=torch.channels_last)
-    prepared = _prepared(runner, example)
+    prepared = _prepared(runner, example, scales.parts)
     observers = _activation_observers(prepared)
     if [name for name, _ in observers] != [name for name, _, _ in scales.observers]:
         raise PetalnetError(

@@ -9,7 +9,8 @@ Backbones come from two places:
 
 A builder is a callable ``builder(weights="DEFAULT") -> FeatureExtractor``. A registration
 may also say where the builder's default weights come from (:data:`WeightsStatus`), so that
-``petalnet backbones`` can tell without building anything.
+``petalnet backbones`` can tell without building anything, and whether int8 was measured to
+keep the backbone's accuracy (``auto_int8``: what ``quantize="auto"`` quantises).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "BackboneBuilder",
     "WeightsStatus",
+    "auto_int8",
     "build_backbone",
     "get_backbone",
     "list_backbones",
@@ -58,6 +60,7 @@ B = TypeVar("B", bound=BackboneBuilder)
 
 _REGISTRY: dict[str, BackboneBuilder] = {}
 _WEIGHTS_STATUS: dict[str, WeightsStatus] = {}
+_AUTO_INT8: set[str] = set()
 _PLUGINS: dict[str, EntryPoint] | None = None  # discovered, not yet loaded
 
 
@@ -66,6 +69,7 @@ def register_backbone(
     *,
     overwrite: bool = False,
     weights_status: WeightsStatus | None = None,
+    auto_int8: bool = False,
 ) -> Callable[[B], B]:
     """Register a backbone builder under ``name`` (a decorator).
 
@@ -80,6 +84,10 @@ def register_backbone(
         overwrite: Replace an existing registration of the same name instead of failing.
         weights_status: Where the default weights come from (see :data:`WeightsStatus`);
             ``petalnet backbones`` shows ``"unknown"`` without it.
+        auto_int8: Whether ``quantize="auto"`` quantises this backbone to int8 where the
+            CPU runs int8 kernels: set it only where int8 features were measured to keep
+            the classifier's accuracy (for ``efficientnet_lite0``; docs/benchmarks.md).
+            ``quantize="int8"`` quantises any backbone.
 
     Returns:
         A decorator that registers its argument and returns it unchanged.
@@ -100,6 +108,10 @@ def register_backbone(
             _WEIGHTS_STATUS[key] = weights_status
         else:
             _WEIGHTS_STATUS.pop(key, None)
+        if auto_int8:
+            _AUTO_INT8.add(key)
+        else:
+            _AUTO_INT8.discard(key)
         return builder
 
     return decorator
@@ -120,6 +132,7 @@ def registered(name: str, builder: BackboneBuilder) -> Iterator[BackboneBuilder]
         ``builder``.
     """
     before, status = _REGISTRY.get(name), _WEIGHTS_STATUS.get(name)
+    auto = name in _AUTO_INT8
     _REGISTRY[name] = builder
     try:
         yield builder
@@ -130,6 +143,8 @@ def registered(name: str, builder: BackboneBuilder) -> Iterator[BackboneBuilder]
             _REGISTRY[name] = before
         if status is not None:
             _WEIGHTS_STATUS[name] = status
+        if not auto:
+            _AUTO_INT8.discard(name)
 
 
 def weights_status(name: str) -> str:
@@ -145,6 +160,23 @@ def weights_status(name: str) -> str:
         return SEPARATOR.join(weights_status(part) for part in name.split(SEPARATOR))
     status = _WEIGHTS_STATUS.get(name)
     return status() if status is not None else "unknown"
+
+
+def auto_int8(name: str) -> tuple[bool, ...]:
+    """Whether ``quantize="auto"`` may quantise each part of backbone ``name``.
+
+    One flag per part (one part, or those of a fused name): its registration's
+    ``auto_int8``.
+
+    Args:
+        name: A backbone name, e.g. ``"efficientnet_lite0+efficientnet_lite1"``.
+
+    Returns:
+        One flag per part, in order.
+    """
+    if name in _REGISTRY or SEPARATOR not in name:
+        return (name in _AUTO_INT8,)
+    return tuple(part in _AUTO_INT8 for part in name.split(SEPARATOR))
 
 
 def _discover_plugins() -> dict[str, EntryPoint]:
