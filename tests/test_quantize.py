@@ -183,6 +183,9 @@ def test_auto_quantises_a_frozen_backbone_where_the_cpu_runs_onednn_int8(flowers
         assert auto_int8("tiny_unmeasured") == (False,)  # registered without auto_int8
         assert auto_int8("tiny_test+tiny_unmeasured") == (True, False)
         assert auto_int8("efficientnet_lite0+efficientnet_lite1") == (True, False)
+    with registered("tiny_test", get_backbone("tiny_test_wide_crop")):  # another builder
+        assert auto_int8("tiny_test") == (False,)  # is not what int8 was measured on
+    assert auto_int8("tiny_test") == (True,)  # the registration's flag comes back
     monkeypatch.setenv("PETALNET_ONEDNN", "0")  # as a torch without oneDNN's int8 kernels
     assert resolve_quantize("auto", "freeze", cpu) is None
     monkeypatch.delenv("PETALNET_ONEDNN")

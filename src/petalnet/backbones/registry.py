@@ -133,6 +133,7 @@ def registered(name: str, builder: BackboneBuilder) -> Iterator[BackboneBuilder]
     """
     before, status = _REGISTRY.get(name), _WEIGHTS_STATUS.get(name)
     auto = name in _AUTO_INT8
+    _AUTO_INT8.discard(name)  # the builder tried is not the one int8 was measured on
     _REGISTRY[name] = builder
     try:
         yield builder
@@ -143,8 +144,8 @@ def registered(name: str, builder: BackboneBuilder) -> Iterator[BackboneBuilder]
             _REGISTRY[name] = before
         if status is not None:
             _WEIGHTS_STATUS[name] = status
-        if not auto:
-            _AUTO_INT8.discard(name)
+        if auto:
+            _AUTO_INT8.add(name)
 
 
 def weights_status(name: str) -> str:
