@@ -333,7 +333,10 @@ def calibrate_int8(
 
 
 class _Int8Runner(nn.Module):
-    """The quantised graph, its convolutions run by oneDNN's int8 kernels.
+    """The quantised graph, its int8 convolutions run by oneDNN's int8 kernels.
+
+    (The float32 parts of a partly quantised fused backbone stay the graph's own
+    ``aten.conv2d`` calls.)
 
     ``graph`` is the converted PT2E graph (reference kernels on dequantised values: what a
     ``.pt2`` export holds); ``lowered`` is a copy whose quantised convolution chains are
