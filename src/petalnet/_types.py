@@ -56,7 +56,8 @@ random."""
 
 Quantize = Literal["int8", "auto"]
 """How a frozen backbone may be quantised (``None``: it runs in floating point; ``"auto"``:
-int8 where the CPU runs oneDNN's int8 kernels and torchao is installed, else ``None``)."""
+int8 where the CPU runs oneDNN's int8 kernels and torchao is installed, for the backbones
+registered with ``auto_int8``, else ``None``: :func:`petalnet.quantize.resolve_quantize`)."""
 
 ClassWeight = Literal["balanced"]
 """Class weighting of the loss: ``"balanced"`` (or ``None`` for none)."""
