@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -218,3 +219,49 @@ def test_tta_calibrates_on_the_views_evaluate_averages(flowers_root):
         clf.save(flowers_root.parent / "tta-cal.pt"), tta=False
     ).evaluate(flowers_root / "valid")
     assert valid["accuracy"] != centre_only["accuracy"] or valid["loss"] != centre_only["loss"]
+
+
+def test_a_large_split_calibrates_on_an_even_sample_and_its_views_alone(
+    flowers_root, tmp_path, monkeypatch
+):
+    """Only the sampled validation images get their test-time views computed; the
+    threshold is theirs (a split of any size costs CALIBRATION_SIZE images' views)."""
+    import shutil
+
+    from conftest import QUICK_FIT
+    from petalnet import calibration
+    from petalnet.pipeline import ImagePipeline
+
+    monkeypatch.setattr(calibration, "CALIBRATION_SIZE", 8)  # of 24 validation images
+    calls: list[tuple[list[str], tuple[str, ...]]] = []
+    features = ImagePipeline.features
+
+    def spy(self, images, labels=None, **kwargs):
+        views = tuple(v.label for v in kwargs.get("views", ())) or ("center",)
+        calls.append(([str(i) for i in images], views))
+        return features(self, images, labels, **kwargs)
+
+    monkeypatch.setattr(ImagePipeline, "features", spy)
+    params = {**QUICK_FIT, "epochs": 3, "tta": "crops", "known_recall": 0.75, "cache": True}
+    clf = FlowerClassifier("tiny_test", **params, cache_dir=str(tmp_path / "rows")).fit(
+        flowers_root
+    )
+    valid = sorted(str(p) for p in (flowers_root / "valid").rglob("*.jpg"))
+    side = [paths for paths, views in calls if views == ("side 1", "side 2")]
+    assert len(side) == 1 and len(side[0]) == 8  # views of 8 images, not of 24
+    picked = side[0]
+    assert set(picked) < set(valid) and len(set(picked)) == 8
+    # evenly spread over the split (2 images a class): the first 8 would be 4 classes
+    assert len({Path(p).parent.name for p in picked}) >= 6
+    # the centre rows of the sample come with it (from the row store the training filled)
+    assert [paths for paths, views in calls if views == ("center",)][-1] == picked
+
+    # the threshold keeps 75 % of *these* images below it, under the views evaluate uses
+    sample = tmp_path / "sample"
+    for path in picked:
+        target = sample / Path(path).parent.name / Path(path).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target)
+    scored = clf.evaluate(sample)
+    assert scored["n_images"] == 8
+    assert scored["unknown_rate"] == pytest.approx(0.25)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -46,7 +46,7 @@ from petalnet.quantize import (
     require_int8,
     resolve_quantize,
 )
-from petalnet.strategy import plan_training, training_batches, validation_views
+from petalnet.strategy import calibration_rows, plan_training, training_batches
 from petalnet.training import Trainer, seeded
 
 __all__ = [
@@ -321,10 +321,10 @@ class _Run:
             if plan.back is not None and state.history:  # fine-tuned: a new backbone
                 model.backbone = backbone.derive(source="trained")
         if not state.interrupted:
-            views = validation_views(
-                plan, pipeline, data, self.unreadable, pipeline.test_views(params.tta)
+            views = calibration_rows(
+                plan, pipeline, data, self.unreadable, valid, pipeline.test_views(params.tta)
             )
-            model.calibration = self.calibrate(trained, head, plan.back, train, valid, views)
+            model.calibration = self.calibrate(trained, head, plan.back, train, views)
         return model
 
     def calibrate_int8(
@@ -352,27 +352,26 @@ class _Run:
         head: nn.Module,
         back: nn.Module | None,
         train: Batches,
-        valid: Batches,
-        views: Sequence[Batches] = (),
+        views: Sequence[Iterable[tuple[torch.Tensor, torch.Tensor]]],
     ) -> Calibration:
         """Temperature, knn bank and unknown threshold of the trained model.
 
-        All on the validation split; with test-time augmentation, on its views' average,
-        which is what ``evaluate`` and ``predict`` answer.
+        On the validation images of :func:`~petalnet.strategy.calibration_rows` (``views``:
+        the centre crop first); with test-time augmentation, on their views' average, which
+        is what ``evaluate`` and ``predict`` answer.
         """
         params = self.params
         trained.eval()
         embed = back if back is not None else nn.Identity()
-        valid_views = [v.batches(torch.arange(len(v.labels)), 256, 1) for v in (valid, *views)]
         calibration = fit_calibration(
             head,
             embed,
             train.batches(sample_rows(len(train.labels)), 256, 1),
-            valid_views[0],
+            views[0],
             score=params.novelty,
             target_recall=params.known_recall or 0.95,
             calibrate=params.calibrate,
-            views=valid_views[1:],
+            views=views[1:],
         )
         if params.known_recall is None:
             calibration.threshold = None

@@ -9,16 +9,18 @@ unfreezing every block) trains the whole backbone from decoded, freshly augmente
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import get_args
 
 import torch
 from torch import nn
 
-from petalnet import distributed
+from petalnet import calibration, distributed
 from petalnet._types import Strategy
 from petalnet.backbones.base import FeatureExtractor
 from petalnet.batches import Batches, ImageBatches, TensorBatches
+from petalnet.calibration import sample_rows
 from petalnet.data import TrainingData
 from petalnet.errors import PetalnetError
 from petalnet.features import View
@@ -29,9 +31,9 @@ __all__ = [
     "STRATEGIES",
     "Strategy",
     "TrainingPlan",
+    "calibration_rows",
     "plan_training",
     "training_batches",
-    "validation_views",
 ]
 
 STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)
@@ -172,36 +174,54 @@ def _row_source(front: FeatureExtractor, pipeline: ImagePipeline) -> tuple[Image
     return pipeline, "features"
 
 
-def validation_views(
+def calibration_rows(
     plan: TrainingPlan,
     pipeline: ImagePipeline,
     data: TrainingData,
     unreadable: Unreadable,
-    views: list[View],
-) -> list[TensorBatches]:
-    """Rows of the validation images under each test-time view after the centre crop.
+    valid: Batches,
+    views: Sequence[View],
+    size: int | None = None,
+) -> list[Iterator[tuple[torch.Tensor, torch.Tensor]]]:
+    """The rows calibration fits on: at most ``size`` validation images, under each view.
 
     Calibration fits the temperature and the unknown threshold on what ``evaluate`` and
-    ``predict`` answer: with test-time augmentation, the average over these views. The
-    rows are stored like the others (``evaluate`` on the same images then reads them).
+    ``predict`` answer: with test-time augmentation, the average over the views. Only
+    the images calibrated on get their further views computed (stored like other rows:
+    ``evaluate`` on the same images then reads them), so a split of any size costs at
+    most ``size`` images' views and holds at most ``size`` images' rows in memory.
 
     Args:
         plan: From :func:`plan_training`.
         pipeline: The image pipeline of the whole backbone.
         data: The training and validation samples.
         unreadable: What to do with an unreadable image.
+        valid: The validation rows the training loop scored (:func:`training_batches`).
         views: The test-time views (:meth:`ImagePipeline.test_views`), the centre crop first.
+        size: The most validation images to calibrate on (evenly spaced over the split);
+            ``None``: :data:`~petalnet.calibration.CALIBRATION_SIZE`.
 
     Returns:
-        One source per view after the first, in order; none when images are decoded every
-        epoch (training reaches the first layer: calibration then sees the centre crop).
+        One iterator of ``(rows, labels)`` batches per view, the centre crop first, over
+        the same images in the same order (this rank's share under ``torchrun``); only the
+        centre crop when images are decoded every epoch (training reaches the first layer)
+        or there are no further views.
     """
-    if plan.front is None or len(views) < 2 or not data.valid:
-        return []
+    n, size = len(data.valid), calibration.CALIBRATION_SIZE if size is None else size
+    if plan.front is None or len(views) < 2 or not n:
+        return [valid.batches(sample_rows(len(valid.labels), size), 256, 1)]
     source, what = _row_source(plan.front, pipeline)
-    paths, labels = [p for p, _ in data.valid], [t for _, t in data.valid]
-    got = source.features(
+    spread = torch.linspace(0, n - 1, size).long().tolist() if n > size else range(n)
+    picked = [data.valid[i] for i in spread]  # (of the whole split: each rank takes its share)
+    paths, labels = [p for p, _ in picked], [t for _, t in picked]
+    if n <= size:  # every validation image: their centre rows are ``valid`` itself
+        centre = valid
+    else:  # a sample: its centre rows are looked up in the row store (stored by training)
+        got = source.features(paths, labels, unreadable=unreadable, desc=f"valid {what}")
+        centre = TensorBatches(got.features, got.labels, pipeline.device)
+    more = source.features(
         paths, labels, unreadable=unreadable, views=views[1:], desc=f"valid {what}"
     )
-    rows = got.features if len(views) > 2 else got.features.unsqueeze(0)  # (V, N, D)
-    return [TensorBatches(view_rows, got.labels, pipeline.device) for view_rows in rows]
+    rows = more.features if len(views) > 2 else more.features.unsqueeze(0)  # (V, N, D)
+    sources = [centre, *(TensorBatches(r, more.labels, pipeline.device) for r in rows)]
+    return [s.batches(torch.arange(len(s.labels)), 256, 1) for s in sources]
