@@ -7,10 +7,13 @@ Usage (from the repository root)::
     python benchmarks/scale.py --sizes 10000 30000 --backbone efficientnet_lite0
     python benchmarks/scale.py --sizes 30000 --ranks 1 2          # torchrun: rows per rank
     python benchmarks/scale.py --sizes 3000 30000 --src /path/to/old/checkout  # another version
+    python benchmarks/scale.py --sizes 20000 --valid 20000 --tta crops --no-warm  # calibration
 
 Synthetic class folders of small JPEGs (``--classes`` classes, 48x40 px, a pool of noisy
 images per class written again under new names) are made once per size under ``--work``;
-``valid/`` holds 1 000 images whatever the size. Each measurement is a fresh process (so its
+``valid/`` holds 1 000 images whatever the size (``--valid``: another count; with ``--tta``
+the fit calibrates on those images' test-time views, at most
+``petalnet.calibration.CALIBRATION_SIZE`` of them). Each measurement is a fresh process (so its
 peak memory is its own): a **cold** fit (empty row store) and then a **warm** fit (every row
 in the store), both of a linear head on a frozen backbone. The child samples its
 ``RssAnon`` (memory of its own, not the page cache that holds memory-mapped rows) and
@@ -141,6 +144,7 @@ def child(args: argparse.Namespace) -> None:
         amp=False,
         random_state=0,
         verbose=0,
+        tta=False if args.tta == "none" else args.tta,
     )
     start = time.perf_counter()
     clf.fit(args.data)
@@ -173,7 +177,7 @@ def run_child(
         out = Path(tmp) / "result.json"
         flags = ["--child", "--data", str(data), "--cache", str(cache), "--out", str(out)]
         flags += ["--backbone", args.backbone, "--epochs", str(args.epochs)]
-        flags += ["--extract_batch", str(args.extract_batch)]
+        flags += ["--extract_batch", str(args.extract_batch), "--tta", args.tta]
         env = dict(os.environ)
         if args.src:
             env["PYTHONPATH"] = str(Path(args.src).resolve() / "src")
@@ -195,6 +199,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--extract_batch", type=int, default=64)
     ap.add_argument("--ranks", type=int, nargs="+", default=[1])
+    ap.add_argument("--valid", type=int, default=1000, help="images in valid/ (default 1000)")
+    ap.add_argument("--tta", default="none", choices=["none", "crops", "crops+flip"])
+    ap.add_argument("--no-warm", action="store_true", help="the cold fit only")
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "petalnet-scale")
     ap.add_argument("--src", help="run the fits with another checkout's src/ (PYTHONPATH)")
     ap.add_argument("--no-cold", action="store_true", help="reuse the store of an earlier run")
@@ -211,7 +218,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
     results = []
     for n in args.sizes:
-        data = make_folders(args.work / f"data-{n}", n, args.classes)
+        name = f"data-{n}" if args.valid == 1000 else f"data-{n}-valid{args.valid}"
+        data = make_folders(args.work / name, n, args.classes, args.valid)
         for ranks in args.ranks:
             version = Path(args.src).name if args.src else "this checkout"
             cache = args.work / f"cache-{n}-{args.backbone}-{ranks}"
@@ -219,19 +227,21 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 shutil.rmtree(cache, ignore_errors=True)
             cache.mkdir(parents=True, exist_ok=True)
             cold = None if args.no_cold else run_child(data, cache, args, ranks)
-            warm = run_child(data, cache, args, ranks)
+            warm = None if args.no_warm else run_child(data, cache, args, ranks)
             row_bytes = 4 * (FEATURES if args.backbone == "scale_cheap" else 1280)
             results.append(
                 {
                     "images": n,
                     "ranks": ranks,
+                    "valid_images": args.valid,
+                    "tta": args.tta,
                     "backbone": args.backbone,
                     "code": version,
                     "rows_mib": round(n * row_bytes / 2**20, 1),
                     "cold": cold,
                     "warm": warm,
                     "cold_s_per_1k": round(cold[0]["seconds"] / n * 1000, 2) if cold else None,
-                    "warm_s_per_1k": round(warm[0]["seconds"] / n * 1000, 3),
+                    "warm_s_per_1k": round(warm[0]["seconds"] / n * 1000, 3) if warm else None,
                     "store_files": store_files(cache),
                 }
             )
