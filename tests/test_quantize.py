@@ -17,6 +17,7 @@ from petalnet.backbones.registry import auto_int8, build_backbone, get_backbone,
 from petalnet.errors import ExportOptionsError, PetalnetError, PetalnetWarning
 from petalnet.features import feature_cache, prepare_backbone
 from petalnet.images import read_image
+from petalnet.onednn import PackedConv2d
 from petalnet.quantize import (
     Int8Scales,
     calibrate_int8,
@@ -98,7 +99,7 @@ def test_the_graph_is_traced_once_to_calibrate_and_run(flowers_root, monkeypatch
     traces = []
     real = quantize._export
     monkeypatch.setattr(quantize, "_export", lambda *a: traces.append(1) or real(*a))
-    monkeypatch.setattr(quantize, "_LAST_TRACE", [])  # nothing traced before this test
+    monkeypatch.setattr(quantize, "_TRACES", {})  # nothing traced before this test
     runner = prepare_backbone(backbone, torch.device("cpu"))
     scales = calibrate_int8(runner, x)
     again = prepare_backbone(backbone.derive(int8=scales), torch.device("cpu"))  # a new copy
@@ -111,6 +112,7 @@ def test_the_graph_is_traced_once_to_calibrate_and_run(flowers_root, monkeypatch
     int8_runner(other, scales, x[:2])
     assert len(traces) == 2
     quantised = prepare_backbone(backbone.derive(int8=scales), torch.device("cpu"))
+    assert len(traces) == 2  # the first weights' trace is still kept (one per part)
     with torch.inference_mode():  # rebuilt from a trace of the same weights: the same rows
         torch.testing.assert_close(quantised(x), rows, rtol=0, atol=0)
 
@@ -203,19 +205,36 @@ def test_auto_quantises_only_the_measured_parts_of_a_fused_backbone(
     backbone = clf.fitted_model().backbone
     scales = backbone.meta.int8
     assert scales is not None and scales.parts == (0,)
+    assert all(name.startswith("0:") for name, _, _ in scales.observers)  # part 0's graph
     cpu = torch.device("cpu")
     runner = prepare_backbone(backbone, cpu)
-    assert runner.lowered is not None
-    calls = {node.target for node in runner.lowered.graph.nodes}
+    int8_part, float_part = runner.body.parts
+    assert isinstance(int8_part, quantize._Int8Runner) and int8_part.lowered is not None
+    calls = {node.target for node in int8_part.lowered.graph.nodes}
     assert torch.ops.onednn.qconv2d_pointwise.default in calls  # part 0: oneDNN int8
-    assert torch.ops.aten.conv2d.default in calls  # part 1: a float convolution
+    assert torch.ops.aten.conv2d.default not in calls
+    assert isinstance(float_part, petalnet.FeatureExtractor)  # part 1: its eager modules
     x = _batch(backbone, _images(flowers_root))
     with torch.inference_mode():
         rows = runner(x)
         floats = prepare_backbone(backbone.derive(int8=None), cpu)(x)
-    torch.testing.assert_close(rows[:, 32:], floats[:, 32:])  # part 1 gives its float rows
+        packed = clf.pipeline_.runner(x)  # what fit computes with: the float part packed
+    assert any(isinstance(m, PackedConv2d) for m in clf.pipeline_.runner.body.parts[1].modules())
+    torch.testing.assert_close(rows[:, 32:], floats[:, 32:], rtol=0, atol=0)  # float rows
+    torch.testing.assert_close(packed, rows, rtol=1e-4, atol=1e-5)
     assert not torch.equal(rows[:, :32], floats[:, :32])  # part 0 its int8 ones
     assert torch.nn.functional.cosine_similarity(rows[:, :32], floats[:, :32]).min() > 0.95
+    # part 0 alone in int8 is the same graph, whether or not it sits in a fused backbone
+    alone = Int8Scales(tuple((n.removeprefix("0:"), s, z) for n, s, z in scales.observers))
+    part0 = backbone.body.parts[0]
+    x0 = runner.body.part_input(x, 0)
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            prepare_backbone(part0.derive(int8=alone), cpu)(x0).flatten(1),
+            rows[:, :32],
+            rtol=0,
+            atol=0,
+        )
 
     saved = clf.save(tmp_path / "mixed.pt")  # the checkpoint keeps which parts
     loaded = petalnet.FlowerClassifier.load(saved, cache_dir=tmp_path / "b")

@@ -25,6 +25,7 @@ from petalnet.errors import ExportOptionsError, PetalnetError
 from petalnet.features import prepare_backbone
 from petalnet.fitted import FittedModel
 from petalnet.precision import cpu_has_native_bf16
+from petalnet.quantize import reference_graph
 
 __all__ = ["FORMATS", "ExportFormat", "export_metadata", "export_model"]
 
@@ -132,8 +133,9 @@ def export_model(
     target.parent.mkdir(parents=True, exist_ok=True)
     dtype = torch.bfloat16 if amp else torch.float32
     folded = prepare_backbone(copy.deepcopy(model.backbone), torch.device("cpu"))  # BN folded
-    # int8: the quantised graph itself, uncompiled (an _Int8Runner's); it carries its scales
-    folded = getattr(folded, "graph") if int8 else folded.to(dtype).eval()  # noqa: B009
+    # int8: the quantised graph itself, in reference kernels (an _Int8Runner's, or each
+    # quantised part's); it carries its scales
+    folded = reference_graph(folded) if int8 else folded.to(dtype).eval()
     network = _Probabilities(
         folded,
         copy.deepcopy(model.head).to(dtype).cpu().eval(),

@@ -111,11 +111,14 @@ class ImagePipeline:
         """The frozen, BN-folded copy that runs the backbone (made on first use).
 
         On the CPU its convolutions run as prepacked oneDNN calls with their activations
-        fused (:func:`~petalnet.onednn.pack_convolutions`; not for an int8 backbone, whose
-        int8 graph is lowered to oneDNN int8 calls: :func:`~petalnet.onednn.lower_int8_graph`).
+        fused (:func:`~petalnet.onednn.pack_convolutions`; not those of an int8 graph, which
+        is lowered to oneDNN int8 calls: :func:`~petalnet.onednn.lower_int8_graph`; the
+        float parts of a partly quantised fused backbone are packed).
         """
         runner = prepare_backbone(self.backbone, self.device)
-        if self.device.type == "cpu" and self.backbone.meta.int8 is None and onednn_available():
+        int8 = self.backbone.meta.int8
+        whole_int8 = int8 is not None and not int8.parts
+        if self.device.type == "cpu" and not whole_int8 and onednn_available():
             # packing changes the module in place: never the backbone itself (it is saved)
             runner = pack_convolutions(copy.deepcopy(runner) if runner is self.backbone else runner)
         return runner

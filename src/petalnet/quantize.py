@@ -18,7 +18,9 @@ A loaded model rebuilds the same graph from its scales, without its training ima
 Of a fused backbone (``"efficientnet_lite0+efficientnet_lite1"``) some parts may be
 quantised and the others left in float32 (:attr:`Int8Scales.parts`): what
 ``quantize="auto"`` does where only some parts were measured to keep their accuracy in
-int8 (:func:`resolve_quantize`).
+int8 (:func:`resolve_quantize`). Each such part is traced, calibrated and run as an int8
+graph of its own inside the fused module; the float parts stay the eager modules (with
+their prepacked oneDNN convolutions), so nothing traces them.
 
 Where torch has no oneDNN int8 convolution, the same int8 graph runs in reference kernels
 with a warning: the same quantisation, but slower than float32. ``torchao`` is an optional
@@ -40,6 +42,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from petalnet.backbones.fusion import Fused
 from petalnet.errors import DataError, ImageReadError, PetalnetError, PetalnetWarning
 from petalnet.images import ImageInput, image_to_tensor
 from petalnet.onednn import lower_int8_graph, onednn_int8_available
@@ -51,6 +54,7 @@ __all__ = [
     "calibrate_int8",
     "calibration_images",
     "int8_runner",
+    "reference_graph",
     "require_int8",
     "resolve_quantize",
 ]
@@ -146,7 +150,8 @@ class Int8Scales:
 
     Attributes:
         observers: ``(observer name, scale, zero point)`` of every activation observer in
-            the quantised graph, in graph order.
+            the quantised graph, in graph order; of a partly quantised fused backbone, each
+            part's in turn, named ``"part:observer"`` (each part is a graph of its own).
         parts: The parts of a fused backbone that are quantised (indices, in order), the
             others computing in float32; ``()`` for the whole backbone.
     """
@@ -223,8 +228,10 @@ def calibration_images(
     return torch.stack(read)
 
 
-_LAST_TRACE: list[tuple[tuple[Any, ...], nn.Module]] = []
-"""The last traced graph and its key: a fit traces once to calibrate, once to run."""
+_TRACES: dict[tuple[Any, ...], nn.Module] = {}
+"""The last traced graphs by key (one per quantised part): a fit traces once to calibrate,
+once to run."""
+_KEPT_TRACES = 4
 
 
 def _trace_key(runner: nn.Module, example: torch.Tensor) -> tuple[Any, ...]:
@@ -240,9 +247,13 @@ def _trace_key(runner: nn.Module, example: torch.Tensor) -> tuple[Any, ...]:
 def _traced(runner: nn.Module, example: torch.Tensor) -> nn.Module:
     """``runner`` traced by ``torch.export`` with a dynamic batch (the last trace reused)."""
     key = _trace_key(runner, example)
-    if not (_LAST_TRACE and _LAST_TRACE[0][0] == key):
-        _LAST_TRACE[:] = [(key, _export(runner, example))]
-    return copy.deepcopy(_LAST_TRACE[0][1])  # prepare_pt2e annotates its graph in place
+    traced = _TRACES.pop(key, None)
+    if traced is None:
+        traced = _export(runner, example)
+    _TRACES[key] = traced  # the newest last
+    while len(_TRACES) > _KEPT_TRACES:
+        del _TRACES[next(iter(_TRACES))]
+    return copy.deepcopy(traced)  # prepare_pt2e annotates its graph in place
 
 
 def _export(runner: nn.Module, example: torch.Tensor) -> nn.Module:
@@ -258,34 +269,31 @@ def _export(runner: nn.Module, example: torch.Tensor) -> nn.Module:
         ) from None
 
 
-_PART = "body.parts.{}"
-"""Where a fused backbone's part sits in the module run (``FeatureExtractor.body.parts``)."""
-
-
-def _prepared(runner: nn.Module, example: torch.Tensor, parts: Sequence[int] = ()) -> Any:
-    """``runner`` traced and given observers (``torchao``'s ``prepare_pt2e``).
-
-    Every layer is observed, or those of the fused backbone's ``parts`` only.
-    """
+def _prepared(runner: nn.Module, example: torch.Tensor) -> Any:
+    """``runner`` traced and given observers on every layer (``torchao``'s ``prepare_pt2e``)."""
     require_int8(example.device)
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
 
     config = xiq.get_default_x86_inductor_quantization_config(reduce_range=True)
     quantizer = xiq.X86InductorQuantizer()
-    if not parts:
-        quantizer.set_global(config)
-    for part in parts:
-        name = _PART.format(part)
-        try:
-            runner.get_submodule(name)
-        except AttributeError:
-            raise PetalnetError(
-                f"int8 scales of part {part} of a fused backbone, but this backbone has no "
-                f"{name!r}: it is not the fused backbone they were computed for; fit again."
-            ) from None
-        quantizer.set_module_name_qconfig(name, config)
+    quantizer.set_global(config)
     return prepare_pt2e(_traced(runner, example), quantizer)
+
+
+def _fused_parts(runner: nn.Module, parts: Sequence[int]) -> Any:
+    """The ``Fused`` body of a prepared fused backbone that has ``parts``."""
+    body = getattr(runner, "body", None)
+    if not isinstance(body, Fused) or max(parts) >= len(body.parts):
+        raise PetalnetError(
+            f"int8 scales of parts {list(parts)} of a fused backbone, but this backbone is "
+            "not the fused backbone they were computed for; fit again."
+        )
+    return body
+
+
+_PART_SEPARATOR = ":"
+"""Between a part's index and its observer's name in a partly quantised backbone's scales."""
 
 
 def _activation_observers(prepared: Any) -> list[tuple[str, Any]]:
@@ -320,8 +328,23 @@ def calibrate_int8(
     Raises:
         PetalnetError: ``torchao`` is missing, or the backbone cannot be traced.
     """
+    if not parts:
+        return Int8Scales(_observe(runner, images))
+    body = _fused_parts(runner, parts)
+    found = []
+    for part in parts:
+        with torch.no_grad():
+            seen = body.part_input(images, part)
+        found += [
+            (f"{part}{_PART_SEPARATOR}{n}", s, z) for n, s, z in _observe(body.parts[part], seen)
+        ]
+    return Int8Scales(tuple(found), tuple(parts))
+
+
+def _observe(runner: nn.Module, images: torch.Tensor) -> tuple[tuple[str, float, int], ...]:
+    """The activation scales of ``runner`` (every layer) observed on ``images``."""
     images = images.contiguous(memory_format=torch.channels_last)
-    prepared = _prepared(runner, images[:_EXAMPLE_BATCH], parts)
+    prepared = _prepared(runner, images[:_EXAMPLE_BATCH])
     with torch.no_grad():
         for first in range(0, len(images), 32):
             prepared(images[first : first + 32])
@@ -329,14 +352,14 @@ def calibrate_int8(
     for name, observer in _activation_observers(prepared):
         scale, zero_point = observer.calculate_qparams()
         found.append((name, float(scale.reshape(-1)[0]), int(zero_point.reshape(-1)[0])))
-    return Int8Scales(tuple(found), tuple(parts))
+    return tuple(found)
 
 
 class _Int8Runner(nn.Module):
     """The quantised graph, its int8 convolutions run by oneDNN's int8 kernels.
 
-    (The float32 parts of a partly quantised fused backbone stay the graph's own
-    ``aten.conv2d`` calls.)
+    (Of a partly quantised fused backbone each quantised part is one, inside the fused
+    module; the float parts stay as they are.)
 
     ``graph`` is the converted PT2E graph (reference kernels on dequantised values: what a
     ``.pt2`` export holds); ``lowered`` is a copy whose quantised convolution chains are
@@ -375,26 +398,46 @@ def int8_runner(runner: nn.Module, scales: Int8Scales, example: torch.Tensor) ->
         example: One preprocessed batch of the backbone's input shape (for tracing).
 
     Returns:
-        The int8 module; any batch size runs it.
+        The int8 module; any batch size runs it. With :attr:`Int8Scales.parts`, a copy of
+        ``runner`` whose quantised parts are int8 modules, the others left in float.
 
     Raises:
         PetalnetError: ``torchao`` is missing, the backbone cannot be traced, or the scales
             do not fit its graph (another backbone, or another ``torchao``'s graph).
     """
+    if not scales.parts:
+        return _quantised(runner, scales.observers, example)
+    runner = copy.deepcopy(runner)  # the float parts stay; the copy's quantised ones change
+    body = _fused_parts(runner, scales.parts)
+    for part in scales.parts:
+        prefix = f"{part}{_PART_SEPARATOR}"
+        observers = tuple(
+            (n.removeprefix(prefix), s, z) for n, s, z in scales.observers if n.startswith(prefix)
+        )
+        with torch.no_grad():
+            seen = body.part_input(example, part)
+        body.parts[part] = _quantised(body.parts[part], observers, seen)
+    return runner.eval()
+
+
+def _quantised(
+    runner: nn.Module, observers: Sequence[tuple[str, float, int]], example: torch.Tensor
+) -> _Int8Runner:
+    """``runner`` (all of it) quantised with the scales of its activation ``observers``."""
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.observer import FixedQParamsObserver
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
     example = example.contiguous(memory_format=torch.channels_last)
-    prepared = _prepared(runner, example, scales.parts)
-    observers = _activation_observers(prepared)
-    if [name for name, _ in observers] != [name for name, _, _ in scales.observers]:
+    prepared = _prepared(runner, example)
+    found = _activation_observers(prepared)
+    if [name for name, _ in found] != [name for name, _, _ in observers]:
         raise PetalnetError(
-            f"The int8 scales ({len(scales.observers)} activations) do not fit this "
-            f"backbone's quantised graph ({len(observers)}): the backbone or torchao changed "
+            f"The int8 scales ({len(observers)} activations) do not fit this "
+            f"backbone's quantised graph ({len(found)}): the backbone or torchao changed "
             "since they were computed; fit again."
         )
-    for (name, observer), (_, scale, zero_point) in zip(observers, scales.observers, strict=True):
+    for (name, observer), (_, scale, zero_point) in zip(found, observers, strict=True):
         fixed = FixedQParamsObserver(
             scale,
             zero_point,
@@ -408,3 +451,24 @@ def int8_runner(runner: nn.Module, scales: Int8Scales, example: torch.Tensor) ->
         prepared(example[:1])  # the weights' per-channel observers see the weights
     graph = allow_exported_model_train_eval(convert_pt2e(prepared))  # eval(): a no-op
     return _Int8Runner(graph).eval()
+
+
+def reference_graph(runner: nn.Module) -> nn.Module:
+    """What an export holds of an int8 runner: its quantised graphs in reference kernels.
+
+    Args:
+        runner: What :func:`int8_runner` returned (changed in place: its prepacked oneDNN
+            weights cannot be copied).
+
+    Returns:
+        The converted PT2E graph (quantise and dequantise operators around float kernels),
+        or, of a partly quantised fused backbone, ``runner`` with each quantised part
+        replaced by its graph.
+    """
+    if isinstance(runner, _Int8Runner):
+        return runner.graph
+    for module in list(runner.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, _Int8Runner):
+                setattr(module, name, child.graph)
+    return runner

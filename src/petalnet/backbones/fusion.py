@@ -50,18 +50,31 @@ class Fused(nn.Module):
             self.register_buffer(f"shift{i}", (in_mean - mean) / std, persistent=False)
         self.sizes = [p.preprocessing.crop_size for p in parts]
 
+    def part_input(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """What part ``i`` sees of ``x``: re-normalised, and resized to its crop size.
+
+        Args:
+            x: ``(N, 3, H, W)`` images prepared for the largest part.
+            i: The part's index.
+
+        Returns:
+            ``(N, 3, h, w)`` images prepared for part ``i``.
+        """
+        y: torch.Tensor = x * getattr(self, f"scale{i}") + getattr(self, f"shift{i}")
+        size = self.sizes[i]
+        if size != self.crop_size:
+            factor = size / self.crop_size
+            shape = (round(x.shape[-2] * factor), round(x.shape[-1] * factor))
+            y = nn.functional.interpolate(
+                y, size=shape, mode="bilinear", align_corners=False, antialias=True
+            )
+        return y
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W)`` images prepared for the largest part -> ``(N, sum of D)``."""
-        outputs = []
-        for i, (part, size) in enumerate(zip(self.parts, self.sizes, strict=True)):
-            y = x * getattr(self, f"scale{i}") + getattr(self, f"shift{i}")
-            if size != self.crop_size:
-                factor = size / self.crop_size
-                shape = (round(x.shape[-2] * factor), round(x.shape[-1] * factor))
-                y = nn.functional.interpolate(
-                    y, size=shape, mode="bilinear", align_corners=False, antialias=True
-                )
-            outputs.append(torch.flatten(part(y), 1))
+        outputs = [
+            torch.flatten(part(self.part_input(x, i)), 1) for i, part in enumerate(self.parts)
+        ]
         return torch.cat(outputs, dim=1)
 
 
