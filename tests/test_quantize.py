@@ -257,6 +257,9 @@ def test_auto_quantises_only_the_measured_parts_of_a_fused_backbone(
     assert bf16.fit(flowers_root).fitted_model().backbone.meta.int8 is None  # stays float
     with pytest.raises(PetalnetError, match="not the fused backbone"):
         int8_runner(prepare_backbone(build_backbone("tiny_test"), cpu), scales, x[:2])
+    one_graph = Int8Scales(alone.observers, (0,))  # as saved before each part had its graph
+    with pytest.raises(PetalnetError, match="earlier petalnet.*fit again"):
+        int8_runner(prepare_backbone(backbone.derive(int8=None), cpu), one_graph, x[:2])
 
 
 def test_an_int8_model_computes_on_the_cpu_where_the_device_is_auto(

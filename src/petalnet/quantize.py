@@ -407,6 +407,12 @@ def int8_runner(runner: nn.Module, scales: Int8Scales, example: torch.Tensor) ->
     """
     if not scales.parts:
         return _quantised(runner, scales.observers, example)
+    if any(_PART_SEPARATOR not in name for name, _, _ in scales.observers):
+        raise PetalnetError(
+            "These int8 scales of a partly quantised fused backbone were saved by an earlier "
+            "petalnet, which traced all of its parts as one graph; fit again (or load it "
+            "with that version)."
+        )
     runner = copy.deepcopy(runner)  # the float parts stay; the copy's quantised ones change
     body = _fused_parts(runner, scales.parts)
     for part in scales.parts:
