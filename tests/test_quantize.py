@@ -123,7 +123,7 @@ def test_refit_reuses_the_first_runs_scales(flowers_root, tmp_path, monkeypatch)
     monkeypatch.setattr(
         fitting,
         "calibrate_int8",
-        lambda runner, images, parts: calls.append(len(images)) or real(runner, images, parts),
+        lambda runner, images, *rest: calls.append(len(images)) or real(runner, images, *rest),
     )
     clf = petalnet.FlowerClassifier(**{**INT8, "refit": True, "epochs": 2}, cache_dir=tmp_path).fit(
         flowers_root
@@ -145,10 +145,11 @@ def test_calibration_takes_evenly_spaced_readable_images(flowers_root, tmp_path)
 
 
 def test_int8_needs_a_frozen_backbone_the_cpu_and_torchao(flowers_root, monkeypatch):
-    with pytest.raises(
-        ValueError, match="quantize must be None or 'auto' unless strategy is 'freeze'"
-    ):
-        petalnet.FlowerClassifier(**INT8, strategy="freeze_unfreeze").fit(flowers_root)
+    with pytest.raises(ValueError, match="quantize must be None or 'auto' with strategy 'full'"):
+        petalnet.FlowerClassifier(**INT8, strategy="full").fit(flowers_root)
+    nothing_frozen = {**INT8, "backbone": "tiny_blocks", "strategy": "freeze_unfreeze"}
+    with pytest.raises(PetalnetError, match="leaves nothing frozen"):
+        petalnet.FlowerClassifier(**nothing_frozen, unfreeze_blocks=None).fit(flowers_root)
     scales = Int8Scales((("activation_post_process_0", 0.1, 0),))
     with pytest.raises(PetalnetError, match="CPU only"):
         prepare_backbone(build_backbone("tiny_test").derive(int8=scales), torch.device("meta"))
@@ -260,6 +261,49 @@ def test_auto_quantises_only_the_measured_parts_of_a_fused_backbone(
     one_graph = Int8Scales(alone.observers, (0,))  # as saved before each part had its graph
     with pytest.raises(PetalnetError, match="earlier petalnet.*fit again"):
         int8_runner(prepare_backbone(backbone.derive(int8=None), cpu), one_graph, x[:2])
+
+
+def test_the_frozen_front_of_a_partly_fine_tuned_backbone_runs_in_int8(flowers_root, tmp_path):
+    partly = {
+        **INT8,
+        "backbone": "tiny_blocks",  # stem, block1, block2, pool
+        "strategy": "freeze_unfreeze",
+        "unfreeze_blocks": 1,
+        "freeze_epochs": 1,
+        "epochs": 3,
+    }
+    clf = petalnet.FlowerClassifier(**partly, cache_dir=tmp_path / "a").fit(flowers_root)
+    backbone = clf.fitted_model().backbone
+    scales = backbone.meta.int8
+    assert scales is not None and scales.front == 2 and not scales.parts  # stem and block1
+    assert Int8Scales.from_payload(json.loads(json.dumps(scales.to_payload()))) == scales
+    assert scales.fingerprint != Int8Scales(scales.observers).fingerprint
+    cpu = torch.device("cpu")
+    runner = prepare_backbone(backbone, cpu)
+    first, *rest = runner.body.children()
+    assert isinstance(first, quantize._Int8Runner) and len(rest) == 2  # block2, pool in float
+    assert not any(isinstance(m, quantize._Int8Runner) for r in rest for m in r.modules())
+    x = _batch(backbone, _images(flowers_root))
+    front, back = backbone.split(1)  # what training computed: the int8 front's rows, then
+    with torch.inference_mode():  # the fine-tuned block on them
+        rows = prepare_backbone(front.derive(int8=scales), cpu)(x)
+        features = runner(x)
+        torch.testing.assert_close(back.eval()(rows), features)
+        floats = prepare_backbone(backbone.derive(int8=None), cpu)(x)
+    assert not torch.equal(features, floats)  # the front is not float
+    assert torch.nn.functional.cosine_similarity(features, floats).min() > 0.9
+    # the fine-tuned block is the model's own (not the pretrained one)
+    pretrained = build_backbone("tiny_blocks").body.block2[0].weight
+    assert not torch.equal(backbone.body.block2[0].weight, pretrained)
+
+    saved = clf.save(tmp_path / "front.pt")
+    loaded = petalnet.FlowerClassifier.load(saved, cache_dir=tmp_path / "b")
+    assert loaded.fitted_model().backbone.meta.int8 == scales
+    images = _images(flowers_root)
+    proba = clf.predict_proba(images)
+    np.testing.assert_array_equal(loaded.predict_proba(images), proba)
+    program = torch.export.load(loaded.export(tmp_path / "front.pt2")).module()
+    np.testing.assert_allclose(program(x).numpy(), proba, atol=0.02)  # reference kernels
 
 
 def test_an_int8_model_computes_on_the_cpu_where_the_device_is_auto(

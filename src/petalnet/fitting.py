@@ -31,7 +31,7 @@ from petalnet.data import (
     load_category_names,
     load_training_data,
 )
-from petalnet.errors import DataError
+from petalnet.errors import DataError, PetalnetError
 from petalnet.features import prepare_backbone
 from petalnet.fitted import FittedModel
 from petalnet.head import build_head, normalize_hidden_units
@@ -46,7 +46,7 @@ from petalnet.quantize import (
     require_int8,
     resolve_quantize,
 )
-from petalnet.strategy import calibration_rows, plan_training, training_batches
+from petalnet.strategy import TrainingPlan, calibration_rows, plan_training, training_batches
 from petalnet.training import Trainer, seeded
 
 __all__ = [
@@ -256,9 +256,10 @@ class _Run:
         params, data = self.params, self.data
         hidden = normalize_hidden_units(params.hidden_units)
         backbone = self.backbone
+        device = distributed.local_device(resolve_device(params.device))
+        parts = None
         if backbone is None:
             backbone = build_backbone(params.backbone, params.weights)
-            device = distributed.local_device(resolve_device(params.device))
             parts = resolve_quantize(
                 params.quantize,
                 params.strategy,
@@ -266,7 +267,7 @@ class _Run:
                 auto_int8(params.backbone),
                 resolve_precision(params.amp, device),
             )
-            if parts is not None:
+            if parts is not None and params.strategy == "freeze":
                 backbone = backbone.derive(int8=self.calibrate_int8(backbone, device, parts))
         plan = plan_training(
             backbone,
@@ -276,6 +277,8 @@ class _Run:
             epochs=params.epochs,
             name=params.backbone,
         )
+        if parts is not None and params.strategy != "freeze":  # the frozen front in int8
+            backbone = self.quantise_front(plan, backbone, device)
         pipeline = self.pipeline_for(backbone)
         train, valid = training_batches(
             plan, pipeline, data, self.unreadable, augment_views=params.augment_views
@@ -327,20 +330,45 @@ class _Run:
             model.calibration = self.calibrate(trained, head, plan.back, train, views)
         return model
 
-    def calibrate_int8(
-        self, backbone: FeatureExtractor, device: torch.device, parts: tuple[int, ...] = ()
-    ) -> Int8Scales:
-        """The int8 scales of ``backbone`` (or of its ``parts``), observed on training images.
+    def quantise_front(
+        self, plan: TrainingPlan, backbone: FeatureExtractor, device: torch.device
+    ) -> FeatureExtractor:
+        """Put the frozen front of a partly fine-tuned backbone in int8 (``plan`` changes).
 
-        The images are evenly spaced over the training list. Under ``torchrun`` rank 0
-        calibrates and every rank runs with its scales.
+        Returns:
+            ``backbone`` with the front's scales (:attr:`Int8Scales.front`): what predicts
+            runs the front in int8 and the fine-tuned blocks after it in float.
+        """
+        if plan.front is None:
+            raise PetalnetError(
+                f"quantize={self.params.quantize!r} puts the frozen front of the backbone in "
+                f"int8, but unfreeze_blocks={self.params.unfreeze_blocks!r} leaves nothing "
+                "frozen: unfreeze fewer blocks, or pass quantize=None."
+            )
+        body = plan.front.body
+        cut = len(list(body.children())) if isinstance(body, nn.Sequential) else 0
+        scales = self.calibrate_int8(plan.front, device, front=cut)
+        plan.front = plan.front.derive(int8=scales)
+        return backbone.derive(int8=scales)
+
+    def calibrate_int8(
+        self,
+        backbone: FeatureExtractor,
+        device: torch.device,
+        parts: tuple[int, ...] = (),
+        front: int = 0,
+    ) -> Int8Scales:
+        """The int8 scales of ``backbone``, or of its ``parts`` or ``front`` children.
+
+        They are observed on training images evenly spaced over the training list. Under
+        ``torchrun`` rank 0 calibrates and every rank runs with its scales.
         """
         require_int8(device)  # before any image is read
         scales = None
         if distributed.is_main():
             paths = [path for path, _ in self.data.train]
             images = calibration_images(paths, backbone.preprocessing)
-            scales = calibrate_int8(prepare_backbone(backbone, device), images, parts)
+            scales = calibrate_int8(prepare_backbone(backbone, device), images, parts, front)
         scales = distributed.from_main(scales)
         if scales is None:  # pragma: no cover - rank 0 always sends them
             raise RuntimeError("rank 0 sent no int8 scales")

@@ -113,11 +113,12 @@ class ImagePipeline:
         On the CPU its convolutions run as prepacked oneDNN calls with their activations
         fused (:func:`~petalnet.onednn.pack_convolutions`; not those of an int8 graph, which
         is lowered to oneDNN int8 calls: :func:`~petalnet.onednn.lower_int8_graph`; the
-        float parts of a partly quantised fused backbone are packed).
+        float parts of a partly quantised fused backbone, and the fine-tuned blocks after an
+        int8 front, are packed).
         """
         runner = prepare_backbone(self.backbone, self.device)
         int8 = self.backbone.meta.int8
-        whole_int8 = int8 is not None and not int8.parts
+        whole_int8 = int8 is not None and not int8.parts and not int8.front
         if self.device.type == "cpu" and not whole_int8 and onednn_available():
             # packing changes the module in place: never the backbone itself (it is saved)
             runner = pack_convolutions(copy.deepcopy(runner) if runner is self.backbone else runner)

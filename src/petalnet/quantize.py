@@ -154,10 +154,15 @@ class Int8Scales:
             part's in turn, named ``"part:observer"`` (each part is a graph of its own).
         parts: The parts of a fused backbone that are quantised (indices, in order), the
             others computing in float32; ``()`` for the whole backbone.
+        front: How many leading children of the backbone's ``body`` are quantised, as one
+            graph: the frozen front of a partly fine-tuned backbone
+            (``strategy="freeze_unfreeze"``), the fine-tuned blocks after it computing in
+            float32; ``0`` for the whole backbone.
     """
 
     observers: tuple[tuple[str, float, int], ...]
     parts: tuple[int, ...] = ()
+    front: int = 0
 
     @property
     def fingerprint(self) -> str:
@@ -165,11 +170,15 @@ class Int8Scales:
         data: list[Any] = [list(o) for o in self.observers]
         if self.parts:  # (the whole backbone's fingerprint as before: its rows stay valid)
             data.append(["parts", *self.parts])
+        if self.front:
+            data.append(["front", self.front])
         return hashlib.sha256(json.dumps(data).encode()).hexdigest()[:16]
 
     def to_payload(self) -> list[list[Any]] | dict[str, Any]:
         """Plain values for a checkpoint (the list of triples for a whole backbone)."""
         observers = [list(o) for o in self.observers]
+        if self.front:
+            return {"observers": observers, "front": self.front}
         return {"observers": observers, "parts": list(self.parts)} if self.parts else observers
 
     @classmethod
@@ -178,19 +187,21 @@ class Int8Scales:
 
         Args:
             data: ``[name, scale, zero point]`` triples, or ``{"observers": triples,
-                "parts": indices}``.
+                "parts": indices}``, or ``{"observers": triples, "front": children}``.
 
         Returns:
             The scales.
         """
         triples: Sequence[Sequence[Any]]
         parts: Sequence[Any] = ()
+        front = 0
         if isinstance(data, Mapping):
             triples, parts = data["observers"], data.get("parts", ())
+            front = int(data.get("front", 0))
         else:
             triples = data
         observers = tuple((str(n), float(s), int(z)) for n, s, z in triples)
-        return cls(observers, tuple(int(p) for p in parts))
+        return cls(observers, tuple(int(p) for p in parts), front)
 
 
 def calibration_images(
@@ -292,6 +303,18 @@ def _fused_parts(runner: nn.Module, parts: Sequence[int]) -> Any:
     return body
 
 
+def _front(runner: nn.Module, front: int) -> nn.Module:
+    """The leading ``front`` children of ``runner.body``, as one module (what is quantised)."""
+    body = getattr(runner, "body", None)
+    children = list(body.children()) if isinstance(body, nn.Sequential) else []
+    if len(children) < front:
+        raise PetalnetError(
+            f"int8 scales of the first {front} blocks of a backbone, but this backbone has "
+            f"{len(children)}: it is not the backbone they were computed for; fit again."
+        )
+    return nn.Sequential(*children[:front])
+
+
 _PART_SEPARATOR = ":"
 """Between a part's index and its observer's name in a partly quantised backbone's scales."""
 
@@ -312,7 +335,7 @@ def _activation_observers(prepared: Any) -> list[tuple[str, Any]]:
 
 
 def calibrate_int8(
-    runner: nn.Module, images: torch.Tensor, parts: Sequence[int] = ()
+    runner: nn.Module, images: torch.Tensor, parts: Sequence[int] = (), front: int = 0
 ) -> Int8Scales:
     """Observe ``runner``'s activations on ``images`` and return their int8 scales.
 
@@ -321,6 +344,8 @@ def calibrate_int8(
         images: ``(N, 3, H, W)`` preprocessed calibration images.
         parts: The parts of a fused backbone to quantise (:func:`resolve_quantize`);
             ``()`` for all of it.
+        front: The leading children of ``runner.body`` to quantise (the frozen front of a
+            partly fine-tuned backbone); ``0`` for all of it.
 
     Returns:
         The scales (:class:`Int8Scales`).
@@ -328,6 +353,8 @@ def calibrate_int8(
     Raises:
         PetalnetError: ``torchao`` is missing, or the backbone cannot be traced.
     """
+    if front:
+        return Int8Scales(_observe(_front(runner, front), images), front=front)
     if not parts:
         return Int8Scales(_observe(runner, images))
     body = _fused_parts(runner, parts)
@@ -399,12 +426,20 @@ def int8_runner(runner: nn.Module, scales: Int8Scales, example: torch.Tensor) ->
 
     Returns:
         The int8 module; any batch size runs it. With :attr:`Int8Scales.parts`, a copy of
-        ``runner`` whose quantised parts are int8 modules, the others left in float.
+        ``runner`` whose quantised parts are int8 modules, the others left in float; with
+        :attr:`Int8Scales.front`, a copy whose body's leading children are one int8
+        module.
 
     Raises:
         PetalnetError: ``torchao`` is missing, the backbone cannot be traced, or the scales
             do not fit its graph (another backbone, or another ``torchao``'s graph).
     """
+    if scales.front:  # the front in int8, the fine-tuned blocks after it in float
+        runner = copy.deepcopy(runner)
+        quantised = _quantised(_front(runner, scales.front), scales.observers, example)
+        body: Any = runner.body
+        runner.body = nn.Sequential(quantised, *list(body.children())[scales.front :])
+        return runner.eval()
     if not scales.parts:
         return _quantised(runner, scales.observers, example)
     if any(_PART_SEPARATOR not in name for name, _, _ in scales.observers):
