@@ -40,6 +40,18 @@ def _batch(backbone: petalnet.FeatureExtractor, paths: list[Path]) -> torch.Tens
     return torch.stack([pre.transform()(read_image(p, pre.resize_size)) for p in paths])
 
 
+def _saved_loaded_and_exported_alike(clf, scales, x, flowers_root, tmp_path) -> None:
+    """The checkpoint keeps the scales; the loaded model and a pt2 export answer alike."""
+    saved = clf.save(tmp_path / "int8.pt")
+    loaded = petalnet.FlowerClassifier.load(saved, cache_dir=tmp_path / "loaded")
+    assert loaded.fitted_model().backbone.meta.int8 == scales
+    images = _images(flowers_root)
+    proba = clf.predict_proba(images)
+    np.testing.assert_array_equal(loaded.predict_proba(images), proba)
+    program = torch.export.load(loaded.export(tmp_path / "int8.pt2")).module()
+    np.testing.assert_allclose(program(x).numpy(), proba, atol=0.02)  # reference kernels
+
+
 @pytest.fixture(scope="module")
 def int8_fitted(flowers_root: Path, tmp_path_factory: pytest.TempPathFactory):
     cache = tmp_path_factory.mktemp("int8-cache")
@@ -237,14 +249,7 @@ def test_auto_quantises_only_the_measured_parts_of_a_fused_backbone(
             atol=0,
         )
 
-    saved = clf.save(tmp_path / "mixed.pt")  # the checkpoint keeps which parts
-    loaded = petalnet.FlowerClassifier.load(saved, cache_dir=tmp_path / "b")
-    assert loaded.fitted_model().backbone.meta.int8 == scales
-    images = _images(flowers_root)
-    proba = clf.predict_proba(images)
-    np.testing.assert_array_equal(loaded.predict_proba(images), proba)
-    program = torch.export.load(loaded.export(tmp_path / "mixed.pt2")).module()
-    np.testing.assert_allclose(program(x).numpy(), proba, atol=0.02)  # reference kernels
+    _saved_loaded_and_exported_alike(clf, scales, x, flowers_root, tmp_path)  # with its parts
     whole = Int8Scales(scales.observers)  # a whole backbone's scales: the format as before
     assert (
         isinstance(whole.to_payload(), list)
@@ -296,14 +301,7 @@ def test_the_frozen_front_of_a_partly_fine_tuned_backbone_runs_in_int8(flowers_r
     pretrained = build_backbone("tiny_blocks").body.block2[0].weight
     assert not torch.equal(backbone.body.block2[0].weight, pretrained)
 
-    saved = clf.save(tmp_path / "front.pt")
-    loaded = petalnet.FlowerClassifier.load(saved, cache_dir=tmp_path / "b")
-    assert loaded.fitted_model().backbone.meta.int8 == scales
-    images = _images(flowers_root)
-    proba = clf.predict_proba(images)
-    np.testing.assert_array_equal(loaded.predict_proba(images), proba)
-    program = torch.export.load(loaded.export(tmp_path / "front.pt2")).module()
-    np.testing.assert_allclose(program(x).numpy(), proba, atol=0.02)  # reference kernels
+    _saved_loaded_and_exported_alike(clf, scales, x, flowers_root, tmp_path)
 
 
 def test_an_int8_model_computes_on_the_cpu_where_the_device_is_auto(

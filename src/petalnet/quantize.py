@@ -116,7 +116,8 @@ def resolve_quantize(
 
     Args:
         quantize: ``None``, ``"int8"`` or ``"auto"``.
-        strategy: The fine-tuning strategy (only ``"freeze"`` keeps a backbone to quantise).
+        strategy: The fine-tuning strategy (``"auto"`` quantises with ``"freeze"`` only; with
+            ``"freeze_unfreeze"`` ``"int8"`` quantises the frozen front: the caller's part).
         device: Where the backbone computes.
         auto_parts: For each part of the backbone (one, or those of a fused backbone),
             whether int8 was measured to keep its accuracy (its registration's
