@@ -183,7 +183,11 @@ def test_auto_quantises_a_frozen_backbone_where_the_cpu_runs_onednn_int8(flowers
     assert resolve_quantize("auto", "freeze", cpu, (False, True), torch.float32) == (1,)
     assert resolve_quantize("auto", "freeze", cpu, (True, False), torch.bfloat16) is None
     assert resolve_quantize("auto", "freeze", cpu, (True, True), torch.bfloat16) == ()
-    assert resolve_quantize("auto", "freeze_unfreeze", cpu) is None  # nothing stays frozen
+    # the frozen front of a partly fine-tuned backbone, where the float path is float32
+    assert resolve_quantize("auto", "freeze_unfreeze", cpu, (True,), torch.float32) == ()
+    assert resolve_quantize("auto", "freeze_unfreeze", cpu, (True,), torch.bfloat16) is None
+    assert resolve_quantize("auto", "freeze_unfreeze", cpu, (False,), torch.float32) is None
+    assert resolve_quantize("auto", "full", cpu) is None  # nothing stays frozen
     assert resolve_quantize("auto", "freeze", torch.device("meta")) is None  # not the CPU
     clf = petalnet.FlowerClassifier(**{**INT8, "quantize": "auto", "epochs": 2}).fit(flowers_root)
     assert clf.fitted_model().backbone.meta.int8 is not None
@@ -194,6 +198,16 @@ def test_auto_quantises_a_frozen_backbone_where_the_cpu_runs_onednn_int8(flowers
         petalnet.FlowerClassifier(**tuned).fit(flowers_root).fitted_model().backbone.meta.int8
         is None
     )
+    # "auto" with freeze_unfreeze: the front of a backbone measured in int8 (tiny_blocks
+    # stands in for lite0 here), and no error where nothing stays frozen
+    monkeypatch.setattr(fitting, "auto_int8", lambda name: (True,))
+    partly = {**INT8, "quantize": "auto", "backbone": "tiny_blocks", "epochs": 2}
+    partly.update(strategy="freeze_unfreeze", freeze_epochs=1)
+    for unfreeze, front in ((1, 2), (None, None)):
+        fitted = petalnet.FlowerClassifier(**partly, unfreeze_blocks=unfreeze).fit(flowers_root)
+        scales = fitted.fitted_model().backbone.meta.int8
+        assert (scales.front if scales else None) == front
+    monkeypatch.undo()
     with registered("tiny_unmeasured", get_backbone("tiny_test")):
         assert auto_int8("tiny_unmeasured") == (False,)  # registered without auto_int8
         assert auto_int8("tiny_test+tiny_unmeasured") == (True, False)

@@ -57,8 +57,9 @@ random."""
 Quantize = Literal["int8", "auto"]
 """How a frozen backbone (or the frozen front of a partly fine-tuned one, with ``"int8"``)
 may be quantised (``None``: it runs in floating point; ``"auto"``: int8 where the CPU runs
-oneDNN's int8 kernels and torchao is installed, for the frozen backbones registered with
-``auto_int8``, else ``None``: :func:`petalnet.quantize.resolve_quantize`)."""
+oneDNN's int8 kernels and torchao is installed, for the backbones registered with
+``auto_int8`` (with ``"freeze_unfreeze"``: their frozen front, where the float path is
+float32), else ``None``: :func:`petalnet.quantize.resolve_quantize`)."""
 
 ClassWeight = Literal["balanced"]
 """Class weighting of the loss: ``"balanced"`` (or ``None`` for none)."""

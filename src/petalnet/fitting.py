@@ -339,6 +339,8 @@ class _Run:
             ``backbone`` with the front's scales (:attr:`Int8Scales.front`): what predicts
             runs the front in int8 and the fine-tuned blocks after it in float.
         """
+        if plan.front is None and self.params.quantize == "auto":
+            return backbone  # nothing stays frozen: all of it trains in float
         if plan.front is None:
             raise PetalnetError(
                 f"quantize={self.params.quantize!r} puts the frozen front of the backbone in "

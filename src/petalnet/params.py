@@ -175,8 +175,8 @@ class ClassifierParams:
         "64 training images (needs torchao: pip install 'petalnet[int8]'); the backbone 1.9x "
         "faster on AVX2-only CPUs, 1.2x against bfloat16, after ~8 s of calibrating; auto: "
         "int8 where the CPU has oneDNN's int8 kernels and torchao is installed, for the "
-        "backbones measured to keep their accuracy in int8 (lite0, also as a fused part "
-        "where the CPU has no bfloat16), else float",
+        "backbones measured to keep their accuracy in int8 (lite0; as a fused part or the "
+        "frozen front of freeze_unfreeze where the CPU has no bfloat16), else float",
         check=lambda v, p: v in (None, "auto") or p.strategy in ("freeze", "freeze_unfreeze"),
         rule="None or 'auto' with strategy 'full' (only what stays frozen is quantised)",
     )

@@ -116,8 +116,8 @@ def resolve_quantize(
 
     Args:
         quantize: ``None``, ``"int8"`` or ``"auto"``.
-        strategy: The fine-tuning strategy (``"auto"`` quantises with ``"freeze"`` only; with
-            ``"freeze_unfreeze"`` ``"int8"`` quantises the frozen front: the caller's part).
+        strategy: The fine-tuning strategy: ``"freeze"`` quantises the backbone,
+            ``"freeze_unfreeze"`` its frozen front (the caller's part), ``"full"`` nothing.
         device: Where the backbone computes.
         auto_parts: For each part of the backbone (one, or those of a fused backbone),
             whether int8 was measured to keep its accuracy (its registration's
@@ -127,20 +127,26 @@ def resolve_quantize(
 
     Returns:
         ``None``: float. ``()``: the whole backbone in int8 (``"int8"``, or ``"auto"``
-        where every part may be quantised). Part indices: those parts of a fused backbone
+        where every part may be quantised), or with ``"freeze_unfreeze"`` its frozen front
+        (``"int8"``, or ``"auto"`` where the float path is float32: the fine-tuned blocks
+        compute in float32 after it). Part indices: those parts of a fused backbone
         in int8, the others in float32 (``"auto"``, where some parts may be quantised and
         the float path is float32 anyway: where the CPU has native bfloat16 a float part
         would lose it, so the backbone stays float). ``"auto"`` quantises only a frozen
-        backbone on a CPU whose torch runs oneDNN's int8 convolution (x86) with torchao
-        installed: where int8 measured faster (docs/benchmarks.md).
+        backbone (or front) on a CPU whose torch runs oneDNN's int8 convolution (x86) with
+        torchao installed: where int8 measured faster (docs/benchmarks.md).
     """
     if quantize != "auto":
         return () if quantize == "int8" else None
-    if strategy != "freeze" or device.type != "cpu" or not onednn_int8_available():
+    front = strategy == "freeze_unfreeze"  # only the frozen front can be quantised
+    if strategy not in ("freeze", "freeze_unfreeze") or device.type != "cpu":
+        return None
+    if not onednn_int8_available():
         return None
     picked = tuple(i for i, ok in enumerate(auto_parts) if ok)
     whole = len(picked) == len(auto_parts)
-    if not picked or (not whole and float_dtype != torch.float32) or not _import_torchao():
+    mixed = not whole or front  # float computing beside int8: only where it is float32
+    if not picked or (mixed and float_dtype != torch.float32) or not _import_torchao():
         return None
     return () if whole else picked
 
