@@ -110,6 +110,8 @@ def prepare_backbone(backbone: FeatureExtractor, device: torch.device) -> nn.Mod
     if scales is None:
         return fast
     require_int8(device)
+    if fast is backbone and (scales.parts or scales.front):  # int8_runner replaces modules
+        fast = copy.deepcopy(backbone)  # of the runner in place: never the backbone's own
     crop = backbone.preprocessing.crop_size
     return int8_runner(fast, scales, torch.zeros(8, 3, crop, crop))
 

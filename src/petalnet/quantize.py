@@ -427,14 +427,16 @@ def int8_runner(runner: nn.Module, scales: Int8Scales, example: torch.Tensor) ->
     """``runner`` quantised with ``scales``: the module that computes an int8 backbone's rows.
 
     Args:
-        runner: A prepared float backbone on the CPU (channels-last, BN folded).
+        runner: A prepared float backbone on the CPU (channels-last, BN folded): a copy of
+            its own (:func:`~petalnet.features.prepare_backbone` makes one), since with
+            :attr:`Int8Scales.parts` or :attr:`Int8Scales.front` it is changed in place.
         scales: Its activation scales (:func:`calibrate_int8`, or a checkpoint's).
         example: One preprocessed batch of the backbone's input shape (for tracing).
 
     Returns:
-        The int8 module; any batch size runs it. With :attr:`Int8Scales.parts`, a copy of
-        ``runner`` whose quantised parts are int8 modules, the others left in float; with
-        :attr:`Int8Scales.front`, a copy whose body's leading children are one int8
+        The int8 module; any batch size runs it. With :attr:`Int8Scales.parts`, ``runner``
+        with its quantised parts replaced by int8 modules, the others left in float; with
+        :attr:`Int8Scales.front`, ``runner`` whose body's leading children are one int8
         module.
 
     Raises:
@@ -442,7 +444,6 @@ def int8_runner(runner: nn.Module, scales: Int8Scales, example: torch.Tensor) ->
             do not fit its graph (another backbone, or another ``torchao``'s graph).
     """
     if scales.front:  # the front in int8, the fine-tuned blocks after it in float
-        runner = copy.deepcopy(runner)
         quantised = _quantised(_front(runner, scales.front), scales.observers, example)
         body: Any = runner.body
         runner.body = nn.Sequential(quantised, *list(body.children())[scales.front :])
@@ -455,8 +456,7 @@ def int8_runner(runner: nn.Module, scales: Int8Scales, example: torch.Tensor) ->
             "petalnet, which traced all of its parts as one graph; fit again (or load it "
             "with that version)."
         )
-    runner = copy.deepcopy(runner)  # the float parts stay; the copy's quantised ones change
-    body = _fused_parts(runner, scales.parts)
+    body = _fused_parts(runner, scales.parts)  # the float parts stay, the others change
     for part in scales.parts:
         prefix = f"{part}{_PART_SEPARATOR}"
         observers = tuple(
