@@ -150,6 +150,7 @@ def test_the_int8_graph_runs_as_onednn_calls_and_computes_what_it_did():
     assert "aten.conv2d.default" not in calls  # every convolution is one oneDNN call
     assert calls.count("onednn.qconv2d_pointwise.binary") == 1  # the residual, fused
     assert calls.count("onednn.qconv2d_pointwise.default") == 4
+    assert not [c for c in calls if c.startswith("quantized_decomposed")]  # in place instead
     with torch.inference_mode():
         want, got, floats = reference(x), lowered(x[:5]), model(x)
     torch.testing.assert_close(got, want[:5], rtol=0.05, atol=0.05 * float(want.abs().max()))
@@ -171,3 +172,21 @@ def test_a_torchvision_resnet_lowers_as_well():
     with torch.inference_mode():
         got, want = int8(x[8:]), int8.graph(x[8:])  # type: ignore[operator]
     assert torch.nn.functional.cosine_similarity(got, want).min() > 0.99
+
+
+def test_the_quantisations_outside_convolutions_compute_the_same_bits_in_place():
+    pytest.importorskip("torchao")
+    from petalnet.onednn import _dequantize_uint8, _quantize_uint8
+    from petalnet.quantize import _import_torchao
+
+    _import_torchao()  # registers quantized_decomposed
+    q = torch.ops.quantized_decomposed
+    torch.manual_seed(0)
+    x = (torch.randn(2, 5, 9, 9) * 3).contiguous(memory_format=torch.channels_last)
+    x[0, 0, 0, :4] = torch.tensor([0.5, 1.5, -0.5, 2.5]) * 0.05  # ties round to even
+    for low, high in ((0, 127), (0, 255)):
+        want = q.quantize_per_tensor.default(x, 0.05, 60, low, high, torch.uint8)
+        got = _quantize_uint8(x, 0.05, 60, low, high)
+        assert torch.equal(got, want) and got.is_contiguous(memory_format=torch.channels_last)
+        back = q.dequantize_per_tensor.default(want, 0.05, 60, low, high, torch.uint8)
+        assert torch.equal(_dequantize_uint8(want, 0.05, 60), back)

@@ -320,6 +320,47 @@ def lower_int8_graph(graph: fx.GraphModule) -> fx.GraphModule:
         for node in dict.fromkeys(dead):  # in place (hardtanh_): dead code elimination keeps it
             if not node.users:
                 g.erase_node(node)
+    _native_quantisation(g)
     g.eliminate_dead_code()
     graph.recompile()
     return graph
+
+
+def _quantize_uint8(
+    x: torch.Tensor, scale: float, zero_point: int, low: int, high: int
+) -> torch.Tensor:
+    """``quantized_decomposed.quantize_per_tensor`` to uint8, one allocation, in place after."""
+    return torch.mul(x.float(), 1.0 / scale).round_().add_(zero_point).clamp_(low, high).to(torch.uint8)
+
+
+def _dequantize_uint8(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    """``quantized_decomposed.dequantize_per_tensor`` of uint8 to float32, in place after."""
+    return x.to(torch.float32).sub_(zero_point).mul_(scale)
+
+
+def _native_quantisation(g: fx.Graph) -> None:
+    """The (de)quantisations left outside the convolutions, computed in place.
+
+    ``quantized_decomposed``'s operators allocate a new tensor at each of their four or
+    five elementwise steps (the image's quantisation, a float operator's way in and out);
+    the same steps in place give the same values, bit for bit, 2-2.5x faster (the image's
+    quantisation was a tenth of lite1's int8 pass held to AVX2).
+    """
+    q = torch.ops.quantized_decomposed
+    for node in list(g.nodes):
+        a = _args(node)
+        if _calls(node, q.quantize_per_tensor.default) and a[5] == torch.uint8:
+            new_args: tuple[Any, ...] = (a[0], float(a[1]), int(a[2]), int(a[3]), int(a[4]))
+            target: Any = _quantize_uint8
+        elif (
+            _calls(node, q.dequantize_per_tensor.default)
+            and a[5] == torch.uint8
+            and node.kwargs.get("out_dtype") in (None, torch.float32)
+        ):
+            new_args, target = (a[0], float(a[1]), int(a[2])), _dequantize_uint8
+        else:
+            continue
+        with g.inserting_after(node):
+            new = g.call_function(target, new_args)
+        node.replace_all_uses_with(new)
+        g.erase_node(node)
