@@ -35,13 +35,28 @@ SCRIPT = textwrap.dedent(
     petalnet.batches.TensorBatches.__init__ = recording
 
     backbone, strategy = sys.argv[4], sys.argv[5]
-    quantize = json.loads(sys.argv[7])
+    quantize, extra = json.loads(sys.argv[7]), json.loads(sys.argv[8])
+    import petalnet.calibration
+    from petalnet.pipeline import ImagePipeline
+    if "calibration_size" in extra:  # a split larger than the cap: calibrate on a sample
+        petalnet.calibration.CALIBRATION_SIZE = extra.pop("calibration_size")
+    side = []  # the images whose side views this rank computed (its share)
+    real_features = ImagePipeline.features
+    def spying(self, images, labels=None, **kwargs):
+        got = real_features(self, images, labels, **kwargs)
+        if len(kwargs.get("views", ())) > 1:
+            side.extend(str(images[i]) for i in got.positions.tolist())
+        return got
+    ImagePipeline.features = spying
     clf = FlowerClassifier(backbone, hidden_units=16, epochs=3, batch_size=8,
                            learning_rate=0.01, device="cpu", random_state=0, cache=False,
                            amp=False, verbose=1, strategy=strategy, unfreeze_blocks=1,
                            freeze_epochs=1, split="stratified",  # synthetic photos group whole
-                           quantize=quantize)
+                           quantize=quantize, **extra)
     clf.fit(sys.argv[1])
+    calibrated = clf.model_.calibration
+    calibration = [calibrated.temperature, calibrated.threshold]
+    side_in_fit = list(side)
     path = clf.save(sys.argv[2])
     dist.barrier()  # rank 0 has written the checkpoint
     weights = sum(float(p.double().sum()) for p in clf.backbone_.parameters())
@@ -53,7 +68,7 @@ SCRIPT = textwrap.dedent(
     # one file per rank: the ranks' stdout lines interleave (even mid-line)
     report = {"rank": dist.get_rank(), "world": dist.get_world_size(), "train": clf.n_train_,
               "backbone": weights, "history": clf.history_, "held": held, "proba": proba,
-              "outcomes": outcomes,
+              "outcomes": outcomes, "calibration": calibration, "side": side_in_fit,
               "int8": [list(o) for o in clf.backbone_.meta.int8.observers] if quantize else None}
     with open(f"{sys.argv[2]}.rank{dist.get_rank()}.json", "w") as f:
         json.dump(report, f)
@@ -63,14 +78,19 @@ SCRIPT = textwrap.dedent(
 
 
 @pytest.mark.parametrize(
-    ("backbone", "strategy", "quantize"),
+    ("backbone", "strategy", "quantize", "extra"),
     [
-        ("tiny_test", "freeze", None),
-        ("tiny_blocks", "freeze_unfreeze", None),
-        pytest.param("tiny_test", "freeze", "int8", id="int8"),
+        ("tiny_test", "freeze", None, {}),
+        ("tiny_blocks", "freeze_unfreeze", None, {}),
+        pytest.param("tiny_test", "freeze", "int8", {}, id="int8"),
+        # 5 validation images, a cap of 3: each rank computes the side views of its share
+        # of one even sample, and both calibrate on all of it
+        pytest.param(
+            "tiny_test", "freeze", None, {"tta": "crops", "calibration_size": 3}, id="capped"
+        ),
     ],
 )
-def test_two_process_gloo_training(single_folder, tmp_path, backbone, strategy, quantize):
+def test_two_process_gloo_training(single_folder, tmp_path, backbone, strategy, quantize, extra):
     if quantize:
         pytest.importorskip("torchao")
     script = tmp_path / "train_ddp.py"
@@ -98,6 +118,7 @@ def test_two_process_gloo_training(single_folder, tmp_path, backbone, strategy, 
             strategy,
             json.dumps(images),
             json.dumps(quantize),
+            json.dumps(extra),
         ],
         capture_output=True,
         text=True,
@@ -132,6 +153,13 @@ def test_two_process_gloo_training(single_folder, tmp_path, backbone, strategy, 
     ]
     assert [e[1] for e in expected] == [False, True] + [False] * 8 + [True, False]
     assert reports[0]["outcomes"] == reports[1]["outcomes"] == expected
+    # both ranks fitted the same temperature and threshold, from all of the rows gathered
+    assert reports[0]["calibration"] == reports[1]["calibration"]
+    if "calibration_size" in extra:
+        shares = [r["side"] for r in reports]
+        assert sorted(map(len, shares)) == [1, 2]  # 3 images' side views, split between ranks
+        assert not set(shares[0]) & set(shares[1])
+        assert reports[0]["calibration"][1] is not None  # a threshold was fitted
     if quantize:  # rank 0 calibrated; every rank ran with its scales, which the file holds
         saved = [list(o) for o in clf.backbone_.meta.int8.observers]
         assert reports[0]["int8"] == reports[1]["int8"] == saved

@@ -330,7 +330,8 @@ def _quantize_uint8(
     x: torch.Tensor, scale: float, zero_point: int, low: int, high: int
 ) -> torch.Tensor:
     """``quantized_decomposed.quantize_per_tensor`` to uint8, one allocation, in place after."""
-    return torch.mul(x.float(), 1.0 / scale).round_().add_(zero_point).clamp_(low, high).to(torch.uint8)
+    scaled = torch.mul(x.float(), 1.0 / scale)
+    return scaled.round_().add_(zero_point).clamp_(low, high).to(torch.uint8)
 
 
 def _dequantize_uint8(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
