@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 from pathlib import Path
@@ -401,3 +402,67 @@ def test_serve_answers_like_the_int8_classifier(tmp_path, flowers_root):
     assert [p["class_id"] for p in body] == [p.class_id for p in expected]
     got = [p["probability"] for p in body]
     np.testing.assert_allclose(got, [p.probability for p in expected], atol=1e-5)
+
+
+def _conv_calls(module: torch.nn.Module) -> list[str]:
+    graphs = [m.lowered for m in module.modules() if isinstance(m, quantize._Int8Runner)]
+    nodes = [n for g in graphs for n in g.graph.nodes if n.op == "call_function"]
+    return [str(n.target) for n in nodes if "conv" in str(n.target)]
+
+
+def test_a_backbones_first_blocks_registered_int8_float_stay_float(
+    flowers_root, tmp_path, monkeypatch
+):
+    from petalnet.backbones import registry
+
+    monkeypatch.setitem(registry._INT8_FLOAT, "tiny_blocks", ("stem",))  # as lite1's
+    assert registry.int8_float("tiny_test+tiny_blocks") == ((), ("stem",))
+    params = {**INT8, "backbone": "tiny_blocks", "epochs": 2}
+    clf = petalnet.FlowerClassifier(**params, cache_dir=tmp_path / "a").fit(flowers_root)
+    backbone = clf.fitted_model().backbone
+    scales = backbone.meta.int8
+    assert scales is not None and scales.floats == ("body.stem",)
+    assert Int8Scales.from_payload(json.loads(json.dumps(scales.to_payload()))) == scales
+    assert scales.fingerprint != Int8Scales(scales.observers).fingerprint
+    cpu = torch.device("cpu")
+    runner = prepare_backbone(backbone, cpu)
+    # the stem is a float convolution in the graph, block1 and block2 oneDNN int8 calls
+    assert (
+        sorted(_conv_calls(runner))
+        == ["aten.conv2d.default"] + ["onednn.qconv2d_pointwise.default"] * 2
+    )
+    x = _batch(backbone, _images(flowers_root))
+    with torch.inference_mode():  # against the same backbone with every block in int8
+        everything = calibrate_int8(prepare_backbone(backbone.derive(int8=None), cpu), x)
+        all_int8 = int8_runner(prepare_backbone(backbone.derive(int8=None), cpu), everything, x)
+        assert not torch.equal(all_int8(x), runner(x))
+    assert len(everything.observers) > len(scales.observers)  # the stem's are not observed
+    _saved_loaded_and_exported_alike(clf, scales, x, flowers_root, tmp_path)
+
+
+def test_int8_float_paths_follow_the_graph_that_is_traced(flowers_root, monkeypatch):
+    from petalnet.backbones import registry
+
+    monkeypatch.setitem(registry._INT8_FLOAT, "tiny_blocks", ("stem",))
+    cpu = torch.device("cpu")
+    fused = prepare_backbone(build_backbone("tiny_test+tiny_blocks"), cpu)
+    x = _batch(build_backbone("tiny_test+tiny_blocks"), _images(flowers_root))
+    floats = registry.int8_float("tiny_test+tiny_blocks")
+    whole = calibrate_int8(fused, x, floats=floats)  # both parts, one graph
+    assert whole.floats == ("body.parts.1.body.stem",)
+    parts = calibrate_int8(fused, x, (0, 1), floats=floats)  # each part its own graph
+    assert parts.floats == ("1:body.stem",)
+    with torch.inference_mode():
+        one = int8_runner(copy.deepcopy(fused), whole, x)(x)
+        each = int8_runner(copy.deepcopy(fused), parts, x)
+        assert _conv_calls(each.body.parts[1]).count("aten.conv2d.default") == 1
+        torch.testing.assert_close(each(x), one, rtol=0.05, atol=0.05)
+    blocks = prepare_backbone(build_backbone("tiny_blocks"), cpu)  # a front: children by index
+    assert calibrate_int8(blocks, x, front=2, floats=(("stem",),)).floats == ("0",)
+    with pytest.raises(PetalnetError, match="int8_float names \\['trunk'\\]"):
+        calibrate_int8(blocks, x, floats=(("trunk",),))
+    # "auto" keeps a backbone whose first blocks stay float out of int8 where float is bf16
+    auto = ("auto", "freeze", cpu, (True,))
+    assert resolve_quantize(*auto, torch.float32, (("stem",),)) == ()
+    assert resolve_quantize(*auto, torch.bfloat16, (("stem",),)) is None
+    assert resolve_quantize(*auto, torch.bfloat16, ((),)) == ()

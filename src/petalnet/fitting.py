@@ -19,7 +19,7 @@ from torch import nn
 from petalnet import distributed
 from petalnet._device import resolve_device
 from petalnet.backbones.base import FeatureExtractor
-from petalnet.backbones.registry import auto_int8, build_backbone
+from petalnet.backbones.registry import auto_int8, build_backbone, int8_float
 from petalnet.batches import Batches, ImageBatches
 from petalnet.calibration import Calibration, fit_calibration, sample_rows
 from petalnet.callbacks import TrainingState
@@ -266,6 +266,7 @@ class _Run:
                 device,
                 auto_int8(params.backbone),
                 resolve_precision(params.amp, device),
+                int8_float(params.backbone),
             )
             if parts is not None and params.strategy == "freeze":
                 backbone = backbone.derive(int8=self.calibrate_int8(backbone, device, parts))
@@ -370,7 +371,8 @@ class _Run:
         if distributed.is_main():
             paths = [path for path, _ in self.data.train]
             images = calibration_images(paths, backbone.preprocessing)
-            scales = calibrate_int8(prepare_backbone(backbone, device), images, parts, front)
+            runner, floats = prepare_backbone(backbone, device), int8_float(self.params.backbone)
+            scales = calibrate_int8(runner, images, parts, front, floats)
         scales = distributed.from_main(scales)
         if scales is None:  # pragma: no cover - rank 0 always sends them
             raise RuntimeError("rank 0 sent no int8 scales")

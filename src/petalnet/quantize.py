@@ -53,6 +53,7 @@ __all__ = [
     "Int8Scales",
     "calibrate_int8",
     "calibration_images",
+    "float_paths",
     "int8_runner",
     "reference_graph",
     "require_int8",
@@ -111,6 +112,7 @@ def resolve_quantize(
     device: torch.device,
     auto_parts: Sequence[bool] = (True,),
     float_dtype: torch.dtype = torch.float32,
+    floats: Sequence[Sequence[str]] = (),
 ) -> tuple[int, ...] | None:
     """Whether a fit quantises its backbone, and which parts: the one place that decides.
 
@@ -124,6 +126,8 @@ def resolve_quantize(
             ``auto_int8``: :func:`~petalnet.backbones.registry.auto_int8`).
         float_dtype: What the backbone would compute in unquantised (``bfloat16`` on a CPU
             with native bfloat16).
+        floats: For each part, the children of its body that stay in float32 when it is
+            quantised (its registration's ``int8_float``).
 
     Returns:
         ``None``: float. ``()``: the whole backbone in int8 (``"int8"``, or ``"auto"``
@@ -132,7 +136,8 @@ def resolve_quantize(
         compute in float32 after it). Part indices: those parts of a fused backbone
         in int8, the others in float32 (``"auto"``, where some parts may be quantised and
         the float path is float32 anyway: where the CPU has native bfloat16 a float part
-        would lose it, so the backbone stays float). ``"auto"`` quantises only a frozen
+        would lose it, so the backbone stays float; so too a part whose first blocks stay in
+        float32, ``floats``). ``"auto"`` quantises only a frozen
         backbone (or front) on a CPU whose torch runs oneDNN's int8 convolution (x86) with
         torchao installed: where int8 measured faster (docs/benchmarks.md).
     """
@@ -145,7 +150,8 @@ def resolve_quantize(
         return None
     picked = tuple(i for i, ok in enumerate(auto_parts) if ok)
     whole = len(picked) == len(auto_parts)
-    mixed = not whole or front  # float computing beside int8: only where it is float32
+    partial = any(floats[i] for i in picked if i < len(floats))
+    mixed = not whole or front or partial  # float beside int8: only where it is float32
     if not picked or (mixed and float_dtype != torch.float32) or not _import_torchao():
         return None
     return () if whole else picked
@@ -165,11 +171,15 @@ class Int8Scales:
             graph: the frozen front of a partly fine-tuned backbone
             (``strategy="freeze_unfreeze"``), the fine-tuned blocks after it computing in
             float32; ``0`` for the whole backbone.
+        floats: Modules left in float32 inside the quantised graphs, by their path in the
+            traced module (of a partly quantised fused backbone prefixed ``"part:"``): the
+            first blocks of a backbone registered with ``int8_float``.
     """
 
     observers: tuple[tuple[str, float, int], ...]
     parts: tuple[int, ...] = ()
     front: int = 0
+    floats: tuple[str, ...] = ()
 
     @property
     def fingerprint(self) -> str:
@@ -179,36 +189,45 @@ class Int8Scales:
             data.append(["parts", *self.parts])
         if self.front:
             data.append(["front", self.front])
+        if self.floats:
+            data.append(["floats", *self.floats])
         return hashlib.sha256(json.dumps(data).encode()).hexdigest()[:16]
 
     def to_payload(self) -> list[list[Any]] | dict[str, Any]:
         """Plain values for a checkpoint (the list of triples for a whole backbone)."""
         observers = [list(o) for o in self.observers]
+        extra: dict[str, Any] = {}
+        if self.parts:
+            extra["parts"] = list(self.parts)
         if self.front:
-            return {"observers": observers, "front": self.front}
-        return {"observers": observers, "parts": list(self.parts)} if self.parts else observers
+            extra["front"] = self.front
+        if self.floats:
+            extra["floats"] = list(self.floats)
+        return {"observers": observers, **extra} if extra else observers
 
     @classmethod
     def from_payload(cls, data: Sequence[Sequence[Any]] | Mapping[str, Any]) -> Int8Scales:
         """Rebuild what :meth:`to_payload` stored.
 
         Args:
-            data: ``[name, scale, zero point]`` triples, or ``{"observers": triples,
-                "parts": indices}``, or ``{"observers": triples, "front": children}``.
+            data: ``[name, scale, zero point]`` triples, or ``{"observers": triples}`` with
+                any of ``"parts"`` (indices), ``"front"`` (children) and ``"floats"``
+                (module paths).
 
         Returns:
             The scales.
         """
         triples: Sequence[Sequence[Any]]
         parts: Sequence[Any] = ()
+        floats: Sequence[Any] = ()
         front = 0
         if isinstance(data, Mapping):
             triples, parts = data["observers"], data.get("parts", ())
-            front = int(data.get("front", 0))
+            front, floats = int(data.get("front", 0)), data.get("floats", ())
         else:
             triples = data
         observers = tuple((str(n), float(s), int(z)) for n, s, z in triples)
-        return cls(observers, tuple(int(p) for p in parts), front)
+        return cls(observers, tuple(int(p) for p in parts), front, tuple(str(f) for f in floats))
 
 
 def calibration_images(
@@ -287,8 +306,11 @@ def _export(runner: nn.Module, example: torch.Tensor) -> nn.Module:
         ) from None
 
 
-def _prepared(runner: nn.Module, example: torch.Tensor) -> Any:
-    """``runner`` traced and given observers on every layer (``torchao``'s ``prepare_pt2e``)."""
+def _prepared(runner: nn.Module, example: torch.Tensor, floats: Sequence[str] = ()) -> Any:
+    """``runner`` traced and given observers (``torchao``'s ``prepare_pt2e``).
+
+    Every layer is annotated but those under the module paths ``floats``, which stay float.
+    """
     require_int8(example.device)
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
     from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xiq
@@ -296,6 +318,8 @@ def _prepared(runner: nn.Module, example: torch.Tensor) -> Any:
     config = xiq.get_default_x86_inductor_quantization_config(reduce_range=True)
     quantizer = xiq.X86InductorQuantizer()
     quantizer.set_global(config)
+    for path in floats:
+        quantizer.set_module_name_qconfig(path, None)
     return prepare_pt2e(_traced(runner, example), quantizer)
 
 
@@ -341,8 +365,48 @@ def _activation_observers(prepared: Any) -> list[tuple[str, Any]]:
     ]
 
 
+def float_paths(
+    runner: nn.Module, floats: Sequence[Sequence[str]], front: int = 0
+) -> tuple[str, ...]:
+    """Where the body children ``floats`` names sit in the module :func:`calibrate_int8` traces.
+
+    Args:
+        runner: A prepared backbone, or one part of a fused one.
+        floats: One tuple of ``body`` children per part (one, or each of a fused backbone's
+            when ``runner`` is all of it): those that stay in float32.
+        front: The quantised front's length (its children are then named by index).
+
+    Returns:
+        Module paths, e.g. ``("body.stem",)`` or ``("body.parts.1.body.stem",)``.
+
+    Raises:
+        PetalnetError: A name is not a child of the backbone's ``body``.
+    """
+    body = getattr(runner, "body", None)
+    if isinstance(body, Fused) and len(floats) == len(body.parts) > 1:  # all of it, one graph
+        return tuple(
+            f"body.parts.{i}.{path}"
+            for i, names in enumerate(floats)
+            for path in float_paths(body.parts[i], (names,))
+        )
+    names = [name for part in floats for name in part]
+    children = [n for n, _ in body.named_children()] if isinstance(body, nn.Module) else []
+    if missing := [n for n in names if n not in children]:
+        raise PetalnetError(
+            f"int8_float names {missing}, which this backbone's body does not have (it has "
+            f"{children}); fix the registration's int8_float, or use quantize=None."
+        )
+    if front:  # the front is one Sequential of the body's first children: paths by index
+        return tuple(str(children.index(n)) for n in names if children.index(n) < front)
+    return tuple(f"body.{n}" for n in names)
+
+
 def calibrate_int8(
-    runner: nn.Module, images: torch.Tensor, parts: Sequence[int] = (), front: int = 0
+    runner: nn.Module,
+    images: torch.Tensor,
+    parts: Sequence[int] = (),
+    front: int = 0,
+    floats: Sequence[Sequence[str]] = (),
 ) -> Int8Scales:
     """Observe ``runner``'s activations on ``images`` and return their int8 scales.
 
@@ -353,32 +417,40 @@ def calibrate_int8(
             ``()`` for all of it.
         front: The leading children of ``runner.body`` to quantise (the frozen front of a
             partly fine-tuned backbone); ``0`` for all of it.
+        floats: For each part of the backbone, the children of its body that stay in
+            float32 (:func:`~petalnet.backbones.registry.int8_float`); ``()``: none.
 
     Returns:
         The scales (:class:`Int8Scales`).
 
     Raises:
-        PetalnetError: ``torchao`` is missing, or the backbone cannot be traced.
+        PetalnetError: ``torchao`` is missing, the backbone cannot be traced, or
+            ``floats`` names a block it does not have.
     """
     if front:
-        return Int8Scales(_observe(_front(runner, front), images), front=front)
+        paths = float_paths(runner, floats, front)
+        return Int8Scales(_observe(_front(runner, front), images, paths), front=front, floats=paths)
     if not parts:
-        return Int8Scales(_observe(runner, images))
+        paths = float_paths(runner, floats)
+        return Int8Scales(_observe(runner, images, paths), floats=paths)
     body = _fused_parts(runner, parts)
-    found = []
+    found, kept = [], []
     for part in parts:
         with torch.no_grad():
             seen = body.part_input(images, part)
-        found += [
-            (f"{part}{_PART_SEPARATOR}{n}", s, z) for n, s, z in _observe(body.parts[part], seen)
-        ]
-    return Int8Scales(tuple(found), tuple(parts))
+        paths = float_paths(body.parts[part], floats[part : part + 1])
+        prefix = f"{part}{_PART_SEPARATOR}"
+        found += [(prefix + n, s, z) for n, s, z in _observe(body.parts[part], seen, paths)]
+        kept += [prefix + path for path in paths]
+    return Int8Scales(tuple(found), tuple(parts), floats=tuple(kept))
 
 
-def _observe(runner: nn.Module, images: torch.Tensor) -> tuple[tuple[str, float, int], ...]:
-    """The activation scales of ``runner`` (every layer) observed on ``images``."""
+def _observe(
+    runner: nn.Module, images: torch.Tensor, floats: Sequence[str] = ()
+) -> tuple[tuple[str, float, int], ...]:
+    """The activation scales of ``runner`` (every layer but ``floats``) seen on ``images``."""
     images = images.contiguous(memory_format=torch.channels_last)
-    prepared = _prepared(runner, images[:_EXAMPLE_BATCH])
+    prepared = _prepared(runner, images[:_EXAMPLE_BATCH], floats)
     with torch.no_grad():
         for first in range(0, len(images), 32):
             prepared(images[first : first + 32])
@@ -444,12 +516,13 @@ def int8_runner(runner: nn.Module, scales: Int8Scales, example: torch.Tensor) ->
             do not fit its graph (another backbone, or another ``torchao``'s graph).
     """
     if scales.front:  # the front in int8, the fine-tuned blocks after it in float
-        quantised = _quantised(_front(runner, scales.front), scales.observers, example)
+        front = _front(runner, scales.front)
+        quantised = _quantised(front, scales.observers, example, scales.floats)
         body: Any = runner.body
         runner.body = nn.Sequential(quantised, *list(body.children())[scales.front :])
         return runner.eval()
     if not scales.parts:
-        return _quantised(runner, scales.observers, example)
+        return _quantised(runner, scales.observers, example, scales.floats)
     if any(_PART_SEPARATOR not in name for name, _, _ in scales.observers):
         raise PetalnetError(
             "These int8 scales of a partly quantised fused backbone were saved by an earlier "
@@ -462,22 +535,26 @@ def int8_runner(runner: nn.Module, scales: Int8Scales, example: torch.Tensor) ->
         observers = tuple(
             (n.removeprefix(prefix), s, z) for n, s, z in scales.observers if n.startswith(prefix)
         )
+        floats = [f.removeprefix(prefix) for f in scales.floats if f.startswith(prefix)]
         with torch.no_grad():
             seen = body.part_input(example, part)
-        body.parts[part] = _quantised(body.parts[part], observers, seen)
+        body.parts[part] = _quantised(body.parts[part], observers, seen, floats)
     return runner.eval()
 
 
 def _quantised(
-    runner: nn.Module, observers: Sequence[tuple[str, float, int]], example: torch.Tensor
+    runner: nn.Module,
+    observers: Sequence[tuple[str, float, int]],
+    example: torch.Tensor,
+    floats: Sequence[str] = (),
 ) -> _Int8Runner:
-    """``runner`` (all of it) quantised with the scales of its activation ``observers``."""
+    """``runner`` (all of it but ``floats``) quantised with its activation ``observers``."""
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.observer import FixedQParamsObserver
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
 
     example = example.contiguous(memory_format=torch.channels_last)
-    prepared = _prepared(runner, example)
+    prepared = _prepared(runner, example, floats)
     found = _activation_observers(prepared)
     if [name for name, _ in found] != [name for name, _, _ in observers]:
         raise PetalnetError(

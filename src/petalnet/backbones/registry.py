@@ -9,8 +9,9 @@ Backbones come from two places:
 
 A builder is a callable ``builder(weights="DEFAULT") -> FeatureExtractor``. A registration
 may also say where the builder's default weights come from (:data:`WeightsStatus`), so that
-``petalnet backbones`` can tell without building anything, and whether int8 was measured to
-keep the backbone's accuracy (``auto_int8``: what ``quantize="auto"`` quantises).
+``petalnet backbones`` can tell without building anything, whether int8 was measured to
+keep the backbone's accuracy (``auto_int8``: what ``quantize="auto"`` quantises), and which
+of its first blocks stay in float32 when it is quantised (``int8_float``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import difflib
 import fnmatch
 import functools
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from importlib.metadata import EntryPoint, entry_points
 from typing import Protocol, TypeVar
@@ -35,6 +36,7 @@ __all__ = [
     "auto_int8",
     "build_backbone",
     "get_backbone",
+    "int8_float",
     "list_backbones",
     "register_backbone",
     "registered",
@@ -61,6 +63,7 @@ B = TypeVar("B", bound=BackboneBuilder)
 _REGISTRY: dict[str, BackboneBuilder] = {}
 _WEIGHTS_STATUS: dict[str, WeightsStatus] = {}
 _AUTO_INT8: set[str] = set()
+_INT8_FLOAT: dict[str, tuple[str, ...]] = {}
 _PLUGINS: dict[str, EntryPoint] | None = None  # discovered, not yet loaded
 
 
@@ -70,6 +73,7 @@ def register_backbone(
     overwrite: bool = False,
     weights_status: WeightsStatus | None = None,
     auto_int8: bool = False,
+    int8_float: Sequence[str] = (),
 ) -> Callable[[B], B]:
     """Register a backbone builder under ``name`` (a decorator).
 
@@ -88,6 +92,9 @@ def register_backbone(
             CPU runs int8 kernels: set it only where int8 features were measured to keep
             the classifier's accuracy (for ``efficientnet_lite0``; docs/benchmarks.md).
             ``quantize="int8"`` quantises any backbone.
+        int8_float: Children of the built backbone's ``body`` (e.g. ``("stem", "stage1")``)
+            that stay in float32 whenever it is quantised: where int8 was measured to cost
+            its accuracy there (efficientnet_lite1's first block; docs/benchmarks.md).
 
     Returns:
         A decorator that registers its argument and returns it unchanged.
@@ -112,6 +119,7 @@ def register_backbone(
             _AUTO_INT8.add(key)
         else:
             _AUTO_INT8.discard(key)
+        _INT8_FLOAT[key] = tuple(int8_float)
         return builder
 
     return decorator
@@ -132,7 +140,7 @@ def registered(name: str, builder: BackboneBuilder) -> Iterator[BackboneBuilder]
         ``builder``.
     """
     before, status = _REGISTRY.get(name), _WEIGHTS_STATUS.get(name)
-    auto = name in _AUTO_INT8
+    auto, floats = name in _AUTO_INT8, _INT8_FLOAT.pop(name, ())
     _AUTO_INT8.discard(name)  # the builder tried is not the one int8 was measured on
     _REGISTRY[name] = builder
     try:
@@ -146,6 +154,8 @@ def registered(name: str, builder: BackboneBuilder) -> Iterator[BackboneBuilder]
             _WEIGHTS_STATUS[name] = status
         if auto:
             _AUTO_INT8.add(name)
+        if floats:
+            _INT8_FLOAT[name] = floats
 
 
 def weights_status(name: str) -> str:
@@ -175,9 +185,24 @@ def auto_int8(name: str) -> tuple[bool, ...]:
     Returns:
         One flag per part, in order.
     """
-    if name in _REGISTRY or SEPARATOR not in name:
-        return (name in _AUTO_INT8,)
-    return tuple(part in _AUTO_INT8 for part in name.split(SEPARATOR))
+    return tuple(part in _AUTO_INT8 for part in _parts(name))
+
+
+def int8_float(name: str) -> tuple[tuple[str, ...], ...]:
+    """The children of each part's ``body`` that stay in float32 when backbone ``name`` is int8.
+
+    Args:
+        name: A backbone name, e.g. ``"efficientnet_lite0+efficientnet_lite1"``.
+
+    Returns:
+        One tuple of child names per part, in order: its registration's ``int8_float``.
+    """
+    return tuple(_INT8_FLOAT.get(part, ()) for part in _parts(name))
+
+
+def _parts(name: str) -> list[str]:
+    """The registered names a backbone name is made of (itself, or a fused name's parts)."""
+    return [name] if name in _REGISTRY or SEPARATOR not in name else name.split(SEPARATOR)
 
 
 def _discover_plugins() -> dict[str, EntryPoint]:
