@@ -113,14 +113,15 @@ _PRESETS = {
             holdout_accuracy=0.9714,
             untouched_accuracy=0.9499,
             untouched_recipe="the recipe before the test-time crops, the refit and int8",
-            seconds=86.7,  # the six times: one stretch, one run after the other (benchmarks.md)
+            seconds=86.7,  # one stretch, run after run (benchmarks.md); not balanced's AVX2
             machine=f"{_EPYC}, int8 backbone",
             avx2_seconds=114.3,
         ),
         Preset(
             "balanced-cpu",
             "fast-cpu's recipe on efficientnet_lite0 and efficientnet_lite1 features side by "
-            "side (both frozen; lite0 in int8 on x86 CPUs without bfloat16)",
+            "side (both frozen; in int8 on x86 CPUs without bfloat16, lite1's first block "
+            "in float32)",
             MappingProxyType(
                 {
                     **_HEAD,
@@ -133,10 +134,10 @@ _PRESETS = {
             ),
             holdout_accuracy=0.9735,
             untouched_accuracy=0.9560,
-            untouched_recipe="the recipe before the test-time crops, the refit and lite0 in int8",
+            untouched_recipe="the recipe before the test-time crops, the refit and int8",
             seconds=177.1,
             machine=f"{_EPYC}, bf16",
-            avx2_seconds=323.8,  # lite0 in int8 there (270.5-275.0 s in a faster half hour)
+            avx2_seconds=259.6,  # both in int8 (lite0 int8, lite1 float32: 290.4 s beside it)
         ),
         Preset(
             "best-cpu",
