@@ -90,7 +90,7 @@ def register_backbone(
             ``petalnet backbones`` shows ``"unknown"`` without it.
         auto_int8: Whether ``quantize="auto"`` quantises this backbone to int8 where the
             CPU runs int8 kernels: set it only where int8 features were measured to keep
-            the classifier's accuracy (for ``efficientnet_lite0``; docs/benchmarks.md).
+            the classifier's accuracy (efficientnet_lite0, and lite1 with ``int8_float``).
             ``quantize="int8"`` quantises any backbone.
         int8_float: Children of the built backbone's ``body`` (e.g. ``("stem", "stage1")``)
             that stay in float32 whenever it is quantised: where int8 was measured to cost
