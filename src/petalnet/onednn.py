@@ -247,9 +247,10 @@ def lower_int8_graph(graph: fx.GraphModule) -> fx.GraphModule:
       oneDNN's ``sum`` post-op into a copy of ``q`` (the ``.binary`` overload);
     * otherwise float32 out (the activation still fused), for what follows in float.
 
-    Everything else (the input's quantisation, pooling) is left as it is, so the graph
-    computes what it did, to rounding: oneDNN's integer kernels instead of float ones on
-    dequantised values.
+    Everything else (pooling, a float operator's own computation) is left as it is, and the
+    quantisations outside the convolutions (the image's, a float operator's way in and out)
+    compute in place, to the same bits; so the graph computes what it did, to rounding:
+    oneDNN's integer kernels instead of float ones on dequantised values.
 
     Args:
         graph: The converted graph, changed in place.
@@ -320,7 +321,7 @@ def lower_int8_graph(graph: fx.GraphModule) -> fx.GraphModule:
         for node in dict.fromkeys(dead):  # in place (hardtanh_): dead code elimination keeps it
             if not node.users:
                 g.erase_node(node)
-    _native_quantisation(g)
+    _quantise_in_place(g)
     g.eliminate_dead_code()
     graph.recompile()
     return graph
@@ -339,7 +340,7 @@ def _dequantize_uint8(x: torch.Tensor, scale: float, zero_point: int) -> torch.T
     return x.to(torch.float32).sub_(zero_point).mul_(scale)
 
 
-def _native_quantisation(g: fx.Graph) -> None:
+def _quantise_in_place(g: fx.Graph) -> None:
     """The (de)quantisations left outside the convolutions, computed in place.
 
     ``quantized_decomposed``'s operators allocate a new tensor at each of their four or

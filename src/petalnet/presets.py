@@ -163,7 +163,7 @@ _PRESETS = {
             untouched_recipe="the recipe before tta='crops+flip' and the int8 front",
             seconds=437.0,
             machine=f"{_EPYC}, bf16",
-            avx2_seconds=493.8,  # the front in int8 there (float32: 593.0 s against 524.9)
+            avx2_seconds=493.8,  # int8 front (a slower hour: 524.9 s, float32's 593.0 s)
         ),
     )
 }
