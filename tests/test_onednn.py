@@ -114,6 +114,21 @@ def test_the_pipeline_packs_its_runner_and_never_the_backbone_it_saves():
         torch.testing.assert_close(runner(x), backbone(x), rtol=1e-5, atol=1e-5)
 
 
+def test_a_cpu_without_onednn_bfloat16_computes_packed_convolutions_as_eager_ones(monkeypatch):
+    import petalnet.onednn as onednn
+
+    # as on an AVX2-only CPU, where oneDNN's weight reorder refuses bfloat16
+    monkeypatch.setattr(onednn, "_onednn_bf16", lambda: False)
+    plain = prepare_backbone(petalnet.build_backbone("efficientnet_lite0", weights=None), CPU)
+    packed = pack_convolutions(copy.deepcopy(plain))
+    x = torch.randn(2, 3, 65, 71).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), autocast(CPU, torch.bfloat16):
+        want, got = plain(x), packed(x)
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, want, rtol=0, atol=0)  # ATen's path, the same sums
+    assert not any(c._packed for c in _packed(packed))  # nothing was reordered
+
+
 class _Residual(nn.Module):
     def __init__(self, channels: int) -> None:
         super().__init__()

@@ -127,6 +127,8 @@ class PackedConv2d(nn.Module):
         """
         if torch.is_autocast_enabled("cpu") and x.dtype == torch.float32:
             x = x.to(torch.get_autocast_dtype("cpu"))
+        if x.dtype == torch.bfloat16 and not _onednn_bf16():  # an AVX2-only CPU: ATen's path
+            return self._unpacked(x)
         weight, bias, padding = self._pack(x, x.dtype)
         c = self.conv
         out: torch.Tensor = torch.ops.mkldnn._convolution_pointwise(
@@ -142,6 +144,24 @@ class PackedConv2d(nn.Module):
             "",
         )
         return out
+
+    def _unpacked(self, x: torch.Tensor) -> torch.Tensor:
+        """The convolution and its activation as the eager modules compute them."""
+        out: torch.Tensor = self.conv(x)
+        if self.activation == "hardtanh":
+            low, high = self.scalars
+            return nn.functional.hardtanh(out, low, high)
+        return nn.functional.relu(out) if self.activation == "relu" else out
+
+
+@functools.cache
+def _onednn_bf16() -> bool:
+    """Whether oneDNN computes bfloat16 on this CPU (AVX-512 BW/VL/DQ or AVX-NE-CONVERT).
+
+    Where it does not (AVX2-only CPUs, or ``ONEDNN_MAX_CPU_ISA=AVX2``) its weight reorder
+    refuses bfloat16, and a packed convolution asked for bfloat16 computes as the eager one.
+    """
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def _packable(module: nn.Module) -> bool:
