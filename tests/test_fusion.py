@@ -30,7 +30,7 @@ def test_a_fused_backbone_is_each_part_on_its_own_input():
     assert fused.feature_dim == small.feature_dim + wide.feature_dim == 64
     assert fused.preprocessing == WIDE  # the input is prepared for the largest crop
     assert fused.restorable and fused.weights == "SEEDED"
-    assert fused.num_blocks == 0  # fused backbones are trained frozen
+    assert fused.block_names == small.block_names  # its first part's (here one)
 
     x = torch.rand(3, 3, 64, 64)  # normalised for WIDE
     with torch.no_grad():
@@ -80,9 +80,74 @@ def test_fused_names_and_weights_fail_clearly(single_folder):
     mixed = petalnet.build_backbone("tiny_test+tiny_test_wide", weights="SEEDED+OTHER")
     assert mixed.weights == "SEEDED+OTHER"
     assert petalnet.build_backbone("tiny_test+tiny_test", weights=None).weights is None
-    with pytest.raises(petalnet.PetalnetError, match="declares no blocks"):
+
+
+def test_a_fused_backbone_splits_its_first_part_and_keeps_the_others_whole():
+    fused = petalnet.build_backbone("tiny_blocks+tiny_test_wide").eval()
+    blocks = petalnet.build_backbone("tiny_blocks")
+    assert fused.block_names == blocks.block_names == ["stem", "block1", "block2"]
+    front, back = fused.split(1)
+    assert front.meta.name == fused.meta.name and front.preprocessing == WIDE
+    assert front.feature_dim == 8 * 8 * 8 + 32  # block1's output flattened, then tiny_test_wide
+    x = torch.rand(3, 3, 64, 64)  # prepared for the largest part
+    with torch.no_grad():
+        rows = front(x)
+        torch.testing.assert_close(back(rows), fused(x))  # front then back: the backbone
+        torch.testing.assert_close(rows[:, 512:], fused.body.parts[1](x))  # passed through
+    # the back trains the first part's last block only, shared with the backbone
+    assert {id(p) for p in back.parameters()} == {
+        id(p) for p in fused.body.parts[0].body.block2.parameters()
+    }
+
+
+def test_a_fused_backbone_fine_tunes_its_first_part_beside_the_frozen_others(
+    single_folder, tmp_path
+):
+    pretrained = petalnet.build_backbone("tiny_blocks+tiny_test_wide")
+    clf = petalnet.FlowerClassifier(
+        "tiny_blocks+tiny_test_wide",
+        strategy="freeze_unfreeze",
+        unfreeze_blocks=1,
+        freeze_epochs=1,
+        augment_views=2,
+        tta="flip",
+        **{**QUICK_FIT, "epochs": 3},
+    )
+    clf.fit(single_folder)
+    before, after = pretrained.state_dict(), clf.backbone_.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith("body.parts.0.body.block2.") for k in moved)
+    assert not clf.backbone_.restorable  # fine-tuned: saved with its parameters
+    images = sorted(single_folder.rglob("*.jpg"))[:4]
+    loaded = petalnet.FlowerClassifier.load(clf.save(tmp_path / "tuned.pt"))
+    torch.testing.assert_close(
+        torch.from_numpy(loaded.predict_proba(images)),
+        torch.from_numpy(clf.predict_proba(images)),
+        rtol=1e-4,
+        atol=1e-6,
+    )
+    report = clf.evaluate(single_folder)
+    assert report["accuracy"] == pytest.approx(loaded.evaluate(single_folder)["accuracy"])
+    program = torch.export.load(clf.export(tmp_path / "tuned.pt2")).module()
+    batch = clf.backbone_.preprocessing.transform()(read_image(images[0]))[None]
+    untuned = petalnet.FlowerClassifier.load(clf.save(tmp_path / "again.pt"), tta=False)
+    np.testing.assert_allclose(
+        program(batch).numpy(), untuned.predict_proba(images[:1]), rtol=1e-4, atol=1e-6
+    )
+
+
+def test_a_fused_backbones_frozen_side_stays_float(single_folder):
+    from petalnet.quantize import resolve_quantize
+
+    # "auto" builds no int8 graph for it (two parts, a front): float
+    assert resolve_quantize("auto", "freeze_unfreeze", torch.device("cpu"), (True, True)) is None
+    with pytest.raises(petalnet.PetalnetError, match="quantize=None"):
         petalnet.FlowerClassifier(
-            "tiny_test+tiny_test_wide", strategy="freeze_unfreeze", **QUICK_FIT
+            "tiny_blocks+tiny_test_wide",
+            strategy="freeze_unfreeze",
+            unfreeze_blocks=1,
+            quantize="int8",
+            **QUICK_FIT,
         ).fit(single_folder)
 
 

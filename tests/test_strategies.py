@@ -237,6 +237,10 @@ def _fit_without_blocks(single_folder):
     clf = FlowerClassifier("tiny_no_blocks", strategy="freeze_unfreeze", **FAST)
     with pytest.raises(PetalnetError, match="unfreeze_blocks=None"):
         clf.fit(single_folder)
+    # nor as the first part of a fused backbone (whose blocks are its first part's)
+    fused = FlowerClassifier("tiny_no_blocks+tiny_test", strategy="freeze_unfreeze", **FAST)
+    with pytest.raises(PetalnetError, match="declares no blocks"):
+        fused.fit(single_folder)
     # the whole of it can still be fine-tuned
     FlowerClassifier(
         "tiny_no_blocks", strategy="freeze_unfreeze", unfreeze_blocks=None, **FAST

@@ -349,7 +349,13 @@ class _Run:
                 "frozen: unfreeze fewer blocks, or pass quantize=None."
             )
         body = plan.front.body
-        cut = len(list(body.children())) if isinstance(body, nn.Sequential) else 0
+        if not isinstance(body, nn.Sequential):  # a fused backbone's frozen side
+            raise PetalnetError(
+                f"quantize={self.params.quantize!r} cannot put the frozen side of the fused "
+                f"backbone {self.params.backbone!r} in int8 while its first part fine-tunes: "
+                "pass quantize=None (or 'auto'), or strategy='freeze'."
+            )
+        cut = len(list(body.children()))
         scales = self.calibrate_int8(plan.front, device, front=cut)
         plan.front = plan.front.derive(int8=scales)
         return backbone.derive(int8=scales)

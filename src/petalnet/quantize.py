@@ -133,18 +133,21 @@ def resolve_quantize(
         ``None``: float. ``()``: the whole backbone in int8 (``"int8"``, or ``"auto"``
         where every part may be quantised), or with ``"freeze_unfreeze"`` its frozen front
         (``"int8"``, or ``"auto"`` where the float path is float32: the fine-tuned blocks
-        compute in float32 after it). Part indices: those parts of a fused backbone
-        in int8, the others in float32 (``"auto"``, where some parts may be quantised and
-        the float path is float32 anyway: where the CPU has native bfloat16 a float part
-        would lose it, so the backbone stays float; so too a part whose first blocks stay in
-        float32, ``floats``). ``"auto"`` quantises only a frozen
-        backbone (or front) on a CPU whose torch runs oneDNN's int8 convolution (x86) with
+        compute in float32 after it; not the frozen side of a fused backbone). Part
+        indices: those parts of a fused backbone in int8, the others in float32
+        (``"auto"``, where some parts may be quantised and the float path is float32
+        anyway: where the CPU has native bfloat16 a float part would lose it, so the
+        backbone stays float; so too a part whose first blocks stay in float32,
+        ``floats``). ``"auto"`` quantises only a frozen backbone (or front) on a CPU whose
+        torch runs oneDNN's int8 convolution (x86) with
         torchao installed: where int8 measured faster (docs/benchmarks.md).
     """
     if quantize != "auto":
         return () if quantize == "int8" else None
     front = strategy == "freeze_unfreeze"  # only the frozen front can be quantised
     if strategy not in ("freeze", "freeze_unfreeze") or device.type != "cpu":
+        return None
+    if front and len(auto_parts) > 1:  # a fused backbone's frozen side: no int8 graph for it
         return None
     if not onednn_int8_available():
         return None

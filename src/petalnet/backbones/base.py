@@ -165,8 +165,9 @@ class FeatureExtractor(nn.Module):
 
         A backbone declares its blocks by making ``body`` an ``nn.Sequential`` of them, in
         order (stem, stages, ..., then pooling). Children without parameters (pooling,
-        flattening, activations) belong to the block before them. 0 when ``body`` is not
-        an ``nn.Sequential``: such a backbone can be frozen or trained whole only.
+        flattening, activations) belong to the block before them. A fused backbone's
+        blocks are its first part's. 0 for other bodies: such a backbone can be frozen or
+        trained whole only.
         """
         return len(self.block_names)
 
@@ -179,6 +180,8 @@ class FeatureExtractor(nn.Module):
         """Cut the backbone into a frozen front and the last ``trainable_blocks`` blocks.
 
         Both parts share this backbone's modules: training the back trains the backbone.
+        Of a fused backbone the first part is cut, the other parts join the front whole
+        (:meth:`~petalnet.backbones.fusion.Fused.split_first`).
 
         Args:
             trainable_blocks: Blocks to put in the back, from 1 to ``num_blocks - 1``.
@@ -196,6 +199,11 @@ class FeatureExtractor(nn.Module):
                 f"trainable_blocks must be between 1 and {self.num_blocks - 1}, "
                 f"got {trainable_blocks}."
             )
+        split_first = getattr(self.body, "split_first", None)
+        if split_first is not None:  # a fused backbone: its first part's blocks
+            fused_front, fused_back = split_first(trainable_blocks)
+            meta = self.meta
+            return fused_front.derive(name=meta.name, source=meta.source), fused_back
         children = list(self.body.children())
         with_params = [i for i, child in enumerate(children) if _has_parameters(child)]
         cut = with_params[-trainable_blocks]
@@ -220,9 +228,13 @@ def _has_parameters(module: nn.Module) -> bool:
 
 
 def _block_names(body: nn.Module) -> list[str]:
-    """Children of an ``nn.Sequential`` body that have parameters; none for other bodies."""
+    """Children of an ``nn.Sequential`` body that have parameters.
+
+    Other bodies have none, but those that name their own (a fused backbone: its first
+    part's).
+    """
     if not isinstance(body, nn.Sequential):
-        return []
+        return list(getattr(body, "block_names", ()))
     return [name for name, child in body.named_children() if _has_parameters(child)]
 
 

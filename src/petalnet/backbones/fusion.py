@@ -8,13 +8,17 @@ and standard deviation: about the same region of the photo as its own preprocess
 ratio of crop to resize differs by a few percent at most between ImageNet models), resampled in
 two steps instead of one (for lite0 inside lite0+lite1 the features differ from lite0's own
 by a cosine of about 0.97; the accuracy measured in docs/benchmarks.md is of this path).
-Any registered names can be joined with ``+``; fused backbones are trained frozen
-(``strategy="freeze"``): they declare no blocks to unfreeze.
+Any registered names can be joined with ``+``. A fused backbone's blocks are those of its
+first part: ``strategy="freeze_unfreeze"`` fine-tunes the last blocks of the first part while
+the other parts stay frozen (``"efficientnet_lite0+efficientnet_lite1"``: lite0 fine-tuned
+beside frozen lite1 features). The frozen side, the first part's front and the other parts
+whole, runs once per image like any frozen front (:meth:`Fused.split_first`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -23,7 +27,7 @@ from petalnet._types import WeightsArg
 from petalnet.backbones.base import FeatureExtractor
 from petalnet.errors import PetalnetError
 
-__all__ = ["SEPARATOR", "Fused", "fuse", "fused_weights_id", "part_weights"]
+__all__ = ["SEPARATOR", "Fused", "FusedBack", "fuse", "fused_weights_id", "part_weights"]
 
 SEPARATOR = "+"
 
@@ -76,6 +80,49 @@ class Fused(nn.Module):
             torch.flatten(part(self.part_input(x, i)), 1) for i, part in enumerate(self.parts)
         ]
         return torch.cat(outputs, dim=1)
+
+    @property
+    def block_names(self) -> tuple[str, ...]:
+        """The blocks partial fine-tuning can unfreeze: those of the first part."""
+        return tuple(self._extractors()[0].block_names)
+
+    def split_first(self, trainable_blocks: int) -> tuple[FeatureExtractor, nn.Module]:
+        """Cut the first part into a frozen front and its last ``trainable_blocks`` blocks.
+
+        Args:
+            trainable_blocks: Blocks of the first part to train, from 1 to its number of
+                blocks minus 1.
+
+        Returns:
+            ``(front, back)``: ``front`` is a fused extractor of the first part's front and
+            the other parts whole (its rows: the front's flattened output, then the other
+            parts' features); ``back`` maps such rows to this backbone's features, running
+            the first part's last blocks on their share. Both share this module's parts.
+        """
+        part, *others = self._extractors()
+        first, back = part.split(trainable_blocks)
+        return fuse([first, *others]), FusedBack(back, first.feature_dim)
+
+    def _extractors(self) -> list[FeatureExtractor]:
+        return [cast(FeatureExtractor, part) for part in self.parts]
+
+
+class FusedBack(nn.Module):
+    """The trained side of a fused backbone: the first part's last blocks, the rest as is.
+
+    Args:
+        back: Maps the first part's front rows to its features (:meth:`FeatureExtractor.split`).
+        width: How many leading columns of a row are the first part's front rows.
+    """
+
+    def __init__(self, back: nn.Module, width: int) -> None:
+        super().__init__()
+        self.back = back
+        self.width = int(width)
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        """``(N, width + others)`` fused front rows -> ``(N, D)`` fused features."""
+        return torch.cat([self.back(rows[:, : self.width]), rows[:, self.width :]], dim=1)
 
 
 def fused_weights_id(parts: Sequence[FeatureExtractor]) -> str | None:
