@@ -227,8 +227,8 @@ class ClassifierParams:
     )
     unfreeze_blocks: int | None = _param(
         2,
-        "backbone blocks freeze_unfreeze trains, from the end (all: the whole backbone; of a "
-        "fused backbone a+b: a's blocks, b stays frozen)",
+        "backbone blocks freeze_unfreeze trains, from the end (all: the whole backbone); of a "
+        "fused backbone a+b, a's last blocks, b staying frozen",
         check=_at_least_one,
         rule="at least 1, or None for every block",
         none_words=("none", "all"),
