@@ -167,8 +167,8 @@ def weights_status(name: str) -> str:
     Returns:
         What its registration's :data:`WeightsStatus` says, or ``"unknown"``.
     """
-    if SEPARATOR in name and name not in _WEIGHTS_STATUS:  # a fused backbone: each part's
-        return SEPARATOR.join(weights_status(part) for part in name.split(SEPARATOR))
+    if len(parts := _parts(name)) > 1:  # a fused backbone: each part's
+        return SEPARATOR.join(weights_status(part) for part in parts)
     status = _WEIGHTS_STATUS.get(name)
     return status() if status is not None else "unknown"
 
@@ -282,8 +282,7 @@ def get_backbone(name: str) -> BackboneBuilder:
             and how to add one.
     """
     builder = _REGISTRY.get(name)
-    if builder is None and SEPARATOR in name:  # several backbones side by side
-        parts = name.split(SEPARATOR)
+    if len(parts := _parts(name)) > 1:  # several backbones side by side
         for part in parts:
             get_backbone(part)  # an unknown part is named, with the available ones
         return functools.partial(_build_fused, parts)
