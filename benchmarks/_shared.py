@@ -7,7 +7,9 @@ import json
 import os
 import platform
 import resource
+import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +125,21 @@ def labelled_images(folder: Path, classes: list[str]) -> tuple[list[str], list[i
 def peak_rss_mib() -> float:
     """Peak resident memory of this process (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_facts(script: str, argv: list[str] | None) -> dict[str, Any]:
+    """What a result says of its run: the command that repeats it, the date, the machine.
+
+    Args:
+        script: The script's file name, e.g. ``"preset_views.py"``.
+        argv: The arguments ``main`` was called with; ``None``: the command line's.
+    """
+    args = argv if argv is not None else sys.argv[1:]
+    return {
+        "command": " ".join(["python", f"benchmarks/{script}", *args]),
+        "date": time.strftime("%Y-%m-%d"),
+        **machine(),
+    }
 
 
 def machine() -> dict[str, Any]:

@@ -26,12 +26,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _shared import DEFAULT_DATA, emit, machine, peak_rss_mib
+from _shared import DEFAULT_DATA, emit, peak_rss_mib, run_facts
 
 _HELD = ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY", "PETALNET_CPU_BF16")
 
@@ -106,9 +105,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     extra = fits["int8"]["fixed_s"] - fits["float"]["fixed_s"]
     return emit(
         {
-            "command": "python benchmarks/int8_scale.py " + " ".join(argv or sys.argv[1:]),
-            "date": date.today().isoformat(),
-            **machine(),
+            **run_facts("int8_scale.py", argv),
             "env": {
                 k: os.environ[k]
                 for k in ("ONEDNN_MAX_CPU_ISA", "PETALNET_CPU_BF16")

@@ -19,13 +19,11 @@ for more) and ``--tta`` picks the views to score.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from _shared import DEFAULT_DATA, emit, holdout_preset, link_holdout, machine, param_override
+from _shared import DEFAULT_DATA, emit, holdout_preset, link_holdout, param_override, run_facts
 
 import petalnet
 
@@ -62,9 +60,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(seed, {t: c[-1] for t, c in correct.items()}, flush=True)
     return emit(
         {
-            "command": "python benchmarks/preset_views.py " + " ".join(argv or sys.argv[1:]),
-            "date": time.strftime("%Y-%m-%d"),
-            **machine(),
+            **run_facts("preset_views.py", argv),
             "preset": args.preset,
             "params": params,
             "holdout_images": n_holdout,

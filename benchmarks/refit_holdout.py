@@ -21,13 +21,12 @@ calibration error) and each fit's seconds.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from _shared import DEFAULT_DATA, emit, link, link_holdout, machine, param_override
+from _shared import DEFAULT_DATA, emit, link, link_holdout, param_override, run_facts
 
 import petalnet
 from petalnet.data import load_training_data
@@ -87,9 +86,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(rows[-1], flush=True)
     return emit(
         {
-            "command": "python benchmarks/refit_holdout.py " + " ".join(argv or sys.argv[1:]),
-            "date": time.strftime("%Y-%m-%d"),
-            **machine(),
+            **run_facts("refit_holdout.py", argv),
             "preset": args.preset,
             "training_side": n_side,
             "played_train": n_train,
