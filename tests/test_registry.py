@@ -212,6 +212,18 @@ def test_weights_status_comes_from_the_registration():
     assert registry.weights_status("vgg16") in ("cached", "download")
 
 
+def test_a_registered_name_with_a_plus_is_itself_not_a_fusion():
+    fused = "efficientnet_lite0+tiny_test"
+    assert registry.weights_status(fused) == "+".join(
+        registry.weights_status(part) for part in fused.split("+")
+    )
+    with registry.registered(fused, _builder):  # registered: its own builder and status
+        assert petalnet.get_backbone(fused) is _builder
+        assert registry.weights_status(fused) == "unknown"
+        assert registry.auto_int8(fused) == (False,)
+    assert petalnet.get_backbone(fused) is not _builder  # a fusion of the two again
+
+
 def test_build_backbone_names_its_metadata():
     fx = petalnet.build_backbone("tiny_test")
     assert fx.meta.name == "tiny_test" and fx.meta.source == "named" and fx.restorable
