@@ -133,6 +133,9 @@ def run_facts(script: str, argv: list[str] | None) -> dict[str, Any]:
     Args:
         script: The script's file name, e.g. ``"preset_views.py"``.
         argv: The arguments ``main`` was called with; ``None``: the command line's.
+
+    Returns:
+        ``command``, ``date`` and :func:`machine`'s keys.
     """
     args = argv if argv is not None else sys.argv[1:]
     return {
