@@ -26,19 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _shared import DEFAULT_DATA, emit, link, link_holdout, param_override, run_facts
+from _shared import DEFAULT_DATA, emit, link_holdout, param_override, run_facts
 
 import petalnet
-from petalnet.data import load_training_data
-
-
-def _play_valid(root: Path, out: Path, share: float) -> tuple[int, int]:
-    """Links: out/train and out/valid, a random stratified ``share`` of root/train."""
-    data = load_training_data(root / "train", valid_fraction=share, seed=0)
-    for name, samples in (("train", data.train), ("valid", data.valid)):
-        for path, label in samples:
-            link(path, out / name / data.classes[label] / path.name)
-    return len(data.train), len(data.valid)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -58,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     variants = args.variant or [("refit", False), ("refit", True)]
     tmp = Path(tempfile.mkdtemp(prefix="petalnet-refit-"))
     n_side, n_holdout = link_holdout(args.data, 0.15, tmp / "split", split="grouped")
-    n_train, n_valid = _play_valid(tmp / "split", tmp / "pair", 1 / 9)
+    n_train, n_valid = link_holdout(tmp / "split", 1 / 9, tmp / "pair")  # at random
     cache = Path(tempfile.mkdtemp(prefix="petalnet-bench-cache-"))
     rows: list[dict[str, Any]] = []
     for seed in args.seeds:
